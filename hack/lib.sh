@@ -1,0 +1,96 @@
+# Shared helpers for the rig scripts. Sourced, never run.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Built parts are cached outside the repo so clean clones reuse them.
+CACHE_DIR=${BGP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bgpersist}
+# Runtime state (data, logs, pid files) of the running rig.
+RIG_DIR=${BGP_RIG_DIR:-$REPO_ROOT/.rig}
+ENV_FILE=$RIG_DIR/env
+mkdir -p "$CACHE_DIR" "$RIG_DIR/pids" "$RIG_DIR/logs"
+
+log() { printf '[rig %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Print the tail of a part's log so a failed start explains itself.
+log_tail() {
+  local name=$1 f
+  for f in "$RIG_DIR"/logs/"$name"*.log; do
+    [ -f "$f" ] || continue
+    echo "----- last lines of $f -----" >&2
+    tail -n 40 "$f" >&2
+  done
+}
+fail_part() { local name=$1; shift; log "part '$name' failed: $*"; log_tail "$name"; exit 1; }
+
+pidfile() { echo "$RIG_DIR/pids/$1.pid"; }
+is_running() {
+  local f; f=$(pidfile "$1")
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# Start a long-running process in its own session, record its PID.
+spawn() {
+  local name=$1; shift
+  if is_running "$name"; then return 0; fi
+  setsid "$@" >"$RIG_DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pidfile "$name")"
+}
+
+# Stop exactly what we started: the recorded PID's process group.
+stop_pid() {
+  local name=$1 f pid i
+  f=$(pidfile "$name")
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+wait_port() {
+  local port=$1 secs=${2:-60} i
+  for i in $(seq 1 $((secs * 5))); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# apt-get install only what is missing; update the index once per run.
+APT_UPDATED=""
+apt_need() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ -n "$APT_UPDATED" ] || { apt-get update -qq >/dev/null; APT_UPDATED=1; }
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# A dedicated virtualenv in the cache for the Python-packaged parts.
+PY_VENV=$CACHE_DIR/venv
+py_need() {
+  [ -x "$PY_VENV/bin/python" ] || python3 -m venv "$PY_VENV"
+  local missing=() spec
+  for spec in "$@"; do
+    "$PY_VENV/bin/python" -m pip show "${spec%%[=\[]*}" >/dev/null 2>&1 || missing+=("$spec")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "pip install ${missing[*]}"
+  "$PY_VENV/bin/python" -m pip install -q "${missing[@]}"
+}
+
+# Run a command as an unprivileged user when we are root (Postgres refuses root).
+RIG_USER=bgprig
+as_rig_user() {
+  if [ "$(id -u)" = 0 ]; then
+    id "$RIG_USER" >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /usr/sbin/nologin "$RIG_USER"
+    setpriv --reuid="$RIG_USER" --regid="$RIG_USER" --init-groups "$@"
+  else
+    "$@"
+  fi
+}
