@@ -77,9 +77,14 @@ k8s_install() { build_etcd; build_kube_apiserver; }
 k8s_certs() {
   [ -f "$K8S_DIR/tls.crt" ] && return 0
   mkdir -p "$K8S_DIR"
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=127.0.0.1" \
-    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    -keyout "$K8S_DIR/tls.key" -out "$K8S_DIR/tls.crt" 2>/dev/null
+  # A CA plus a serving cert: rustls refuses a CA certificate used as the leaf.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=bgpersist-rig-ca" \
+    -keyout "$K8S_DIR/ca.key" -out "$K8S_DIR/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$K8S_DIR/tls.key" -out "$K8S_DIR/tls.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$K8S_DIR/ext.cnf"
+  openssl x509 -req -in "$K8S_DIR/tls.csr" -CA "$K8S_DIR/ca.crt" -CAkey "$K8S_DIR/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$K8S_DIR/ext.cnf" -out "$K8S_DIR/tls.crt" 2>/dev/null
   openssl genrsa -out "$K8S_DIR/sa.key" 2048 2>/dev/null
   openssl rsa -in "$K8S_DIR/sa.key" -pubout -out "$K8S_DIR/sa.pub" 2>/dev/null
   # token,user,uid,"groups"
@@ -94,7 +99,7 @@ clusters:
 - name: rig
   cluster:
     server: https://127.0.0.1:$APISERVER_PORT
-    certificate-authority-data: $(base64 -w0 < "$K8S_DIR/tls.crt")
+    certificate-authority-data: $(base64 -w0 < "$K8S_DIR/ca.crt")
 users:
 - name: rig-admin
   user:
@@ -127,7 +132,7 @@ k8s_start() {
   k8s_kubeconfig
   local i
   for i in $(seq 1 150); do
-    if curl -sfk -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1; then
+    if curl -sf --cacert "$K8S_DIR/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1; then
       return 0
     fi
     is_running kube-apiserver || fail_part kube-apiserver "process exited"
@@ -137,7 +142,7 @@ k8s_start() {
 }
 
 k8s_health() {
-  curl -sfk -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
+  curl -sf --cacert "$K8S_DIR/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
 }
 
 k8s_stop() { stop_pid kube-apiserver; stop_pid etcd; }

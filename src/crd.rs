@@ -1,1 +1,0 @@
-//! The BackgroundPersistence API.

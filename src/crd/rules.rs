@@ -1,0 +1,169 @@
+//! Admission rules (CEL) derived from the writer catalog, added to the
+//! generated CRD so the API server refuses an unrunnable resource outright.
+
+use super::catalog::{BusField, ImageField};
+use super::spec::BackgroundPersistence;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, ValidationRule,
+};
+use kube::CustomResourceExt;
+use kube::core::{Message, Reason, Rule};
+
+fn type_list(types: &[super::WriterType]) -> String {
+    let quoted: Vec<String> = types.iter().map(|t| format!("'{t}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// CEL `has()` test for a spec path relative to `self` (the spec), also refusing blanks.
+fn present(path: &str) -> String {
+    format!("(has(self.{path}) && self.{path}.trim() != '')")
+}
+
+/// Rules evaluated with `self` bound to `spec`.
+pub fn spec_rules() -> Vec<Rule> {
+    // Messages are static: the API server's cost estimator refuses message
+    // expressions that index filtered lists, so the message names the field and
+    // the writer types that need it (status names the writer itself).
+    let mut rules = Vec::new();
+    for field in BusField::all_required() {
+        let types = field.required_by();
+        rules.push(
+            Rule::new(format!(
+                "!self.writers.exists(w, w.bus_subscriber_type in {}) || {}",
+                type_list(&types),
+                present(field.path())
+            ))
+            .message(Message::Message(format!(
+                "{} is required by writers of type {}",
+                field.path(),
+                names(&types)
+            )))
+            .reason(Reason::FieldValueRequired),
+        );
+    }
+    let rust = present("common_persistence_specs.bus_writer_image_rust");
+    for image in [ImageField::Go, ImageField::Python, ImageField::Bswl] {
+        let types = image.used_by();
+        rules.push(
+            Rule::new(format!(
+                "{rust} || {} || self.writers.all(w, has(w.image) || !(w.bus_subscriber_type in {}))",
+                present(image.path()),
+                type_list(&types)
+            ))
+            .message(Message::Message(format!(
+                "{} (or common_persistence_specs.bus_writer_image_rust, or the writer's image) is required by writers of type {}",
+                image.path(),
+                names(&types)
+            )))
+            .reason(Reason::FieldValueRequired),
+        );
+    }
+    rules.push(
+        Rule::new(format!(
+            "self.common_persistence_specs.bus_backend != 'KAFKA' || size(self.writers) == 0 || {}",
+            present("kafka_bootstrap_servers")
+        ))
+        .message("kafka_bootstrap_servers is required when common_persistence_specs.bus_backend is KAFKA")
+        .reason(Reason::FieldValueRequired),
+    );
+    rules.push(
+        Rule::new("!has(self.kafka_sasl_mechanism) || !has(self.kafka_security_protocol) || self.kafka_security_protocol in ['SASL_PLAINTEXT', 'SASL_SSL']")
+            .message("kafka_sasl_mechanism needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL")
+            .reason(Reason::FieldValueInvalid),
+    );
+    rules.push(
+        Rule::new("!has(self.kafka_sasl_secret) || has(self.common_persistence_specs.secret_client)")
+            .message("kafka_sasl_secret needs common_persistence_specs.secret_client (AWS or GCP) to say where the secret lives")
+            .reason(Reason::FieldValueRequired),
+    );
+    rules
+}
+
+fn names(types: &[super::WriterType]) -> String {
+    types
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Longest object name the operator derives (`<resource>-<writer>`): a DNS
+/// label, so it also fits in label values.
+pub const MAX_DERIVED_NAME: usize = 63;
+
+/// Rules evaluated with `self` bound to the whole object (they need metadata.name).
+pub fn root_rules() -> Vec<Rule> {
+    vec![
+        Rule::new(format!(
+            "self.spec.writers.all(w, size(self.metadata.name) + 1 + size(w.name) <= {MAX_DERIVED_NAME})"
+        ))
+        .message(Message::Message(format!(
+            "spec.writers[].name: <metadata.name>-<writer name> names the writer's Deployment and must be at most {MAX_DERIVED_NAME} characters"
+        )))
+        .reason(Reason::FieldValueInvalid),
+    ]
+}
+
+/// The CRD as installed: the derived schema plus the catalog's rules.
+pub fn crd_with_rules() -> CustomResourceDefinition {
+    let mut crd = BackgroundPersistence::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        bound_strings(schema);
+        push_rules(schema, root_rules());
+        if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            push_rules(spec, spec_rules());
+        }
+    }
+    crd
+}
+
+/// Longest string accepted where a field sets no bound of its own. CEL rule
+/// cost is estimated from declared sizes, so every string needs one.
+pub const DEFAULT_MAX_STRING: i64 = 253;
+
+fn bound_strings(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("string")
+        && schema.max_length.is_none()
+        && schema.enum_.is_none()
+    {
+        schema.max_length = Some(DEFAULT_MAX_STRING);
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        bound_strings(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        bound_strings(items);
+    }
+}
+
+fn push_rules(schema: &mut JSONSchemaProps, rules: Vec<Rule>) {
+    let list = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
+    for r in rules {
+        list.push(ValidationRule {
+            rule: r.rule,
+            message: match &r.message {
+                Some(Message::Message(m)) => Some(m.clone()),
+                _ => None,
+            },
+            message_expression: match &r.message {
+                Some(Message::Expression(m)) => Some(m.clone()),
+                _ => None,
+            },
+            reason: r.reason.as_ref().map(|reason| {
+                serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "FieldValueInvalid".into())
+            }),
+            field_path: r.field_path,
+            optional_old_self: r.optional_old_self,
+        });
+    }
+}

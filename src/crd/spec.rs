@@ -1,0 +1,249 @@
+use super::catalog::WriterType;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Desired state: the bus, shared topic/subscription IDs and images, the Kafka
+/// and secret settings, and the writers to run.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "bgpersist.dev",
+    version = "v1alpha1",
+    kind = "BackgroundPersistence",
+    shortname = "bp",
+    status = "super::BackgroundPersistenceStatus",
+    category = "bgpersist",
+    printcolumn = r#"{"name":"Bus","type":"string","jsonPath":".spec.common_persistence_specs.bus_backend"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.common_persistence_specs.namespace"}"#,
+    printcolumn = r#"{"name":"Writers","type":"string","jsonPath":".status.writers_ready"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct BackgroundPersistenceSpec {
+    /// Bus backend, namespace, identity, images and the topic/subscription IDs shared by the writers.
+    pub common_persistence_specs: CommonPersistenceSpecs,
+    /// Host name of the API server that QUERY_MIRROR_CONSUMER replays queries against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server_host: Option<String>,
+    /// Name of the cloud secret (in the `secret_client` manager) holding the Kafka SASL credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_sasl_secret: Option<String>,
+    /// Kafka bootstrap servers, comma separated (`host:port, host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub kafka_bootstrap_servers: Option<String>,
+    /// Kafka security protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_security_protocol: Option<KafkaSecurityProtocol>,
+    /// Kafka SASL mechanism.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// Whether the Redis online store is a Redis Cluster: "1"/"true" or "0"/"false".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self in ['0', '1', 'true', 'false', '']")
+        .message("must be one of \"0\", \"1\", \"true\", \"false\""))]
+    pub redis_is_clustered: Option<String>,
+    /// Name of the Snowflake storage integration used for COPY INTO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snowflake_storage_integration_name: Option<String>,
+    /// Metadata provider the writers use (for example "GRPC_SERVER").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_provider: Option<String>,
+    /// The writers to run: one Deployment each.
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub writers: Vec<WriterSpec>,
+}
+
+/// Settings shared by every writer (`common_persistence_specs`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CommonPersistenceSpecs {
+    /// "KAFKA" or "PUBSUB".
+    pub bus_backend: BusBackend,
+    /// Namespace the writers run in; created when absent.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    /// ServiceAccount the writers run as; created by the operator.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub service_account_name: String,
+    /// "AWS" (Secrets Manager) or "GCP" (Secret Manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_client: Option<SecretClient>,
+    /// Dead-letter topic for messages that cannot be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_dlq_topic: Option<String>,
+
+    /// Image of the Go bus writers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub bus_writer_image_go: Option<String>,
+    /// Image of the Python bus writers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub bus_writer_image_python: Option<String>,
+    /// Image of the BigQuery streaming write loader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub bus_writer_image_bswl: Option<String>,
+    /// Image of the Rust bus writers (this project's `bgpersist-writer`); when set it runs every writer type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub bus_writer_image_rust: Option<String>,
+
+    /// Subscription (Kafka: topic) of parquet-upload notifications for bulk inserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bigquery_parquet_upload_subscription_id: Option<String>,
+    /// Subscription (Kafka: topic) of streaming writes to the offline store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bigquery_streaming_write_subscription_id: Option<String>,
+    /// Topic of streaming writes to the offline store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bigquery_streaming_write_topic: Option<String>,
+    /// Bucket (s3://... or gs://...) holding parquet files for bulk inserts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bigquery_upload_bucket: Option<String>,
+    /// Topic of parquet-upload notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bigquery_upload_topic: Option<String>,
+    /// Subscription (Kafka: topic) of the metrics bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_bus_subscription_id: Option<String>,
+    /// Topic of the metrics bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_bus_topic_id: Option<String>,
+    /// Subscription (Kafka: topic) of the result bus for metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bus_metrics_subscription_id: Option<String>,
+    /// Subscription (Kafka: topic) of the result bus for the offline store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bus_offline_store_subscription_id: Option<String>,
+    /// Subscription (Kafka: topic) of the result bus for the online store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bus_online_store_subscription_id: Option<String>,
+    /// Subscription (Kafka: topic) of the operation (query log) bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_subscription_id: Option<String>,
+    /// Subscription (Kafka: topic) of the usage-events bus (bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_bus_subscription_id: Option<String>,
+    /// Subscription (Kafka: topic) of the vector bus (bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector_bus_subscription_id: Option<String>,
+}
+
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum BusBackend {
+    #[default]
+    Kafka,
+    Pubsub,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SecretClient {
+    Aws,
+    Gcp,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum KafkaSecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaSaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+/// One writer: a Deployment consuming one bus and writing one store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WriterSpec {
+    /// Writer name, a DNS label; the Deployment is named `<resource>-<name>`.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// What the writer consumes and where it writes.
+    pub bus_subscriber_type: WriterType,
+    /// Resource requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<ResourceAmounts>,
+    /// Resource limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<ResourceAmounts>,
+    /// Writer version label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Replicas (1 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub default_replica_count: Option<i32>,
+    /// Image for this writer only, overriding the common images (bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Largest number of messages written in one batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_batch_size: Option<i32>,
+    /// Messages processed concurrently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub message_processing_concurrency: Option<i32>,
+    /// Kafka consumer group to use instead of the derived one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249))]
+    pub kafka_consumer_group_override: Option<String>,
+    /// Fraction of query-log writes dropped, "0" to "1" (a string to avoid float drift in GitOps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(0(\.[0-9]+)?|1(\.0+)?)$"))]
+    pub query_table_write_drop_ratio: Option<String>,
+    /// Skip producing per-feature metrics from results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_writer_skip_producing_feature_metrics: Option<bool>,
+    /// Key prefix in the online store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_cache_prefix: Option<String>,
+    /// Offline store the inserters write to (for example "postgres", "bigquery", "snowflake").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_store_inserter_db_type: Option<String>,
+    /// URI of the usage store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub usage_store_uri: Option<String>,
+    /// Pub/Sub subscription whose backlog drives autoscaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpa_pubsub_subscription_id: Option<String>,
+    /// Target backlog per replica for autoscaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub hpa_target_average_value: Option<i64>,
+}
+
+/// CPU and memory as Kubernetes quantities ("200m", "512Mi").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ResourceAmounts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"200m\" or \"1\""))]
+    #[schemars(length(max = 32))]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"512Mi\""))]
+    #[schemars(length(max = 32))]
+    pub memory: Option<String>,
+}

@@ -1,0 +1,58 @@
+//! Shared test support: read the env file that `hack/rig up` writes.
+//!
+//! A test that needs a part fails (never skips) when the rig is not up, with
+//! the part's name and how to start it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn rig_dir() -> PathBuf {
+    std::env::var_os("BGP_RIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".rig"))
+}
+
+fn rig_env() -> &'static HashMap<String, String> {
+    static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = rig_dir().join("env");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect()
+    })
+}
+
+/// The value of `key` from the rig's env file; panics naming the part when absent.
+pub fn rig(part: &str, key: &str) -> String {
+    if let Ok(v) = std::env::var(key) {
+        return v;
+    }
+    match rig_env().get(key) {
+        Some(v) => v.clone(),
+        None => panic!(
+            "rig part '{part}' is not up ({key} missing from {}): run `hack/rig up {part}`",
+            rig_dir().join("env").display()
+        ),
+    }
+}
+
+/// A name unique to this test run, so tests can share the rig without clashing.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
