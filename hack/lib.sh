@@ -24,9 +24,11 @@ log_tail() {
 fail_part() { local name=$1; shift; log "part '$name' failed: $*"; log_tail "$name"; exit 1; }
 
 pidfile() { echo "$RIG_DIR/pids/$1.pid"; }
+# A zombie counts as exited: PID 1 here reaps orphans only every ~2 s.
+alive() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [ -n "$st" ] && [ "${st#Z}" = "$st" ]; }
 is_running() {
   local f; f=$(pidfile "$1")
-  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+  [ -f "$f" ] && alive "$(cat "$f")"
 }
 
 # Start a long-running process in its own session, record its PID.
@@ -43,9 +45,9 @@ stop_pid() {
   f=$(pidfile "$name")
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    for i in $(seq 1 50); do alive "$pid" || break; sleep 0.2; done
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$f"
