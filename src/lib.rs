@@ -4,3 +4,11 @@
 #![deny(warnings)]
 
 pub mod crd;
+
+/// Select rustls' process-wide crypto provider. Both ring (kube) and aws-lc-rs
+/// (cloud SDKs) are linked, so rustls cannot pick one on its own; every binary
+/// and test calls this before the first TLS connection.
+pub fn install_crypto_provider() {
+    // An Err means a provider is already installed, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -44,11 +44,8 @@ async fn creates_namespace_and_installs_crd() -> anyhow::Result<()> {
     }))?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(&PostParams::default(), &crd).await?;
-    let established = await_condition(
-        crds.clone(),
-        &format!("widgets.{group}"),
-        conditions::is_crd_established(),
-    );
+    let crd_name = format!("widgets.{group}");
+    let established = await_condition(crds.clone(), &crd_name, conditions::is_crd_established());
     tokio::time::timeout(Duration::from_secs(30), established).await??;
 
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, "v1", "Widget"));

@@ -1,6 +1,6 @@
 use crate::support::{rig, unique};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message};
 use std::sync::{Arc, Mutex};
@@ -82,10 +82,12 @@ impl ClientContext for ErrorLog {
     }
 }
 
+impl ConsumerContext for ErrorLog {}
+
 #[tokio::test]
 async fn scram_with_wrong_password_is_refused() -> anyhow::Result<()> {
     let log = ErrorLog::default();
-    let consumer: StreamConsumer<ErrorLog> = scram("SCRAM-SHA-512", "not-the-password")
+    let consumer: BaseConsumer<ErrorLog> = scram("SCRAM-SHA-512", "not-the-password")
         .set("group.id", unique("smoke-bad"))
         .create_with_context(log.clone())?;
     let result = consumer.fetch_metadata(None, Duration::from_secs(10));
@@ -93,7 +95,15 @@ async fn scram_with_wrong_password_is_refused() -> anyhow::Result<()> {
         result.is_err(),
         "metadata must not be served with a wrong password"
     );
-    let errors = log.0.lock().map(|v| v.join("\n")).unwrap_or_default();
+    // librdkafka reports the refusal through the error callback, served by poll.
+    let mut errors = String::new();
+    for _ in 0..100 {
+        let _ = consumer.poll(Duration::from_millis(100));
+        errors = log.0.lock().map(|v| v.join("\n")).unwrap_or_default();
+        if !errors.is_empty() {
+            break;
+        }
+    }
     assert!(
         errors.to_lowercase().contains("authentication"),
         "expected an authentication failure, got: {errors}"

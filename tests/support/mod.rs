@@ -29,6 +29,7 @@ fn rig_env() -> &'static HashMap<String, String> {
 
 /// The value of `key` from the rig's env file; panics naming the part when absent.
 pub fn rig(part: &str, key: &str) -> String {
+    bgpersist::install_crypto_provider();
     if let Ok(v) = std::env::var(key) {
         return v;
     }
