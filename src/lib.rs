@@ -3,7 +3,10 @@
 #![forbid(unsafe_code)]
 #![deny(warnings)]
 
+pub mod contract;
 pub mod crd;
+pub mod operator;
+pub mod quantity;
 
 /// Select rustls' process-wide crypto provider. Both ring (kube) and aws-lc-rs
 /// (cloud SDKs) are linked, so rustls cannot pick one on its own; every binary

@@ -184,7 +184,7 @@ async fn round_trip(endpoint: &str, topic: &str, subscription: &str) -> anyhow::
     // ack the server did not take would be redelivered by then.
     let mut stream = open();
     let r = expect_silence(&mut stream, Duration::from_secs(60)).await;
-    eprintln!("after {:?}: {r:?}", t0.elapsed());
+    eprintln!("REDELIVERY after {:?}: {r:?}", t0.elapsed());
     r?;
     stream.shutdown_token().shutdown().await;
     Ok(())

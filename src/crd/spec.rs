@@ -68,6 +68,13 @@ pub struct CommonPersistenceSpecs {
         pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub service_account_name: String,
+    /// IAM role for the writers' ServiceAccount (EKS IRSA annotation; bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub aws_role_arn: Option<String>,
+    /// Google service account for the writers' ServiceAccount (GKE Workload Identity annotation; bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp_service_account: Option<String>,
     /// "AWS" (Secrets Manager) or "GCP" (Secret Manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_client: Option<SecretClient>,

@@ -1,0 +1,43 @@
+//! The contract between the operator and the writer binary: the environment
+//! variables and file paths the operator renders and the writer reads.
+
+/// Writer type (`bus_subscriber_type`).
+pub const ENV_WRITER_TYPE: &str = "BGP_WRITER_TYPE";
+/// Writer name from the spec.
+pub const ENV_WRITER_NAME: &str = "BGP_WRITER_NAME";
+/// Name of the owning BackgroundPersistence.
+pub const ENV_RESOURCE: &str = "BGP_RESOURCE";
+/// "KAFKA" or "PUBSUB".
+pub const ENV_BUS_BACKEND: &str = "BGP_BUS_BACKEND";
+/// Subscription (Kafka: topic) the writer consumes.
+pub const ENV_SUBSCRIPTION: &str = "BGP_SUBSCRIPTION";
+/// Topic the writer publishes to, for writers that republish.
+pub const ENV_PUBLISH_TOPIC: &str = "BGP_PUBLISH_TOPIC";
+/// Dead-letter topic.
+pub const ENV_DLQ_TOPIC: &str = "BGP_DLQ_TOPIC";
+pub const ENV_KAFKA_BOOTSTRAP_SERVERS: &str = "BGP_KAFKA_BOOTSTRAP_SERVERS";
+pub const ENV_KAFKA_SECURITY_PROTOCOL: &str = "BGP_KAFKA_SECURITY_PROTOCOL";
+pub const ENV_KAFKA_SASL_MECHANISM: &str = "BGP_KAFKA_SASL_MECHANISM";
+/// Consumer group: the writer's override, else `bgpersist.<resource>.<writer>`.
+pub const ENV_KAFKA_CONSUMER_GROUP: &str = "BGP_KAFKA_CONSUMER_GROUP";
+/// Directory holding the Kafka SASL credential files (`username`, `password`).
+pub const ENV_KAFKA_SASL_DIR: &str = "BGP_KAFKA_SASL_DIR";
+pub const ENV_REDIS_IS_CLUSTERED: &str = "BGP_REDIS_IS_CLUSTERED";
+pub const ENV_API_SERVER_HOST: &str = "BGP_API_SERVER_HOST";
+pub const ENV_UPLOAD_BUCKET: &str = "BGP_UPLOAD_BUCKET";
+pub const ENV_METADATA_PROVIDER: &str = "BGP_METADATA_PROVIDER";
+pub const ENV_SNOWFLAKE_STORAGE_INTEGRATION: &str = "BGP_SNOWFLAKE_STORAGE_INTEGRATION";
+pub const ENV_MAX_BATCH_SIZE: &str = "BGP_MAX_BATCH_SIZE";
+pub const ENV_CONCURRENCY: &str = "BGP_MESSAGE_PROCESSING_CONCURRENCY";
+pub const ENV_QUERY_TABLE_WRITE_DROP_RATIO: &str = "BGP_QUERY_TABLE_WRITE_DROP_RATIO";
+pub const ENV_SKIP_FEATURE_METRICS: &str = "BGP_SKIP_FEATURE_METRICS";
+pub const ENV_STORAGE_CACHE_PREFIX: &str = "BGP_STORAGE_CACHE_PREFIX";
+pub const ENV_OFFLINE_STORE_DB_TYPE: &str = "BGP_OFFLINE_STORE_DB_TYPE";
+pub const ENV_USAGE_STORE_URI: &str = "BGP_USAGE_STORE_URI";
+/// Address the writer serves /metrics, /healthz and /readyz on.
+pub const ENV_HTTP_ADDR: &str = "BGP_HTTP_ADDR";
+
+/// Port of the writer's metrics and health endpoints.
+pub const WRITER_HTTP_PORT: i32 = 9090;
+/// Where the Kafka SASL secret is mounted.
+pub const KAFKA_SASL_MOUNT: &str = "/etc/bgpersist/kafka-sasl";

@@ -1,0 +1,135 @@
+//! Server-side apply with one field manager, skipped when the live object
+//! already holds every field we render (so a resync with nothing changed
+//! writes nothing), and pruning of objects no writer renders any more.
+
+use super::{Error, FIELD_MANAGER, metrics::Metrics};
+use crate::quantity;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::fmt::Debug;
+
+/// Applies `desired` unless the live object already contains it. Returns the
+/// live object after the call and whether a write was sent.
+pub async fn ensure<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<(K, bool), Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    let name = desired
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let want = serde_json::to_value(desired).map_err(|source| Error::Serialize {
+        object: name.clone(),
+        source,
+    })?;
+    if let Some(live) = api.get_opt(&name).await? {
+        let have = serde_json::to_value(&live).map_err(|source| Error::Serialize {
+            object: name.clone(),
+            source,
+        })?;
+        if contains(&have, &want) {
+            return Ok((live, false));
+        }
+    }
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+    metrics.api_write();
+    Ok((applied, true))
+}
+
+/// Deletes the objects matching `selector` whose (namespace, name) is not in
+/// `keep`. Returns the names deleted.
+pub async fn prune<K>(
+    api: &Api<K>,
+    selector: &str,
+    keep: &[(String, String)],
+    metrics: &Metrics,
+) -> Result<Vec<String>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let mut deleted = Vec::new();
+    for obj in api.list(&ListParams::default().labels(selector)).await? {
+        let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+        if keep.contains(&key) || obj.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let scoped: Api<K> = Api::namespaced(api.clone().into_client(), &key.0);
+        scoped.delete(&key.1, &DeleteParams::background()).await?;
+        metrics.api_write();
+        deleted.push(format!("{}/{}", key.0, key.1));
+    }
+    Ok(deleted)
+}
+
+/// Whether `have` holds every field of `want` with an equal value. Quantities
+/// compare by amount, since the API server rewrites them ("1024Mi" → "1Gi").
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (_, Value::Null) => true,
+        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contains(hv, wv),
+            None => wv.is_null() || is_empty_container(wv),
+        }),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
+        }
+        (Value::String(h), Value::String(w)) => h == w || quantity::same(h, w),
+        (h, w) => h == w,
+    }
+}
+
+/// The API server drops empty maps and lists; rendering them is not drift.
+fn is_empty_container(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if m.is_empty()) || matches!(v, Value::Array(a) if a.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+    use serde_json::json;
+
+    #[test]
+    fn live_with_defaults_contains_rendered() {
+        let want = json!({"spec": {"replicas": 1, "template": {"resources": {"limits": {"memory": "1024Mi"}}}}});
+        let have = json!({"spec": {"replicas": 1, "progressDeadlineSeconds": 600,
+            "template": {"resources": {"limits": {"memory": "1Gi"}}}}, "status": {}});
+        assert!(contains(&have, &want));
+    }
+
+    #[test]
+    fn drift_is_seen() {
+        let want = json!({"spec": {"replicas": 1, "env": [{"name": "A", "value": "1"}]}});
+        assert!(!contains(
+            &json!({"spec": {"replicas": 3, "env": [{"name": "A", "value": "1"}]}}),
+            &want
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 1, "env": [{"name": "A", "value": "2"}]}}),
+            &want
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 1, "env": []}}),
+            &want
+        ));
+        assert!(!contains(&json!({"spec": {}}), &want));
+    }
+
+    #[test]
+    fn empty_rendered_maps_need_not_exist() {
+        assert!(contains(&json!({"a": 1}), &json!({"a": 1, "emptyDir": {}})));
+    }
+}

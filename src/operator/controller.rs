@@ -1,0 +1,371 @@
+//! The reconcile loop: read → validate → render → apply → status.
+
+use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
+use super::status::{self, WriterOutcome};
+use super::validate::{self, Problem};
+use super::{Error, FIELD_MANAGER, apply, metrics::Metrics};
+use crate::crd::{BackgroundPersistence, BackgroundPersistenceStatus};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How often a resource is reconciled with no event (drift the watches missed).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context {
+            client,
+            metrics,
+            recorder,
+        }
+    }
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Objects created or changed by server-side apply.
+    pub applied: Vec<String>,
+    /// Objects deleted because no writer renders them any more.
+    pub pruned: Vec<String>,
+    /// Whether the status subresource was written.
+    pub status_written: bool,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    Controller::new(
+        Api::<BackgroundPersistence>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .watches(
+        Api::<Deployment>::all(client.clone()),
+        owned.clone(),
+        owner_of,
+    )
+    .watches(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        owned.clone(),
+        owner_of,
+    )
+    .watches(Api::<ServiceAccount>::all(client), owned, owner_of)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "reconcile loop");
+        }
+    })
+    .await;
+}
+
+/// Children name their resource in a label: the resource is cluster-scoped and
+/// owner references alone cannot be mapped back without its namespace.
+fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<BackgroundPersistence>> {
+    obj.labels()
+        .get(LABEL_RESOURCE)
+        .map(|name| ObjectRef::new(name))
+}
+
+async fn reconcile(bp: Arc<BackgroundPersistence>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let report = reconcile_once(&bp, &ctx).await?;
+    if !report.applied.is_empty() || !report.pruned.is_empty() {
+        info!(resource = %bp.name_any(), applied = ?report.applied, pruned = ?report.pruned, "reconciled");
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn error_policy(bp: Arc<BackgroundPersistence>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.reason());
+    warn!(resource = %bp.name_any(), reason = error.reason(), error = %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// One full reconcile of one resource; public so tests drive it directly.
+pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result<Report, Error> {
+    let name = bp
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let checked = validate::validate(bp);
+    let mut report = Report::default();
+    let fatal: Vec<Problem> = checked.fatal().cloned().collect();
+
+    let applied = if fatal.is_empty() {
+        apply_all(bp, &checked, ctx, &mut report).await
+    } else {
+        Ok(Vec::new())
+    };
+    let (outcomes, apply_error) = match applied {
+        Ok(o) => (o, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let mut writers = outcomes;
+    for w in &bp.spec.writers {
+        let problems: Vec<&Problem> = checked
+            .problems
+            .iter()
+            .filter(|p| p.writer.as_deref() == Some(&w.name))
+            .collect();
+        if !problems.is_empty() || !fatal.is_empty() {
+            let all: Vec<&Problem> = if problems.is_empty() {
+                fatal.iter().collect()
+            } else {
+                problems
+            };
+            writers.push(WriterOutcome::refused(
+                &w.name,
+                w.default_replica_count.unwrap_or(1),
+                &all,
+            ));
+        }
+    }
+    let order = |n: &str| {
+        bp.spec
+            .writers
+            .iter()
+            .position(|w| w.name == n)
+            .unwrap_or(usize::MAX)
+    };
+    writers.sort_by_key(|w| order(&w.status.name));
+
+    let apply_message = apply_error.as_ref().map(|e| e.to_string());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::compute(
+        bp.metadata.generation,
+        bp.status.as_ref(),
+        writers,
+        &checked.problems,
+        apply_message.as_deref(),
+        &now,
+    );
+    report.status_written = write_status(bp, &name, new_status, ctx).await?;
+    match apply_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+async fn apply_all(
+    bp: &BackgroundPersistence,
+    checked: &validate::Validated<'_>,
+    ctx: &Context,
+    report: &mut Report,
+) -> Result<Vec<WriterOutcome>, Error> {
+    let name = bp.name_any();
+    let rendered = render::render(bp, &checked.writers).map_err(|e| match e {
+        render::RenderError::MissingMetadata(m) => Error::MissingMetadata(m),
+        other => Error::Render(other.to_string()),
+    })?;
+    let ns = bp.spec.common_persistence_specs.namespace.clone();
+    let client = &ctx.client;
+    let m = &ctx.metrics;
+
+    let (_, wrote) = apply::ensure(
+        &Api::<Namespace>::all(client.clone()),
+        &rendered.namespace,
+        m,
+    )
+    .await?;
+    note(report, wrote, "Namespace", &ns);
+    let (_, wrote) = apply::ensure(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        &rendered.service_account,
+        m,
+    )
+    .await?;
+    note(
+        report,
+        wrote,
+        "ServiceAccount",
+        &bp.spec.common_persistence_specs.service_account_name,
+    );
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let mut outcomes = Vec::new();
+    let mut keep_writers = Vec::new();
+    for w in &rendered.writers {
+        let (live, wrote) = apply::ensure(&deployments, &w.deployment, m).await?;
+        note(report, wrote, "Deployment", &live.name_any());
+        let (_, wrote) = apply::ensure(&pdbs, &w.pdb, m).await?;
+        note(report, wrote, "PodDisruptionBudget", &live.name_any());
+        keep_writers.push((ns.clone(), live.name_any()));
+        outcomes.push(WriterOutcome::applied(
+            &w.name,
+            &live,
+            &w.image,
+            &w.config_hash,
+            w.replicas,
+        ));
+    }
+    // A refused writer keeps what it last had: nothing half-applied, nothing lost.
+    for p in &checked.problems {
+        if let Some(w) = &p.writer {
+            keep_writers.push((ns.clone(), render::deployment_name(&name, w)));
+        }
+    }
+    let selector = format!("{LABEL_RESOURCE}={name},{LABEL_MANAGED_BY}={MANAGER}");
+    let m = &ctx.metrics;
+    report.pruned.extend(
+        apply::prune(
+            &Api::<Deployment>::all(client.clone()),
+            &selector,
+            &keep_writers,
+            m,
+        )
+        .await?,
+    );
+    report.pruned.extend(
+        apply::prune(
+            &Api::<PodDisruptionBudget>::all(client.clone()),
+            &selector,
+            &keep_writers,
+            m,
+        )
+        .await?,
+    );
+    let keep_sa = vec![(
+        ns.clone(),
+        bp.spec
+            .common_persistence_specs
+            .service_account_name
+            .clone(),
+    )];
+    report.pruned.extend(
+        apply::prune(
+            &Api::<ServiceAccount>::all(client.clone()),
+            &selector,
+            &keep_sa,
+            m,
+        )
+        .await?,
+    );
+
+    if !report.applied.is_empty() || !report.pruned.is_empty() {
+        let note = format!(
+            "applied: {}; pruned: {}",
+            list(&report.applied),
+            list(&report.pruned)
+        );
+        publish(ctx, bp, EventType::Normal, "Applied", &note).await;
+    }
+    Ok(outcomes)
+}
+
+fn note(report: &mut Report, wrote: bool, kind: &str, name: &str) {
+    if wrote {
+        report.applied.push(format!("{kind}/{name}"));
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Writes status only when it differs from what the object already shows.
+async fn write_status(
+    bp: &BackgroundPersistence,
+    name: &str,
+    new_status: BackgroundPersistenceStatus,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    if bp.status.as_ref() == Some(&new_status) {
+        return Ok(false);
+    }
+    let degraded = |s: Option<&BackgroundPersistenceStatus>| {
+        s.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+        })
+        .map(|c| c.message.clone())
+    };
+    let newly_degraded = degraded(Some(&new_status));
+    if newly_degraded.is_some() && newly_degraded != degraded(bp.status.as_ref()) {
+        let reason = new_status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::DEGRADED)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default();
+        publish(
+            ctx,
+            bp,
+            EventType::Warning,
+            &reason,
+            newly_degraded.as_deref().unwrap_or_default(),
+        )
+        .await;
+    }
+    let body = serde_json::json!({
+        "apiVersion": BackgroundPersistence::api_version(&()),
+        "kind": BackgroundPersistence::kind(&()),
+        "status": new_status,
+    });
+    let api: Api<BackgroundPersistence> = Api::all(ctx.client.clone());
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    ctx.metrics.api_write();
+    Ok(true)
+}
+
+/// Events are best effort: failing to record one must not fail the reconcile.
+async fn publish(
+    ctx: &Context,
+    bp: &BackgroundPersistence,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &bp.object_ref(&())).await {
+        warn!(error = %e, "could not record event");
+    } else {
+        ctx.metrics.api_write();
+    }
+}

@@ -1,0 +1,16 @@
+//! The operator: watches BackgroundPersistence resources and reconciles each
+//! through read → validate → render (pure) → apply (server-side apply) → status.
+
+pub mod apply;
+pub mod controller;
+pub mod error;
+pub mod metrics;
+pub mod render;
+pub mod status;
+pub mod validate;
+
+/// The one field manager every server-side apply uses.
+pub const FIELD_MANAGER: &str = "bgpersist-operator";
+
+pub use controller::{Context, run};
+pub use error::Error;

@@ -1,0 +1,356 @@
+use super::{RenderError, labels};
+use crate::contract as c;
+use crate::crd::{BackgroundPersistence, BusBackend, ImageField, ResourceAmounts, WriterSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Annotation on the pod template whose change rolls the writer.
+pub const CONFIG_HASH_ANNOTATION: &str = "bgpersist.dev/config-hash";
+/// Name of the Secret holding the Kafka SASL credentials, synced from the cloud secret.
+pub fn kafka_sasl_secret_name(resource: &str) -> String {
+    format!("{resource}-kafka-sasl")
+}
+/// UID of the non-root user the writer image runs as.
+pub const WRITER_UID: i64 = 65532;
+
+pub fn deployment_name(resource: &str, writer: &str) -> String {
+    format!("{resource}-{writer}")
+}
+
+/// The image a writer runs: its own, else the Rust image (which runs every
+/// type), else the common image its type names in the catalog.
+pub fn resolve_image(bp: &BackgroundPersistence, w: &WriterSpec) -> Result<String, RenderError> {
+    let common = &bp.spec.common_persistence_specs;
+    let field = w.bus_subscriber_type.kind().image;
+    w.image
+        .as_deref()
+        .or(common.bus_writer_image_rust.as_deref())
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| field.value(common))
+        .map(str::to_string)
+        .ok_or_else(|| RenderError::NoImage {
+            writer: w.name.clone(),
+            field: match field {
+                ImageField::Go => "bus_writer_image_go",
+                ImageField::Python => "bus_writer_image_python",
+                ImageField::Bswl => "bus_writer_image_bswl",
+            },
+        })
+}
+
+/// Returns the Deployment, its image, its config hash and its replicas.
+pub fn render(
+    bp: &BackgroundPersistence,
+    resource: &str,
+    w: &WriterSpec,
+    owner: &OwnerReference,
+) -> Result<(Deployment, String, String, i32), RenderError> {
+    let image = resolve_image(bp, w)?;
+    let replicas = w.default_replica_count.unwrap_or(1);
+    let sasl = bp.spec.kafka_sasl_secret.is_some()
+        && bp.spec.common_persistence_specs.bus_backend == BusBackend::Kafka;
+
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("256Mi".into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if sasl {
+        // Credentials as read-only files, never environment variables.
+        mounts.push(VolumeMount {
+            name: "kafka-sasl".into(),
+            mount_path: c::KAFKA_SASL_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "kafka-sasl".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(kafka_sasl_secret_name(resource)),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: "writer".into(),
+        image: Some(image.clone()),
+        env: Some(env(bp, resource, w, sasl)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: c::WRITER_HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: resources(w.request.as_ref(), w.limit.as_ref()),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let pod_spec = PodSpec {
+        service_account_name: Some(
+            bp.spec
+                .common_persistence_specs
+                .service_account_name
+                .clone(),
+        ),
+        automount_service_account_token: Some(false),
+        // Long enough for a writer to drain, write and commit on SIGTERM.
+        termination_grace_period_seconds: Some(60),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WRITER_UID),
+            run_as_group: Some(WRITER_UID),
+            fs_group: Some(WRITER_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..Default::default()
+    };
+    let config_hash = hash_of(&pod_spec);
+    let pod_labels = labels::writer(resource, w);
+    let deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(resource, &w.name)),
+            namespace: Some(bp.spec.common_persistence_specs.namespace.clone()),
+            labels: Some(pod_labels.clone()),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels::selector(resource, &w.name)),
+                ..Default::default()
+            },
+            // Never two generations consuming at once beyond one surge pod.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.into(),
+                        config_hash.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok((deployment, image, config_hash, replicas))
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    }
+}
+
+fn resources(
+    request: Option<&ResourceAmounts>,
+    limit: Option<&ResourceAmounts>,
+) -> Option<ResourceRequirements> {
+    fn amounts(a: Option<&ResourceAmounts>) -> Option<BTreeMap<String, Quantity>> {
+        let a = a?;
+        let m: BTreeMap<String, Quantity> = [("cpu", &a.cpu), ("memory", &a.memory)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Quantity(v.clone()))))
+            .collect();
+        (!m.is_empty()).then_some(m)
+    }
+    let (requests, limits) = (amounts(request), amounts(limit));
+    (requests.is_some() || limits.is_some()).then(|| ResourceRequirements {
+        requests,
+        limits,
+        ..Default::default()
+    })
+}
+
+fn env(bp: &BackgroundPersistence, resource: &str, w: &WriterSpec, sasl: bool) -> Vec<EnvVar> {
+    let spec = &bp.spec;
+    let common = &spec.common_persistence_specs;
+    let kind = w.bus_subscriber_type.kind();
+    let to_string = |v: &dyn erased::Wire| v.wire();
+    let mut vars: Vec<(&str, Option<String>)> = vec![
+        (c::ENV_RESOURCE, Some(resource.to_string())),
+        (c::ENV_WRITER_NAME, Some(w.name.clone())),
+        (
+            c::ENV_WRITER_TYPE,
+            Some(w.bus_subscriber_type.as_str().to_string()),
+        ),
+        (c::ENV_BUS_BACKEND, Some(to_string(&common.bus_backend))),
+        (
+            c::ENV_SUBSCRIPTION,
+            kind.consumes.value(spec).map(str::to_string),
+        ),
+        (c::ENV_PUBLISH_TOPIC, publish_topic(bp, w)),
+        (c::ENV_DLQ_TOPIC, common.kafka_dlq_topic.clone()),
+        (c::ENV_METADATA_PROVIDER, spec.metadata_provider.clone()),
+        (
+            c::ENV_MAX_BATCH_SIZE,
+            w.max_batch_size.map(|v| v.to_string()),
+        ),
+        (
+            c::ENV_CONCURRENCY,
+            w.message_processing_concurrency.map(|v| v.to_string()),
+        ),
+        (c::ENV_STORAGE_CACHE_PREFIX, w.storage_cache_prefix.clone()),
+        (
+            c::ENV_HTTP_ADDR,
+            Some(format!("0.0.0.0:{}", c::WRITER_HTTP_PORT)),
+        ),
+    ];
+    if common.bus_backend == BusBackend::Kafka {
+        vars.extend([
+            (
+                c::ENV_KAFKA_BOOTSTRAP_SERVERS,
+                spec.kafka_bootstrap_servers.clone(),
+            ),
+            (
+                c::ENV_KAFKA_SECURITY_PROTOCOL,
+                spec.kafka_security_protocol.map(|v| to_string(&v)),
+            ),
+            (
+                c::ENV_KAFKA_SASL_MECHANISM,
+                spec.kafka_sasl_mechanism.map(|v| to_string(&v)),
+            ),
+            (
+                c::ENV_KAFKA_CONSUMER_GROUP,
+                Some(
+                    w.kafka_consumer_group_override
+                        .clone()
+                        .unwrap_or_else(|| format!("bgpersist.{resource}.{}", w.name)),
+                ),
+            ),
+            (
+                c::ENV_KAFKA_SASL_DIR,
+                sasl.then(|| c::KAFKA_SASL_MOUNT.to_string()),
+            ),
+        ]);
+    }
+    use crate::crd::StoreKind as S;
+    match kind.store {
+        S::OnlineStore => vars.push((c::ENV_REDIS_IS_CLUSTERED, spec.redis_is_clustered.clone())),
+        S::OfflineStore => vars.extend([
+            (c::ENV_UPLOAD_BUCKET, common.bigquery_upload_bucket.clone()),
+            (
+                c::ENV_OFFLINE_STORE_DB_TYPE,
+                w.offline_store_inserter_db_type.clone(),
+            ),
+            (
+                c::ENV_SNOWFLAKE_STORAGE_INTEGRATION,
+                spec.snowflake_storage_integration_name.clone(),
+            ),
+            (
+                c::ENV_QUERY_TABLE_WRITE_DROP_RATIO,
+                w.query_table_write_drop_ratio.clone(),
+            ),
+        ]),
+        S::MetricsBus => vars.push((
+            c::ENV_SKIP_FEATURE_METRICS,
+            w.results_writer_skip_producing_feature_metrics
+                .map(|b| b.to_string()),
+        )),
+        S::UsageStore => vars.push((c::ENV_USAGE_STORE_URI, w.usage_store_uri.clone())),
+        S::QueryMirror => vars.push((c::ENV_API_SERVER_HOST, spec.api_server_host.clone())),
+        S::MetricsStore | S::VectorStore => {}
+    }
+    vars.into_iter()
+        .filter_map(|(name, value)| {
+            value.map(|value| EnvVar {
+                name: name.into(),
+                value: Some(value),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The topic a republishing writer sends to.
+fn publish_topic(bp: &BackgroundPersistence, w: &WriterSpec) -> Option<String> {
+    use crate::crd::StoreKind as S;
+    let common = &bp.spec.common_persistence_specs;
+    match w.bus_subscriber_type.kind().store {
+        S::MetricsBus => common.metrics_bus_topic_id.clone(),
+        S::OfflineStore if w.bus_subscriber_type == crate::crd::WriterType::OfflineWriter => {
+            common.bigquery_streaming_write_topic.clone()
+        }
+        _ => None,
+    }
+}
+
+/// Short, stable hash of what the pods run; a change rolls the writer.
+fn hash_of(spec: &PodSpec) -> String {
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Spec enums as the strings users write.
+mod erased {
+    pub trait Wire {
+        fn wire(&self) -> String;
+    }
+    impl<T: serde::Serialize> Wire for T {
+        fn wire(&self) -> String {
+            match serde_json::to_value(self) {
+                Ok(serde_json::Value::String(s)) => s,
+                Ok(other) => other.to_string(),
+                Err(_) => String::new(),
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Pure rendering: a validated spec in, Kubernetes objects out. No I/O, so
+//! every rendered field is unit-tested without a server.
+
+mod deployment;
+mod labels;
+mod namespace;
+mod pdb;
+mod service_account;
+
+pub use deployment::{deployment_name, resolve_image};
+pub use labels::{LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_WRITER, MANAGER, selector};
+
+use crate::crd::{BackgroundPersistence, WriterSpec};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+/// Everything one resource renders to.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub namespace: Namespace,
+    pub service_account: ServiceAccount,
+    pub writers: Vec<RenderedWriter>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RenderedWriter {
+    pub name: String,
+    pub deployment: Deployment,
+    pub pdb: PodDisruptionBudget,
+    pub image: String,
+    pub config_hash: String,
+    pub replicas: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("metadata.{0} is missing: render needs a resource read from the API server")]
+    MissingMetadata(&'static str),
+    #[error(
+        "writer {writer}: no image (set common_persistence_specs.{field}, bus_writer_image_rust or the writer's image)"
+    )]
+    NoImage { writer: String, field: &'static str },
+}
+
+/// The owner reference every rendered object carries. The resource is
+/// cluster-scoped, so it can own objects in any namespace.
+pub fn owner_reference(bp: &BackgroundPersistence) -> Result<OwnerReference, RenderError> {
+    use kube::Resource;
+    let name = bp
+        .metadata
+        .name
+        .clone()
+        .ok_or(RenderError::MissingMetadata("name"))?;
+    let uid = bp
+        .metadata
+        .uid
+        .clone()
+        .ok_or(RenderError::MissingMetadata("uid"))?;
+    Ok(OwnerReference {
+        api_version: BackgroundPersistence::api_version(&()).into_owned(),
+        kind: BackgroundPersistence::kind(&()).into_owned(),
+        name,
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+/// Render the resource with the given (already validated) writers.
+pub fn render(
+    bp: &BackgroundPersistence,
+    writers: &[&WriterSpec],
+) -> Result<Rendered, RenderError> {
+    let owner = owner_reference(bp)?;
+    let resource = owner.name.clone();
+    let mut out = Vec::with_capacity(writers.len());
+    for w in writers {
+        let (deployment, image, config_hash, replicas) =
+            deployment::render(bp, &resource, w, &owner)?;
+        out.push(RenderedWriter {
+            name: w.name.clone(),
+            pdb: pdb::render(bp, &resource, w, &owner),
+            deployment,
+            image,
+            config_hash,
+            replicas,
+        });
+    }
+    Ok(Rendered {
+        namespace: namespace::render(bp, &resource),
+        service_account: service_account::render(bp, &resource, &owner),
+        writers: out,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::crd::BackgroundPersistence;
+
+    /// The documented example configuration, as users paste it.
+    pub const SEED_SPEC: &str = include_str!("../../../deploy/examples/seed-example.yaml");
+
+    /// The seed resource as the API server would return it (name and uid set).
+    pub fn seed() -> BackgroundPersistence {
+        let mut bp: BackgroundPersistence =
+            serde_yaml::from_str(SEED_SPEC).unwrap_or_else(|e| panic!("seed parses: {e}"));
+        bp.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+        bp.metadata.generation = Some(1);
+        bp
+    }
+
+    /// The seed resource after a JSON merge of `patch` into its spec.
+    pub fn seed_with(patch: serde_json::Value) -> BackgroundPersistence {
+        let bp = seed();
+        let mut v = serde_json::to_value(&bp).unwrap_or_default();
+        merge(&mut v["spec"], &patch);
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("patched seed parses: {e}"))
+    }
+
+    fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        match (target, patch) {
+            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

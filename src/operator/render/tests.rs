@@ -1,0 +1,430 @@
+//! Render tests: spec in, objects out, no server.
+
+use super::fixtures::{seed, seed_with};
+use super::*;
+use crate::contract as c;
+use crate::crd::{WriterSpec, WriterType};
+use serde_json::json;
+
+fn render_all(bp: &BackgroundPersistence) -> Rendered {
+    let writers: Vec<&WriterSpec> = bp.spec.writers.iter().collect();
+    render(bp, &writers).unwrap_or_else(|e| panic!("render: {e}"))
+}
+
+fn env_of(w: &RenderedWriter) -> std::collections::BTreeMap<String, String> {
+    let pod = w
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    pod.containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect()
+}
+
+/// A seed variant running one writer of `t`, with every bus ID and image filled in.
+fn one_writer(t: WriterType) -> BackgroundPersistence {
+    seed_with(json!({
+        "common_persistence_specs": {
+            "usage_bus_subscription_id": "usage-bus-1",
+            "vector_bus_subscription_id": "vector-bus-1",
+        },
+        "writers": [{"name": "w", "bus_subscriber_type": t.as_str(), "default_replica_count": 2}]
+    }))
+}
+
+#[test]
+fn seed_renders_namespace_account_and_one_deployment_per_writer() {
+    let bp = seed();
+    let r = render_all(&bp);
+    assert_eq!(
+        r.namespace.metadata.name.as_deref(),
+        Some("background-persistence")
+    );
+    assert_eq!(
+        r.service_account.metadata.name.as_deref(),
+        Some("background-persistence-sa")
+    );
+    assert_eq!(
+        r.service_account.metadata.namespace.as_deref(),
+        Some("background-persistence")
+    );
+    let names: Vec<_> = r
+        .writers
+        .iter()
+        .map(|w| w.deployment.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "background-persistence-go-metrics-bus-writer",
+            "background-persistence-go-result-bus-metrics-writer"
+        ]
+    );
+    let owner = owner_reference(&bp).ok();
+    for w in &r.writers {
+        assert_eq!(
+            w.deployment
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first().cloned()),
+            owner
+        );
+        assert_eq!(
+            w.pdb
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first().cloned()),
+            owner
+        );
+        assert_eq!(w.image, "<go bus writer image>");
+    }
+    assert!(
+        r.namespace.metadata.owner_references.is_none(),
+        "namespaces are never owned"
+    );
+}
+
+#[test]
+fn resources_come_from_request_and_limit() {
+    let r = render_all(&seed());
+    let res = |i: usize| {
+        r.writers[i]
+            .deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].resources.clone())
+    };
+    let json = serde_json::to_value(res(1)).unwrap_or_default();
+    assert_eq!(
+        json,
+        json!({"requests": {"cpu": "400m", "memory": "1024Mi"}, "limits": {"cpu": "1", "memory": "1024Mi"}})
+    );
+}
+
+#[test]
+fn pods_run_restricted() {
+    let r = render_all(&seed());
+    let pod = r.writers[0]
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    let psc = pod.security_context.unwrap_or_default();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let sc = pod.containers[0]
+        .security_context
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("background-persistence-sa")
+    );
+}
+
+#[test]
+fn kafka_sasl_secret_is_mounted_as_files_never_env() {
+    let r = render_all(&seed());
+    let pod = r.writers[0]
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    let vol = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "kafka-sasl");
+    assert_eq!(
+        vol.and_then(|v| v.secret)
+            .and_then(|s| s.secret_name)
+            .as_deref(),
+        Some("background-persistence-kafka-sasl")
+    );
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.name == "kafka-sasl");
+    assert_eq!(
+        mount.map(|m| (m.mount_path, m.read_only)),
+        Some((c::KAFKA_SASL_MOUNT.to_string(), Some(true)))
+    );
+    let env = pod.containers[0].env.clone().unwrap_or_default();
+    assert!(
+        env.iter().all(|e| e.value_from.is_none()),
+        "no secret reaches env"
+    );
+    assert_eq!(
+        env_of(&r.writers[0])
+            .get(c::ENV_KAFKA_SASL_DIR)
+            .map(String::as_str),
+        Some(c::KAFKA_SASL_MOUNT)
+    );
+}
+
+#[test]
+fn every_writer_type_renders_its_bus_settings() {
+    let expect: &[(WriterType, &str, Option<&str>)] = &[
+        (WriterType::OnlineWriter, "result-bus-1", None),
+        (
+            WriterType::MetricsWriter,
+            "result-bus-1",
+            Some("metrics-bus-1"),
+        ),
+        (WriterType::MetricsBusWriter, "metrics-bus-1", None),
+        (
+            WriterType::OfflineWriter,
+            "result-bus-1",
+            Some("offline-store-streaming-insert-bus-1"),
+        ),
+        (
+            WriterType::OfflineStoreBulkInsertWriter,
+            "offline-store-bulk-insert-bus-1",
+            None,
+        ),
+        (
+            WriterType::OfflineStoreStreamingInsertWriter,
+            "offline-store-streaming-insert-bus-1",
+            None,
+        ),
+        (WriterType::UsageBusWriter, "usage-bus-1", None),
+        (WriterType::QueryMirrorConsumer, "operation-bus-1", None),
+        (WriterType::OnlineVectorStoreWriter, "vector-bus-1", None),
+        (WriterType::GoMetricsBusWriter, "metrics-bus-1", None),
+        (
+            WriterType::GoResultBusMetricsWriter,
+            "result-bus-1",
+            Some("metrics-bus-1"),
+        ),
+    ];
+    assert_eq!(
+        expect.len(),
+        WriterType::ALL.len(),
+        "one case per writer type"
+    );
+    for (t, subscription, publish) in expect {
+        let r = render_all(&one_writer(*t));
+        let w = &r.writers[0];
+        let env = env_of(w);
+        assert_eq!(
+            env.get(c::ENV_WRITER_TYPE).map(String::as_str),
+            Some(t.as_str()),
+            "{t}"
+        );
+        assert_eq!(
+            env.get(c::ENV_SUBSCRIPTION).map(String::as_str),
+            Some(*subscription),
+            "{t}"
+        );
+        assert_eq!(
+            env.get(c::ENV_PUBLISH_TOPIC).map(String::as_str),
+            *publish,
+            "{t}"
+        );
+        assert_eq!(
+            env.get(c::ENV_BUS_BACKEND).map(String::as_str),
+            Some("KAFKA"),
+            "{t}"
+        );
+        assert_eq!(
+            env.get(c::ENV_KAFKA_SECURITY_PROTOCOL).map(String::as_str),
+            Some("SASL_SSL"),
+            "{t}"
+        );
+        assert_eq!(
+            env.get(c::ENV_KAFKA_SASL_MECHANISM).map(String::as_str),
+            Some("SCRAM-SHA-512"),
+            "{t}"
+        );
+        assert_eq!(
+            env.get(c::ENV_KAFKA_CONSUMER_GROUP).map(String::as_str),
+            Some("bgpersist.background-persistence.w")
+        );
+        assert_eq!(
+            env.get(c::ENV_DLQ_TOPIC).map(String::as_str),
+            Some("dlq-1"),
+            "{t}"
+        );
+        assert_eq!(w.replicas, 2);
+        assert_eq!(w.deployment.spec.as_ref().and_then(|s| s.replicas), Some(2));
+        let component = w
+            .deployment
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/component").cloned());
+        assert_eq!(component, Some(t.as_str().to_lowercase().replace('_', "-")));
+        let expected_image = match t.kind().image {
+            crate::crd::ImageField::Go => "<go bus writer image>",
+            crate::crd::ImageField::Python => "<python bus writer image>",
+            crate::crd::ImageField::Bswl => "<bswl bus writer image>",
+        };
+        assert_eq!(w.image, expected_image, "{t}");
+    }
+}
+
+#[test]
+fn type_specific_settings_reach_the_writer() {
+    let r = render_all(&one_writer(WriterType::OnlineWriter));
+    assert_eq!(
+        env_of(&r.writers[0])
+            .get(c::ENV_REDIS_IS_CLUSTERED)
+            .map(String::as_str),
+        Some("1")
+    );
+    let r = render_all(&one_writer(WriterType::QueryMirrorConsumer));
+    assert_eq!(
+        env_of(&r.writers[0])
+            .get(c::ENV_API_SERVER_HOST)
+            .map(String::as_str),
+        Some("<your api server here>")
+    );
+    let r = render_all(&one_writer(WriterType::OfflineStoreBulkInsertWriter));
+    assert_eq!(
+        env_of(&r.writers[0])
+            .get(c::ENV_UPLOAD_BUCKET)
+            .map(String::as_str),
+        Some("s3://<your data bucket>")
+    );
+}
+
+#[test]
+fn rust_image_runs_every_type_and_writer_image_wins() {
+    let bp = seed_with(
+        json!({"common_persistence_specs": {"bus_writer_image_rust": "bgpersist/writer:1"}}),
+    );
+    assert!(
+        render_all(&bp)
+            .writers
+            .iter()
+            .all(|w| w.image == "bgpersist/writer:1")
+    );
+    let bp = seed_with(
+        json!({"common_persistence_specs": {"bus_writer_image_rust": "bgpersist/writer:1"},
+        "writers": [{"name": "w", "bus_subscriber_type": "ONLINE_WRITER", "image": "mine:2"}]}),
+    );
+    assert_eq!(render_all(&bp).writers[0].image, "mine:2");
+}
+
+#[test]
+fn config_hash_changes_with_the_pod_and_only_then() {
+    let a = render_all(&seed());
+    let b = render_all(&seed_with(json!({"metadata_provider": "GRPC_SERVER"})));
+    assert_eq!(a.writers[0].config_hash, b.writers[0].config_hash);
+    let c = render_all(&seed_with(json!({"kafka_bootstrap_servers": "other:9092"})));
+    assert_ne!(a.writers[0].config_hash, c.writers[0].config_hash);
+    let ann = a.writers[0]
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone());
+    assert_eq!(
+        ann.and_then(|m| m.get("bgpersist.dev/config-hash").cloned()),
+        Some(a.writers[0].config_hash.clone())
+    );
+}
+
+#[test]
+fn cloud_identity_annotations_when_given() {
+    let plain = render_all(&seed());
+    assert!(plain.service_account.metadata.annotations.is_none());
+    let bp = seed_with(json!({"common_persistence_specs": {
+        "aws_role_arn": "arn:aws:iam::123456789012:role/writers",
+        "gcp_service_account": "writers@p.iam.gserviceaccount.com"}}));
+    let ann = render_all(&bp)
+        .service_account
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert_eq!(
+        ann.get("eks.amazonaws.com/role-arn").map(String::as_str),
+        Some("arn:aws:iam::123456789012:role/writers")
+    );
+    assert_eq!(
+        ann.get("iam.gke.io/gcp-service-account")
+            .map(String::as_str),
+        Some("writers@p.iam.gserviceaccount.com")
+    );
+}
+
+#[test]
+fn pubsub_renders_no_kafka_settings() {
+    let bp = seed_with(json!({"common_persistence_specs": {"bus_backend": "PUBSUB"}}));
+    let r = render_all(&bp);
+    let env = env_of(&r.writers[0]);
+    assert!(env.keys().all(|k| !k.starts_with("BGP_KAFKA")), "{env:?}");
+    let pod = r.writers[0]
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    assert!(
+        pod.volumes
+            .unwrap_or_default()
+            .iter()
+            .all(|v| v.name != "kafka-sasl")
+    );
+}
+
+#[test]
+fn pdb_selects_the_writer_pods() {
+    let r = render_all(&seed());
+    let w = &r.writers[0];
+    let pdb_sel = w
+        .pdb
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .and_then(|s| s.match_labels);
+    let dep_sel = w
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone());
+    assert_eq!(pdb_sel, dep_sel);
+    let pod_labels = w
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.clone())
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    for (k, v) in dep_sel.unwrap_or_default() {
+        assert_eq!(pod_labels.get(&k), Some(&v));
+    }
+}
+
+#[test]
+fn render_without_uid_is_an_error() {
+    let mut bp = seed();
+    bp.metadata.uid = None;
+    assert!(matches!(
+        render(&bp, &[]),
+        Err(RenderError::MissingMetadata("uid"))
+    ));
+}

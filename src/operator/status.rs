@@ -1,0 +1,308 @@
+//! Status: conditions (Ready, Progressing, Degraded) with observedGeneration,
+//! per-writer rollout, written only when something other than time changed.
+
+use super::validate::Problem;
+use crate::crd::{BackgroundPersistenceStatus, WriterStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// What one reconcile learned about one writer.
+#[derive(Clone, Debug)]
+pub struct WriterOutcome {
+    pub status: WriterStatus,
+    pub rolled_out: bool,
+}
+
+impl WriterOutcome {
+    /// A writer whose Deployment was applied; readiness read off its live status.
+    pub fn applied(
+        name: &str,
+        live: &Deployment,
+        image: &str,
+        config_hash: &str,
+        desired: i32,
+    ) -> Self {
+        let st = live.status.clone().unwrap_or_default();
+        let ready = st.ready_replicas.unwrap_or(0);
+        let observed = st.observed_generation.unwrap_or(0) >= live.metadata.generation.unwrap_or(0);
+        let rolled_out = observed
+            && st.updated_replicas.unwrap_or(0) >= desired
+            && st.available_replicas.unwrap_or(0) >= desired
+            && ready >= desired
+            && st.replicas.unwrap_or(0) <= desired;
+        WriterOutcome {
+            status: WriterStatus {
+                name: name.to_string(),
+                deployment: live.metadata.name.clone(),
+                desired_replicas: desired,
+                ready_replicas: ready,
+                image: Some(image.to_string()),
+                config_hash: Some(config_hash.to_string()),
+                message: None,
+            },
+            rolled_out,
+        }
+    }
+
+    /// A writer refused by validation: nothing applied for it.
+    pub fn refused(name: &str, desired: i32, problems: &[&Problem]) -> Self {
+        let message = problems
+            .iter()
+            .map(|p| format!("spec.{}: {}", p.field, p.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        WriterOutcome {
+            status: WriterStatus {
+                name: name.to_string(),
+                desired_replicas: desired,
+                message: Some(message),
+                ..Default::default()
+            },
+            rolled_out: false,
+        }
+    }
+}
+
+/// The status one reconcile leads to. `apply_error` is set when applying failed.
+pub fn compute(
+    generation: Option<i64>,
+    previous: Option<&BackgroundPersistenceStatus>,
+    writers: Vec<WriterOutcome>,
+    problems: &[Problem],
+    apply_error: Option<&str>,
+    now: &Time,
+) -> BackgroundPersistenceStatus {
+    let ready_count = writers.iter().filter(|w| w.rolled_out).count();
+    let total = writers.len();
+    let rolling: Vec<&str> = writers
+        .iter()
+        .filter(|w| !w.rolled_out && w.status.message.is_none())
+        .map(|w| w.status.name.as_str())
+        .collect();
+    let fatal = problems.iter().any(|p| p.writer.is_none());
+
+    let (degraded, degraded_reason, degraded_msg) = if let Some(e) = apply_error {
+        (true, "ApplyFailed", e.to_string())
+    } else if !problems.is_empty() {
+        let reason = if fatal {
+            "InvalidSpec"
+        } else {
+            "InvalidWriters"
+        };
+        (
+            true,
+            reason,
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    } else {
+        (
+            false,
+            "AsExpected",
+            "every writer is valid and applied".to_string(),
+        )
+    };
+    let (progressing, prog_reason, prog_msg) = if rolling.is_empty() {
+        (
+            false,
+            "RolloutComplete",
+            "no rollout in progress".to_string(),
+        )
+    } else {
+        (
+            true,
+            "RollingOut",
+            format!(
+                "waiting for writers to become ready: {}",
+                rolling.join(", ")
+            ),
+        )
+    };
+    let ready = !degraded && ready_count == total;
+    let (ready_reason, ready_msg) = if ready {
+        (
+            "AllWritersReady",
+            format!("{ready_count}/{total} writers ready"),
+        )
+    } else if degraded {
+        (degraded_reason, degraded_msg.clone())
+    } else {
+        (
+            "WritersNotReady",
+            format!("{ready_count}/{total} writers ready"),
+        )
+    };
+
+    let conditions = vec![
+        condition(
+            previous,
+            READY,
+            ready,
+            ready_reason,
+            &ready_msg,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            PROGRESSING,
+            progressing,
+            prog_reason,
+            &prog_msg,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            DEGRADED,
+            degraded,
+            degraded_reason,
+            &degraded_msg,
+            generation,
+            now,
+        ),
+    ];
+    BackgroundPersistenceStatus {
+        observed_generation: generation,
+        conditions,
+        writers_ready: Some(format!("{ready_count}/{total}")),
+        writers: writers.into_iter().map(|w| w.status).collect(),
+    }
+}
+
+/// A condition that keeps its previous transition time unless its status flips,
+/// so an unchanged state never rewrites status (no GitOps churn).
+fn condition(
+    previous: Option<&BackgroundPersistenceStatus>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status);
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        // The API server caps messages at 32 KiB.
+        message: message.chars().take(4096).collect(),
+        observed_generation: generation,
+        last_transition_time: last
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH))
+    }
+
+    fn deployment(ready: i32, generation: i64, observed: i64) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.name = Some("bp-w".into());
+        d.metadata.generation = Some(generation);
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(ready),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(ready),
+            available_replicas: Some(ready),
+            ..Default::default()
+        });
+        d
+    }
+
+    #[test]
+    fn ready_when_every_writer_rolled_out() {
+        let w = WriterOutcome::applied("w", &deployment(2, 3, 3), "img", "h", 2);
+        let s = compute(Some(7), None, vec![w], &[], None, &t(100));
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.as_str(), c.observed_generation));
+        assert_eq!(ready, Some(("True", Some(7))));
+        assert_eq!(s.writers_ready.as_deref(), Some("1/1"));
+        assert_eq!(s.observed_generation, Some(7));
+    }
+
+    #[test]
+    fn stale_observed_generation_is_still_progressing() {
+        let w = WriterOutcome::applied("w", &deployment(1, 4, 3), "img", "h", 1);
+        let s = compute(Some(1), None, vec![w], &[], None, &t(100));
+        let by = |ty: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| c.status.clone())
+        };
+        assert_eq!(by(READY).as_deref(), Some("False"));
+        assert_eq!(by(PROGRESSING).as_deref(), Some("True"));
+    }
+
+    #[test]
+    fn unchanged_state_keeps_transition_times() {
+        let w = || WriterOutcome::applied("w", &deployment(1, 1, 1), "img", "h", 1);
+        let first = compute(Some(1), None, vec![w()], &[], None, &t(100));
+        let second = compute(Some(1), Some(&first), vec![w()], &[], None, &t(200));
+        assert_eq!(
+            first, second,
+            "a resync with nothing new must produce an identical status"
+        );
+    }
+
+    #[test]
+    fn refused_writer_degrades_with_field_and_reason() {
+        let p = Problem {
+            writer: Some("w".into()),
+            field: "writers[0].image".into(),
+            reason: "no image".into(),
+        };
+        let s = compute(
+            Some(1),
+            None,
+            vec![WriterOutcome::refused("w", 1, &[&p])],
+            std::slice::from_ref(&p),
+            None,
+            &t(1),
+        );
+        let d = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .cloned()
+            .unwrap_or_else(|| panic!("no Degraded"));
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "InvalidWriters")
+        );
+        assert!(
+            d.message
+                .contains("writer w: spec.writers[0].image: no image"),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            s.writers[0].message.as_deref(),
+            Some("spec.writers[0].image: no image")
+        );
+    }
+}

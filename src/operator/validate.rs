@@ -1,0 +1,216 @@
+//! Checks that need more than the CRD's schema and CEL rules (and repeat the
+//! catalog's, in case an older CRD without them is installed). A writer that
+//! fails is not applied at all; a spec-level problem stops the whole apply.
+
+use crate::crd::{BackgroundPersistence, BusBackend, WriterSpec};
+use crate::operator::render::{deployment_name, resolve_image};
+use crate::quantity;
+
+/// One refusal: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The writer it concerns; None for the spec as a whole.
+    pub writer: Option<String>,
+    /// Path under `spec`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.writer {
+            Some(w) => write!(f, "writer {w}: spec.{}: {}", self.field, self.reason),
+            None => write!(f, "spec.{}: {}", self.field, self.reason),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Validated<'a> {
+    pub writers: Vec<&'a WriterSpec>,
+    pub problems: Vec<Problem>,
+}
+
+impl Validated<'_> {
+    /// Problems that block every writer.
+    pub fn fatal(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.writer.is_none())
+    }
+}
+
+pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
+    let spec = &bp.spec;
+    let resource = bp.metadata.name.as_deref().unwrap_or_default();
+    let mut problems = Vec::new();
+    let spec_problem = |field: &str, reason: &str| Problem {
+        writer: None,
+        field: field.into(),
+        reason: reason.into(),
+    };
+
+    if spec.common_persistence_specs.bus_backend == BusBackend::Kafka
+        && !spec.writers.is_empty()
+        && spec
+            .kafka_bootstrap_servers
+            .as_deref()
+            .is_none_or(|s| s.trim().is_empty())
+    {
+        problems.push(spec_problem(
+            "kafka_bootstrap_servers",
+            "required when bus_backend is KAFKA",
+        ));
+    }
+    if spec.kafka_sasl_secret.is_some() && spec.common_persistence_specs.secret_client.is_none() {
+        problems.push(spec_problem(
+            "common_persistence_specs.secret_client",
+            "required when kafka_sasl_secret is set",
+        ));
+    }
+
+    let mut ok = Vec::new();
+    for (i, w) in spec.writers.iter().enumerate() {
+        let before = problems.len();
+        let mut refuse = |field: String, reason: String| {
+            problems.push(Problem {
+                writer: Some(w.name.clone()),
+                field,
+                reason,
+            });
+        };
+        if spec.writers[..i].iter().any(|o| o.name == w.name) {
+            refuse(
+                format!("writers[{i}].name"),
+                format!("duplicate writer name {:?}", w.name),
+            );
+        }
+        let derived = deployment_name(resource, &w.name);
+        if derived.len() > crate::crd::rules::MAX_DERIVED_NAME {
+            refuse(
+                format!("writers[{i}].name"),
+                format!(
+                    "{derived:?} is {} characters, more than {}",
+                    derived.len(),
+                    crate::crd::rules::MAX_DERIVED_NAME
+                ),
+            );
+        }
+        let kind = w.bus_subscriber_type.kind();
+        for field in std::iter::once(&kind.consumes).chain(kind.also_requires) {
+            if field.value(spec).is_none() {
+                refuse(
+                    field.path().into(),
+                    format!("required by {}", w.bus_subscriber_type),
+                );
+            }
+        }
+        if let Err(e) = resolve_image(bp, w) {
+            refuse(format!("writers[{i}].image"), e.to_string());
+        }
+        if w.default_replica_count.is_some_and(|r| r < 0) {
+            refuse(
+                format!("writers[{i}].default_replica_count"),
+                "must not be negative".into(),
+            );
+        }
+        for (what, amounts) in [("request", &w.request), ("limit", &w.limit)] {
+            let Some(a) = amounts else { continue };
+            for (res, v) in [("cpu", &a.cpu), ("memory", &a.memory)] {
+                if let Some(v) = v.as_deref().filter(|v| quantity::parse(v).is_none()) {
+                    refuse(
+                        format!("writers[{i}].{what}.{res}"),
+                        format!("{v:?} is not a Kubernetes quantity"),
+                    );
+                }
+            }
+        }
+        if let (Some(req), Some(lim)) = (&w.request, &w.limit) {
+            for (res, r, l) in [
+                ("cpu", &req.cpu, &lim.cpu),
+                ("memory", &req.memory, &lim.memory),
+            ] {
+                if let (Some(r), Some(l)) = (
+                    r.as_deref().and_then(quantity::parse),
+                    l.as_deref().and_then(quantity::parse),
+                ) && r > l
+                {
+                    refuse(
+                        format!("writers[{i}].request.{res}"),
+                        "must not exceed the limit".into(),
+                    );
+                }
+            }
+        }
+        if problems.len() == before {
+            ok.push(w);
+        }
+    }
+    Validated {
+        writers: ok,
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::render::fixtures::seed_with;
+    use serde_json::json;
+
+    fn problems(patch: serde_json::Value) -> Vec<String> {
+        let bp = seed_with(patch);
+        validate(&bp)
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn seed_is_valid() {
+        assert_eq!(problems(json!({})), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_subscription_names_writer_and_field() {
+        let p =
+            problems(json!({"common_persistence_specs": {"metrics_bus_subscription_id": null}}));
+        assert_eq!(
+            p,
+            vec![
+                "writer go-metrics-bus-writer: spec.common_persistence_specs.metrics_bus_subscription_id: required by GO_METRICS_BUS_WRITER"
+            ]
+        );
+    }
+
+    #[test]
+    fn request_above_limit_is_refused() {
+        let bp = seed_with(json!({}));
+        let mut bp2 = bp.clone();
+        bp2.spec.writers[0].request = Some(crate::crd::ResourceAmounts {
+            cpu: Some("2".into()),
+            memory: None,
+        });
+        let v = validate(&bp2);
+        assert_eq!(v.writers.len(), 1, "only the other writer stays");
+        assert!(
+            v.problems[0]
+                .to_string()
+                .contains("writers[0].request.cpu: must not exceed the limit")
+        );
+    }
+
+    #[test]
+    fn kafka_without_bootstrap_is_fatal() {
+        let bp = seed_with(json!({"kafka_bootstrap_servers": null}));
+        let v = validate(&bp);
+        assert_eq!(v.fatal().count(), 1);
+        assert!(v.fatal().any(|p| p.field == "kafka_bootstrap_servers"));
+    }
+
+    #[test]
+    fn missing_image_is_refused_for_that_writer() {
+        let p = problems(json!({"common_persistence_specs": {"bus_writer_image_go": null}}));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|m| m.contains("bus_writer_image_go")));
+    }
+}
