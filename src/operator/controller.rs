@@ -55,16 +55,25 @@ pub struct Report {
     pub status_written: bool,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller over every resource until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_selected(ctx, watcher::Config::default(), shutdown).await
+}
+
+/// Runs the controller over the resources `selection` matches (label or field selectors).
+pub async fn run_selected(
+    ctx: Arc<Context>,
+    selection: watcher::Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     Controller::new(
         Api::<BackgroundPersistence>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+        selection.any_semantic(),
     )
     .watches(
         Api::<Deployment>::all(client.clone()),

@@ -57,3 +57,5 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+pub mod kubeclient;

@@ -1,0 +1,271 @@
+//! Malformed resources are refused by the API server (schema and CEL rules),
+//! each with a message naming the field.
+
+use crate::{install_crd, seed_resource, seed_value};
+use bgpersist::crd::BackgroundPersistence;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+async fn refused(patch: Value, edit: impl Fn(&mut Value)) -> anyhow::Result<String> {
+    let client = install_crd().await?;
+    let mut v = seed_value(patch)?;
+    edit(&mut v);
+    let api: Api<BackgroundPersistence> = Api::all(client);
+    // Send raw JSON so values the Rust types would refuse still reach the server.
+    let body = serde_json::to_vec(&v)?;
+    let req = http::Request::post("/apis/bgpersist.dev/v1alpha1/backgroundpersistences")
+        .header("content-type", "application/json")
+        .body(body)?;
+    let result: Result<BackgroundPersistence, kube::Error> =
+        api.clone().into_client().request(req).await;
+    match result {
+        Ok(created) => {
+            let name = created.metadata.name.unwrap_or_default();
+            let _ = api.delete(&name, &Default::default()).await;
+            anyhow::bail!("the API server accepted it")
+        }
+        Err(kube::Error::Api(s)) => Ok(s.message),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn none(_: &mut Value) {}
+
+async fn assert_refused(what: &str, patch: Value, edit: impl Fn(&mut Value), needle: &str) {
+    match refused(patch, edit).await {
+        Ok(message) => assert!(
+            message.contains(needle),
+            "{what}: message does not name {needle:?}: {message}"
+        ),
+        Err(e) => panic!("{what}: expected a refusal naming {needle:?}, got: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn seed_example_is_accepted() -> anyhow::Result<()> {
+    let client = install_crd().await?;
+    let bp = seed_resource(json!({}))?;
+    let api: Api<BackgroundPersistence> = Api::all(client);
+    let created = api.create(&PostParams::default(), &bp).await?;
+    assert_eq!(
+        created.spec, bp.spec,
+        "the server stores the seed unchanged (no defaulting drift)"
+    );
+    api.delete(
+        &bp.metadata.name.clone().unwrap_or_default(),
+        &Default::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_writer_type() {
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "FAX_WRITER"}]});
+    assert_refused(
+        "unknown type",
+        p,
+        none,
+        "spec.writers[0].bus_subscriber_type",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn negative_replicas() {
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "default_replica_count": -1}]});
+    assert_refused(
+        "negative replicas",
+        p,
+        none,
+        "spec.writers[0].default_replica_count",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_quantity() {
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "request": {"cpu": "lots"}}]});
+    assert_refused("malformed quantity", p, none, "spec.writers[0].request.cpu").await;
+}
+
+#[tokio::test]
+async fn duplicate_writer_names() {
+    let w = json!({"name": "same", "bus_subscriber_type": "GO_METRICS_BUS_WRITER"});
+    assert_refused(
+        "duplicate names",
+        json!({"writers": [w.clone(), w]}),
+        none,
+        "spec.writers[1]",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn required_bus_id_missing() {
+    let p = json!({"common_persistence_specs": {"metrics_bus_subscription_id": null}});
+    assert_refused(
+        "missing bus id",
+        p,
+        none,
+        "metrics_bus_subscription_id is required by writers of type",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn name_too_long_once_prefixed() {
+    let long = "w".repeat(60);
+    let p = json!({"writers": [{"name": long, "bus_subscriber_type": "GO_METRICS_BUS_WRITER"}]});
+    assert_refused("too long once prefixed", p, none, "spec.writers[].name").await;
+}
+
+#[tokio::test]
+async fn wrong_bus_backend() {
+    let p = json!({"common_persistence_specs": {"bus_backend": "RABBITMQ"}});
+    assert_refused(
+        "bus backend",
+        p,
+        none,
+        "spec.common_persistence_specs.bus_backend",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn missing_namespace() {
+    let p = json!({"common_persistence_specs": {"namespace": null}});
+    assert_refused(
+        "missing namespace",
+        p,
+        none,
+        "spec.common_persistence_specs.namespace",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_namespace() {
+    let p = json!({"common_persistence_specs": {"namespace": "Bad_Namespace"}});
+    assert_refused(
+        "invalid namespace",
+        p,
+        none,
+        "spec.common_persistence_specs.namespace",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_writer_name() {
+    let p =
+        json!({"writers": [{"name": "Writer_1", "bus_subscriber_type": "GO_METRICS_BUS_WRITER"}]});
+    assert_refused("invalid writer name", p, none, "spec.writers[0].name").await;
+}
+
+#[tokio::test]
+async fn kafka_without_bootstrap_servers() {
+    assert_refused(
+        "no bootstrap",
+        json!({"kafka_bootstrap_servers": null}),
+        none,
+        "kafka_bootstrap_servers",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sasl_secret_without_secret_client() {
+    let p = json!({"common_persistence_specs": {"secret_client": null}});
+    assert_refused("sasl without client", p, none, "secret_client").await;
+}
+
+#[tokio::test]
+async fn sasl_mechanism_on_plaintext() {
+    let p = json!({"kafka_security_protocol": "PLAINTEXT"});
+    assert_refused("sasl on plaintext", p, none, "kafka_sasl_mechanism").await;
+}
+
+#[tokio::test]
+async fn unknown_security_protocol() {
+    assert_refused(
+        "protocol",
+        json!({"kafka_security_protocol": "TLS"}),
+        none,
+        "spec.kafka_security_protocol",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn redis_is_clustered_not_a_flag() {
+    assert_refused(
+        "redis flag",
+        json!({"redis_is_clustered": "maybe"}),
+        none,
+        "spec.redis_is_clustered",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_writers() {
+    let writers: Vec<Value> = (0..33)
+        .map(|i| json!({"name": format!("w{i}"), "bus_subscriber_type": "GO_METRICS_BUS_WRITER"}))
+        .collect();
+    assert_refused(
+        "too many",
+        json!({"writers": writers}),
+        none,
+        "spec.writers",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn image_missing_for_writer_type() {
+    let p = json!({"common_persistence_specs": {"bus_writer_image_go": null}});
+    assert_refused("no go image", p, none, "bus_writer_image_go").await;
+}
+
+#[tokio::test]
+async fn drop_ratio_above_one() {
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "query_table_write_drop_ratio": "1.5"}]});
+    assert_refused(
+        "drop ratio",
+        p,
+        none,
+        "spec.writers[0].query_table_write_drop_ratio",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_secret_client() {
+    let p = json!({"common_persistence_specs": {"secret_client": "AZURE"}});
+    assert_refused(
+        "secret client",
+        p,
+        none,
+        "spec.common_persistence_specs.secret_client",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bulk_insert_without_bucket() {
+    let p = json!({"common_persistence_specs": {"bigquery_upload_bucket": null},
+        "writers": [{"name": "bulk", "bus_subscriber_type": "OFFLINE_STORE_BULK_INSERT_WRITER"}]});
+    assert_refused("no bucket", p, none, "bigquery_upload_bucket").await;
+}
+
+#[tokio::test]
+async fn writers_not_a_list() {
+    assert_refused(
+        "writers type",
+        json!({}),
+        |v| v["spec"]["writers"] = json!("all of them"),
+        "spec.writers",
+    )
+    .await;
+}

@@ -1,0 +1,410 @@
+//! Reconcile against the real API server.
+
+use crate::support::kubeclient::{RequestCount, counting_client};
+use crate::{install_crd, seed_resource};
+use bgpersist::crd::BackgroundPersistence;
+use bgpersist::operator::controller::{Context, reconcile_once};
+use bgpersist::operator::metrics::Metrics;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Fixture {
+    client: Client,
+    count: RequestCount,
+    ctx: Context,
+    bps: Api<BackgroundPersistence>,
+    name: String,
+    ns: String,
+}
+
+impl Fixture {
+    async fn new(patch: serde_json::Value) -> anyhow::Result<Self> {
+        let client = install_crd().await?;
+        let bp = seed_resource(patch)?;
+        let bps: Api<BackgroundPersistence> = Api::all(client.clone());
+        bps.create(&PostParams::default(), &bp).await?;
+        let count = RequestCount::default();
+        let ctx = Context::new(counting_client(&count).await?, Metrics::default());
+        Ok(Fixture {
+            name: bp.name_any(),
+            ns: bp.spec.common_persistence_specs.namespace.clone(),
+            client,
+            count,
+            ctx,
+            bps,
+        })
+    }
+
+    /// Reads the resource back and reconciles it once, as a watch event would.
+    async fn reconcile(&self) -> anyhow::Result<bgpersist::operator::controller::Report> {
+        let bp = self.bps.get(&self.name).await?;
+        Ok(reconcile_once(&bp, &self.ctx).await?)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn dep_name(&self, writer: &str) -> String {
+        format!("{}-{writer}", self.name)
+    }
+
+    async fn edit_spec(&self, patch: serde_json::Value) -> anyhow::Result<()> {
+        self.bps
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": patch})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn condition(
+        &self,
+        type_: &str,
+    ) -> anyhow::Result<(String, String, String, Option<i64>)> {
+        let bp = self.bps.get(&self.name).await?;
+        let c = bp
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == type_))
+            .ok_or_else(|| anyhow::anyhow!("no {type_} condition"))?;
+        Ok((c.status, c.reason, c.message, c.observed_generation))
+    }
+
+    /// Plays the part of the missing kube-controller-manager: marks a Deployment rolled out.
+    async fn mark_ready(&self, writer: &str) -> anyhow::Result<()> {
+        let d = self.deployments().get(&self.dep_name(writer)).await?;
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = json!({"status": {"observedGeneration": d.metadata.generation, "replicas": replicas,
+            "readyReplicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas}});
+        self.deployments()
+            .patch_status(
+                &self.dep_name(writer),
+                &PatchParams::default(),
+                &Patch::Merge(status),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({})).await?;
+    let report = f.reconcile().await?;
+    let mut applied = report.applied.clone();
+    applied.sort();
+    let expected = [
+        format!("Deployment/{}", f.dep_name("go-metrics-bus-writer")),
+        format!("Deployment/{}", f.dep_name("go-result-bus-metrics-writer")),
+        format!("Namespace/{}", f.ns),
+        format!(
+            "PodDisruptionBudget/{}",
+            f.dep_name("go-metrics-bus-writer")
+        ),
+        format!(
+            "PodDisruptionBudget/{}",
+            f.dep_name("go-result-bus-metrics-writer")
+        ),
+        "ServiceAccount/background-persistence-sa".to_string(),
+    ];
+    assert_eq!(applied, expected);
+    assert!(report.status_written);
+
+    // The objects carry what the spec says.
+    let bp = f.bps.get(&f.name).await?;
+    let d = f
+        .deployments()
+        .get(&f.dep_name("go-result-bus-metrics-writer"))
+        .await?;
+    let owner = d
+        .owner_references()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no owner"))?;
+    assert_eq!(
+        (owner.kind.as_str(), Some(owner.uid.as_str())),
+        ("BackgroundPersistence", bp.metadata.uid.as_deref())
+    );
+    let pod = d
+        .spec
+        .clone()
+        .and_then(|s| s.template.spec)
+        .ok_or_else(|| anyhow::anyhow!("no pod spec"))?;
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("<go bus writer image>")
+    );
+    let limits = serde_json::to_value(&pod.containers[0].resources)?;
+    assert_eq!(
+        limits["limits"]["memory"],
+        json!("1Gi"),
+        "the server canonicalises 1024Mi"
+    );
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    let sa: Api<ServiceAccount> = Api::namespaced(f.client.clone(), &f.ns);
+    assert!(sa.get_opt("background-persistence-sa").await?.is_some());
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), &f.ns);
+    assert_eq!(pdbs.list(&Default::default()).await?.items.len(), 2);
+    let ns: Api<Namespace> = Api::all(f.client.clone());
+    assert!(ns.get_opt(&f.ns).await?.is_some());
+
+    let (ready, reason, _, generation) = f.condition("Ready").await?;
+    assert_eq!(
+        (ready.as_str(), reason.as_str(), generation),
+        ("False", "WritersNotReady", Some(1))
+    );
+    assert_eq!(f.condition("Progressing").await?.0, "True");
+
+    // A resync with nothing changed sends no write at all.
+    f.count.reset();
+    let again = f.reconcile().await?;
+    assert_eq!(
+        again,
+        Default::default(),
+        "nothing applied, pruned or written"
+    );
+    assert_eq!(
+        f.count.writes(),
+        0,
+        "writes on a no-op resync: {:?}",
+        f.count.write_log()
+    );
+    assert!(
+        f.count.reads() > 0,
+        "the counter sees the reconcile's reads"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ready_when_deployments_roll_out() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({})).await?;
+    f.reconcile().await?;
+    f.mark_ready("go-metrics-bus-writer").await?;
+    f.reconcile().await?;
+    assert_eq!(
+        f.condition("Ready").await?.0,
+        "False",
+        "one of two is ready"
+    );
+    assert_eq!(
+        f.bps
+            .get(&f.name)
+            .await?
+            .status
+            .and_then(|s| s.writers_ready)
+            .as_deref(),
+        Some("1/2")
+    );
+    f.mark_ready("go-result-bus-metrics-writer").await?;
+    f.reconcile().await?;
+    let (ready, reason, message, _) = f.condition("Ready").await?;
+    assert_eq!(
+        (ready.as_str(), reason.as_str(), message.as_str()),
+        ("True", "AllWritersReady", "2/2 writers ready")
+    );
+    assert_eq!(f.condition("Progressing").await?.0, "False");
+    assert_eq!(f.condition("Degraded").await?.0, "False");
+    Ok(())
+}
+
+#[tokio::test]
+async fn hand_edited_deployment_is_restored() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({})).await?;
+    f.reconcile().await?;
+    let name = f.dep_name("go-metrics-bus-writer");
+    let edit = json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 5}});
+    f.deployments()
+        .patch(
+            &name,
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(edit),
+        )
+        .await?;
+    let report = f.reconcile().await?;
+    assert_eq!(report.applied, vec![format!("Deployment/{name}")]);
+    assert_eq!(
+        f.deployments()
+            .get(&name)
+            .await?
+            .spec
+            .and_then(|s| s.replicas),
+        Some(1)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn spec_edit_updates_and_removed_writer_is_pruned() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({})).await?;
+    f.reconcile().await?;
+    let mut bp = f.bps.get(&f.name).await?;
+    bp.spec.writers[0].default_replica_count = Some(3);
+    f.edit_spec(json!({"writers": bp.spec.writers})).await?;
+    let report = f.reconcile().await?;
+    assert_eq!(
+        report.applied,
+        vec![format!(
+            "Deployment/{}",
+            f.dep_name("go-metrics-bus-writer")
+        )]
+    );
+    let d = f
+        .deployments()
+        .get(&f.dep_name("go-metrics-bus-writer"))
+        .await?;
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
+    assert_eq!(
+        f.condition("Ready").await?.3,
+        Some(2),
+        "conditions carry the new generation"
+    );
+
+    f.edit_spec(json!({"writers": [bp.spec.writers[0]]}))
+        .await?;
+    let report = f.reconcile().await?;
+    let gone = f.dep_name("go-result-bus-metrics-writer");
+    assert_eq!(
+        report.pruned,
+        vec![format!("{}/{gone}", f.ns), format!("{}/{gone}", f.ns)],
+        "Deployment and PDB"
+    );
+    assert!(f.deployments().get_opt(&gone).await?.is_none());
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), &f.ns);
+    assert!(pdbs.get_opt(&gone).await?.is_none());
+    assert!(
+        f.deployments()
+            .get_opt(&f.dep_name("go-metrics-bus-writer"))
+            .await?
+            .is_some()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_writer_is_reported_and_nothing_applied_for_it() -> anyhow::Result<()> {
+    // Request above limit passes the schema but not the operator's checks.
+    let extra = json!({"name": "greedy", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+        "request": {"cpu": "2"}, "limit": {"cpu": "1"}});
+    let f = Fixture::new(json!({})).await?;
+    let mut writers = serde_json::to_value(&f.bps.get(&f.name).await?.spec.writers)?;
+    if let Some(list) = writers.as_array_mut() {
+        list.push(extra);
+    }
+    f.edit_spec(json!({"writers": writers})).await?;
+    let report = f.reconcile().await?;
+    assert_eq!(
+        report
+            .applied
+            .iter()
+            .filter(|a| a.starts_with("Deployment/"))
+            .count(),
+        2
+    );
+    assert!(
+        f.deployments()
+            .get_opt(&f.dep_name("greedy"))
+            .await?
+            .is_none(),
+        "nothing applied for the refused writer"
+    );
+    let (degraded, reason, message, _) = f.condition("Degraded").await?;
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidWriters")
+    );
+    assert!(
+        message.contains("writer greedy: spec.writers[2].request.cpu: must not exceed the limit"),
+        "{message}"
+    );
+    let status = f.bps.get(&f.name).await?.status.unwrap_or_default();
+    let greedy = status
+        .writers
+        .iter()
+        .find(|w| w.name == "greedy")
+        .and_then(|w| w.message.clone());
+    assert_eq!(
+        greedy.as_deref(),
+        Some("spec.writers[2].request.cpu: must not exceed the limit")
+    );
+
+    // A writer that becomes invalid keeps its last good Deployment untouched.
+    let first = f.dep_name("go-metrics-bus-writer");
+    let before = f.deployments().get(&first).await?;
+    if let Some(list) = writers.as_array_mut() {
+        list[0]["request"] = json!({"cpu": "4", "memory": "512Mi"});
+    }
+    f.edit_spec(json!({"writers": writers})).await?;
+    let report = f.reconcile().await?;
+    assert!(
+        report.pruned.is_empty() && !report.applied.contains(&format!("Deployment/{first}")),
+        "{report:?}"
+    );
+    let after = f.deployments().get(&first).await?;
+    assert_eq!(
+        before.metadata.resource_version,
+        after.metadata.resource_version
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn controller_applies_and_restores_drift_from_watch_events() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({})).await?;
+    let ctx = Arc::new(Context::new(f.client.clone(), Metrics::default()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Only this test's resource: the other tests reconcile theirs by hand.
+    let selection =
+        kube::runtime::watcher::Config::default().fields(&format!("metadata.name={}", f.name));
+    let task = tokio::spawn(bgpersist::operator::controller::run_selected(
+        ctx,
+        selection,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let name = f.dep_name("go-metrics-bus-writer");
+    let exists = || async { f.deployments().get_opt(&name).await.ok().flatten() };
+    wait_for("the controller to create the Deployment", || async {
+        exists().await.is_some()
+    })
+    .await?;
+
+    let edit = json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 4}});
+    f.deployments()
+        .patch(
+            &name,
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(edit),
+        )
+        .await?;
+    wait_for("the drift to be restored", || async {
+        exists().await.and_then(|d| d.spec.and_then(|s| s.replicas)) == Some(1)
+    })
+    .await?;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await??;
+    Ok(())
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..150 {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("timed out waiting for {what}")
+}

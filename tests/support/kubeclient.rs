@@ -1,0 +1,61 @@
+//! kube-rs clients for the rig's API server, one of which counts the requests it sends.
+
+use super::rig;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub async fn config() -> anyhow::Result<kube::Config> {
+    let kubeconfig = Kubeconfig::read_from(rig("k8s", "BGP_KUBECONFIG"))?;
+    Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
+}
+
+pub async fn client() -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(config().await?)?)
+}
+
+/// Counts requests by whether they can change state (anything but GET/LIST/WATCH).
+#[derive(Clone, Default)]
+pub struct RequestCount {
+    writes: Arc<AtomicUsize>,
+    reads: Arc<AtomicUsize>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RequestCount {
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+    /// The write requests seen, as "METHOD path".
+    pub fn write_log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+    pub fn reset(&self) {
+        self.writes.store(0, Ordering::SeqCst);
+        self.reads.store(0, Ordering::SeqCst);
+        if let Ok(mut l) = self.log.lock() {
+            l.clear();
+        }
+    }
+}
+
+/// A client whose every request passes through `count`.
+pub async fn counting_client(count: &RequestCount) -> anyhow::Result<kube::Client> {
+    let c = count.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        if req.method() == http::Method::GET {
+            c.reads.fetch_add(1, Ordering::SeqCst);
+        } else {
+            c.writes.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut l) = c.log.lock() {
+                l.push(format!("{} {}", req.method(), req.uri().path()));
+            }
+        }
+        req
+    });
+    let builder = kube::client::ClientBuilder::try_from(config().await?)?;
+    Ok(builder.with_layer(&layer).build())
+}
