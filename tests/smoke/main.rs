@@ -8,4 +8,5 @@ mod aws;
 mod k8s;
 mod kafka;
 mod postgres;
+mod pubsub;
 mod redis;
