@@ -5,8 +5,10 @@
 
 pub mod contract;
 pub mod crd;
+pub mod formats;
 pub mod operator;
 pub mod quantity;
+pub mod telemetry;
 
 /// Select rustls' process-wide crypto provider. Both ring (kube) and aws-lc-rs
 /// (cloud SDKs) are linked, so rustls cannot pick one on its own; every binary
