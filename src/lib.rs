@@ -9,6 +9,7 @@ pub mod formats;
 pub mod operator;
 pub mod quantity;
 pub mod telemetry;
+pub mod writer;
 
 /// Select rustls' process-wide crypto provider. Both ring (kube) and aws-lc-rs
 /// (cloud SDKs) are linked, so rustls cannot pick one on its own; every binary

@@ -1,1 +1,147 @@
-fn main() {}
+//! bgpersist-writer: consumes one bus subscription and writes one store,
+//! configured exactly as the operator renders it (env + mounted files).
+
+use bgpersist::crd::{BusBackend, WriterType};
+use bgpersist::operator::http;
+use bgpersist::writer::bus::Bus;
+use bgpersist::writer::bus::kafka::KafkaBus;
+use bgpersist::writer::config::WriterConfig;
+use bgpersist::writer::metrics::WriterMetrics;
+use bgpersist::writer::online::redis::{RedisSink, RedisTarget};
+use bgpersist::writer::runtime::{Runtime, Settings};
+use bgpersist::writer::sink::Sink;
+use prometheus_client::registry::Registry;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    bgpersist::install_crypto_provider();
+    let json = std::env::var("BGP_LOG_FORMAT")
+        .map(|f| f != "text")
+        .unwrap_or(true);
+    bgpersist::telemetry::init(json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(reason)) => fail(&reason),
+        Err(Failure::Runtime(reason)) => {
+            error!(%reason, "writer failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A configuration error is one line on stderr and exit code 2.
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("bgpersist-writer: {reason}");
+    ExitCode::from(2)
+}
+
+enum Failure {
+    Config(String),
+    Runtime(String),
+}
+
+async fn run() -> Result<(), Failure> {
+    let cfg = WriterConfig::from_env().map_err(|e| Failure::Config(e.to_string()))?;
+    let mut registry = Registry::default();
+    let metrics = WriterMetrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = http::bind(cfg.http_addr)
+        .await
+        .map_err(|e| Failure::Config(e.to_string()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Failure::Config(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Failure::Config(e.to_string()))?;
+    let signals = stop_tx.clone();
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        info!("shutdown requested: finishing the batch in hand");
+        let _ = signals.send(true);
+    });
+    let mut http_stop = stop_rx.clone();
+    let server = tokio::spawn(http::serve_on(
+        listener,
+        Arc::new(registry),
+        ready.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
+
+    let sink = match cfg.writer_type {
+        WriterType::OnlineWriter => {
+            let uri = cfg
+                .store_uri("online_store")
+                .map_err(|e| Failure::Config(format!("online store: {e}")))?;
+            let target = RedisTarget::parse(
+                &uri,
+                cfg.redis_is_clustered,
+                &cfg.storage_cache_prefix,
+                cfg.concurrency,
+            )
+            .map_err(Failure::Config)?;
+            RedisSink::new(target)
+        }
+        other => {
+            return Err(Failure::Config(format!(
+                "{other} is not implemented by this writer build yet"
+            )));
+        }
+    };
+    let result = match cfg.backend {
+        BusBackend::Kafka => {
+            let bus = KafkaBus::connect(
+                &cfg.kafka,
+                &cfg.subscription,
+                cfg.dlq_topic.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| Failure::Config(e.to_string()))?;
+            drive(bus, sink, metrics, &cfg, ready, stop_rx).await
+        }
+        BusBackend::Pubsub => {
+            return Err(Failure::Config(
+                "the PUBSUB bus is not implemented by this writer build yet".into(),
+            ));
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    result
+}
+
+async fn drive<B: Bus, S: Sink>(
+    bus: B,
+    sink: S,
+    metrics: WriterMetrics,
+    cfg: &WriterConfig,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let settings = Settings {
+        writer: cfg.writer_name.clone(),
+        max_batch_size: cfg.max_batch_size,
+        max_batch_wait: cfg.max_batch_wait,
+        max_backoff: Duration::from_secs(10),
+    };
+    ready.store(true, Ordering::SeqCst);
+    let totals = Runtime::new(bus, sink, metrics, settings)
+        .run(stop)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    info!(?totals, "exiting");
+    Ok(())
+}

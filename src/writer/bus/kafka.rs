@@ -1,0 +1,221 @@
+//! Kafka through librdkafka. At-least-once: offsets are stored only after a
+//! message is durably written or dead-lettered (`enable.auto.offset.store`
+//! off); librdkafka auto-commits stored offsets, and commits them on
+//! revocation, so a rebalance loses nothing.
+
+use super::{AckToken, Bus, BusError, Envelope};
+use crate::writer::config::KafkaSettings;
+use crate::writer::dlq;
+use crate::writer::metrics::WriterMetrics;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, warn};
+
+/// Feeds librdkafka's statistics into the lag gauge.
+pub struct LagContext {
+    metrics: WriterMetrics,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        let lag: i64 = stats
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.metrics.lag_messages.set(lag);
+    }
+}
+impl ConsumerContext for LagContext {}
+
+pub struct KafkaBus {
+    consumer: StreamConsumer<LagContext>,
+    producer: FutureProducer,
+    dlq_topic: Option<String>,
+    /// Messages received while waiting out an outage, served first.
+    pending: VecDeque<Envelope>,
+}
+
+impl KafkaBus {
+    pub fn connect(
+        settings: &KafkaSettings,
+        topic: &str,
+        dlq_topic: Option<String>,
+        metrics: WriterMetrics,
+    ) -> Result<Self, BusError> {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &settings.bootstrap_servers);
+        for (k, v) in &settings.properties {
+            base.set(k, v);
+        }
+        let consumer: StreamConsumer<LagContext> = base
+            .clone()
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagContext { metrics })?;
+        consumer.subscribe(&[topic])?;
+        let producer: FutureProducer = base
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(KafkaBus {
+            consumer,
+            producer,
+            dlq_topic,
+            pending: VecDeque::new(),
+        })
+    }
+}
+
+fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
+    let traceparent = m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == "traceparent")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    Envelope {
+        payload: m.payload().unwrap_or_default().to_vec(),
+        published_ms: m.timestamp().to_millis(),
+        traceparent,
+        origin: vec![
+            (dlq::H_ORIGINAL_TOPIC, m.topic().to_string()),
+            (dlq::H_ORIGINAL_PARTITION, m.partition().to_string()),
+            (dlq::H_ORIGINAL_OFFSET, m.offset().to_string()),
+        ],
+        token: AckToken::Kafka {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+        },
+    }
+}
+
+impl Bus for KafkaBus {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {
+        let mut batch: Vec<Envelope> = self.pending.drain(..self.pending.len().min(max)).collect();
+        if batch.is_empty() {
+            let first = self.consumer.recv().await?;
+            batch.push(envelope(&first));
+        }
+        let deadline = Instant::now() + wait;
+        while batch.len() < max {
+            match timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(envelope(&m)),
+                // Keep what was received: dropping it could let a later
+                // offset be committed past it.
+                Ok(Err(e)) => {
+                    warn!(error = %e, "kafka receive");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
+        // Batches are handled whole and in order, so the highest offset of
+        // each partition ends a contiguous written prefix.
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for e in batch {
+            if let AckToken::Kafka {
+                topic,
+                partition,
+                offset,
+            } = &e.token
+            {
+                let n = next.entry((topic.as_str(), *partition)).or_insert(0);
+                *n = (*n).max(offset + 1);
+            }
+        }
+        for ((topic, partition), offset) in next {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+            // A partition revoked meanwhile refuses the store; its new owner
+            // replays from the last commit (a duplicate, never a loss).
+            if let Err(e) = self.consumer.store_offsets(&tpl) {
+                debug!(topic, partition, error = %e, "offset not stored (partition no longer assigned)");
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        env: &Envelope,
+        headers: &[(&'static str, String)],
+    ) -> Result<(), BusError> {
+        let topic = self
+            .dlq_topic
+            .as_deref()
+            .ok_or(BusError::NoDeadLetterTopic)?;
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::<(), _>::to(topic)
+            .payload(&env.payload)
+            .headers(h);
+        self.producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| BusError::Kafka(e))?;
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), BusError> {
+        let assignment = self.consumer.assignment()?;
+        self.consumer.pause(&assignment)?;
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), BusError> {
+        let assignment = self.consumer.assignment()?;
+        self.consumer.resume(&assignment)?;
+        Ok(())
+    }
+
+    async fn keep_alive(&mut self, for_: Duration) {
+        // Serving the consumer keeps the group session and rebalances going;
+        // partitions assigned meanwhile are not paused, so keep their messages.
+        let deadline = Instant::now() + for_;
+        while let Ok(Ok(m)) = timeout_at(deadline, self.consumer.recv()).await {
+            self.pending.push_back(envelope(&m));
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), BusError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last auto-commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.consumer.unsubscribe();
+        let _ = timeout(Duration::from_secs(5), async {
+            self.producer.flush(Duration::from_secs(5))
+        })
+        .await;
+        Ok(())
+    }
+}

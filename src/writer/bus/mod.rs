@@ -1,0 +1,74 @@
+//! Bus consumers: what the runtime needs from Kafka and Pub/Sub.
+
+pub mod kafka;
+
+use std::future::Future;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("pubsub: {0}")]
+    Pubsub(String),
+    #[error(
+        "dead-letter topic is not configured (BGP_DLQ_TOPIC); refusing to drop a poison message"
+    )]
+    NoDeadLetterTopic,
+}
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub payload: Vec<u8>,
+    /// Publish time, milliseconds since the Unix epoch, when the bus says.
+    pub published_ms: Option<i64>,
+    /// W3C trace context from the message headers/attributes, if any.
+    pub traceparent: Option<String>,
+    /// Where it came from, as dead-letter headers.
+    pub origin: Vec<(&'static str, String)>,
+    /// Bus-specific handle used to acknowledge it.
+    pub token: AckToken,
+}
+
+#[derive(Debug, Clone)]
+pub enum AckToken {
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// Index into the Pub/Sub consumer's pending handlers.
+    Pubsub(u64),
+}
+
+/// A bus the runtime consumes.
+pub trait Bus: Send {
+    /// Up to `max` messages: waits for the first, then at most `wait` for more.
+    fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Envelope>, BusError>> + Send;
+
+    /// Marks messages done (durably written or dead-lettered): their offsets
+    /// may be committed / they are acknowledged.
+    fn done(&mut self, batch: &[Envelope]) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Publishes `env`'s bytes to the dead-letter topic with `headers` and
+    /// waits until the broker has it.
+    fn dead_letter(
+        &self,
+        env: &Envelope,
+        headers: &[(&'static str, String)],
+    ) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Keeps group membership alive while the runtime waits out a store
+    /// outage: no new messages are fetched meanwhile.
+    fn pause(&mut self) -> Result<(), BusError>;
+    fn resume(&mut self) -> Result<(), BusError>;
+    fn keep_alive(&mut self, for_: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Commits what is done and leaves the group.
+    fn close(&mut self) -> impl Future<Output = Result<(), BusError>> + Send;
+}

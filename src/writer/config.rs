@@ -1,0 +1,356 @@
+//! The writer's configuration, read exactly as the operator renders it:
+//! environment variables (src/contract.rs) plus mounted secret files.
+
+use crate::contract as c;
+use crate::crd::{BusBackend, WriterType};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub writer_type: WriterType,
+    pub writer_name: String,
+    pub resource: String,
+    pub backend: BusBackend,
+    pub subscription: String,
+    pub publish_topic: Option<String>,
+    pub dlq_topic: Option<String>,
+    pub kafka: KafkaSettings,
+    pub pubsub: PubsubSettings,
+    pub max_batch_size: usize,
+    pub max_batch_wait: Duration,
+    pub concurrency: usize,
+    pub http_addr: std::net::SocketAddr,
+    pub storage_cache_prefix: String,
+    pub redis_is_clustered: bool,
+    /// Where store connection URIs are mounted, one file per store.
+    pub stores_dir: PathBuf,
+}
+
+/// librdkafka settings. Secrets (SASL password, SSL keys) come from files.
+#[derive(Clone, Debug, Default)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// (librdkafka key, value), applied in order; later entries win.
+    pub properties: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PubsubSettings {
+    /// Google Cloud project; subscription IDs may also be full paths.
+    pub project: Option<String>,
+    /// Endpoint override (the emulator); anonymous credentials when set.
+    pub endpoint: Option<String>,
+}
+
+/// Environment prefix for pass-through librdkafka settings:
+/// `BGP_KAFKA_CONF_FETCH_MIN_BYTES=1` sets `fetch.min.bytes=1`.
+pub const KAFKA_CONF_PREFIX: &str = "BGP_KAFKA_CONF_";
+pub const ENV_PUBSUB_PROJECT: &str = "BGP_PUBSUB_PROJECT";
+pub const ENV_PUBSUB_ENDPOINT: &str = "BGP_PUBSUB_ENDPOINT";
+pub const ENV_MAX_BATCH_WAIT_MS: &str = "BGP_MAX_BATCH_WAIT_MS";
+pub const ENV_STORES_DIR: &str = "BGP_STORES_DIR";
+pub const ENV_KAFKA_CLIENT_ID_PREFIX: &str = "BGP_KAFKA_CLIENT_ID_PREFIX";
+pub const ENV_KAFKA_GROUP_PREFIX: &str = "BGP_KAFKA_GROUP_PREFIX";
+pub const DEFAULT_STORES_DIR: &str = "/etc/bgpersist/stores";
+
+impl WriterConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::from_vars(&vars)
+    }
+
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            vars.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
+        };
+        let need = |k: &'static str| get(k).ok_or(ConfigError::Missing(k));
+        let number = |k: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(k) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(ConfigError::Invalid {
+                        name: k,
+                        value: v,
+                        reason: "must be a positive integer".into(),
+                    }),
+            }
+        };
+
+        let writer_type: WriterType = enum_of(c::ENV_WRITER_TYPE, need(c::ENV_WRITER_TYPE)?)?;
+        let backend: BusBackend = enum_of(c::ENV_BUS_BACKEND, need(c::ENV_BUS_BACKEND)?)?;
+        let writer_name = need(c::ENV_WRITER_NAME)?;
+        let resource = get(c::ENV_RESOURCE).unwrap_or_else(|| "local".into());
+        let http =
+            get(c::ENV_HTTP_ADDR).unwrap_or_else(|| format!("0.0.0.0:{}", c::WRITER_HTTP_PORT));
+        let http_addr =
+            http.parse()
+                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                    name: c::ENV_HTTP_ADDR,
+                    value: http.clone(),
+                    reason: e.to_string(),
+                })?;
+
+        let kafka = match backend {
+            BusBackend::Kafka => kafka_settings(vars, &get, &resource, &writer_name)?,
+            BusBackend::Pubsub => KafkaSettings::default(),
+        };
+        Ok(WriterConfig {
+            writer_type,
+            writer_name,
+            resource,
+            backend,
+            subscription: need(c::ENV_SUBSCRIPTION)?,
+            publish_topic: get(c::ENV_PUBLISH_TOPIC),
+            dlq_topic: get(c::ENV_DLQ_TOPIC),
+            kafka,
+            pubsub: PubsubSettings {
+                project: get(ENV_PUBSUB_PROJECT),
+                endpoint: get(ENV_PUBSUB_ENDPOINT),
+            },
+            max_batch_size: number(c::ENV_MAX_BATCH_SIZE, 1000)?,
+            max_batch_wait: Duration::from_millis(number(ENV_MAX_BATCH_WAIT_MS, 50)? as u64),
+            concurrency: number(c::ENV_CONCURRENCY, 64)?,
+            http_addr,
+            storage_cache_prefix: get(c::ENV_STORAGE_CACHE_PREFIX).unwrap_or_default(),
+            redis_is_clustered: matches!(
+                get(c::ENV_REDIS_IS_CLUSTERED).as_deref(),
+                Some("1" | "true")
+            ),
+            stores_dir: get(ENV_STORES_DIR)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STORES_DIR)),
+        })
+    }
+
+    /// A store's connection URI: the mounted file `<stores_dir>/<store>`, or
+    /// for local runs the variable `BGP_<STORE>_URI`.
+    pub fn store_uri(&self, store: &str) -> Result<String, ConfigError> {
+        let path = self.stores_dir.join(store);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let var = format!("BGP_{}_URI", store.to_uppercase());
+                std::env::var(&var).map_err(|_| ConfigError::File { path, source: e })
+            }
+            Err(source) => Err(ConfigError::File { path, source }),
+        }
+    }
+}
+
+/// A spec enum from its wire name.
+fn enum_of<T: serde::de::DeserializeOwned>(
+    name: &'static str,
+    value: String,
+) -> Result<T, ConfigError> {
+    serde_json::from_value(serde_json::Value::String(value.clone())).map_err(|e| {
+        ConfigError::Invalid {
+            name,
+            value,
+            reason: e.to_string(),
+        }
+    })
+}
+
+fn kafka_settings(
+    vars: &[(String, String)],
+    get: &dyn Fn(&str) -> Option<String>,
+    resource: &str,
+    writer: &str,
+) -> Result<KafkaSettings, ConfigError> {
+    let bootstrap = get(c::ENV_KAFKA_BOOTSTRAP_SERVERS)
+        .ok_or(ConfigError::Missing(c::ENV_KAFKA_BOOTSTRAP_SERVERS))?;
+    // Users paste "host:9092, host2:9092"; librdkafka wants no blanks.
+    let bootstrap_servers = bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    let group = get(c::ENV_KAFKA_CONSUMER_GROUP)
+        .unwrap_or_else(|| format!("bgpersist.{resource}.{writer}"));
+    let group_id = format!("{}{group}", get(ENV_KAFKA_GROUP_PREFIX).unwrap_or_default());
+    let client_id = format!(
+        "{}bgpersist-{writer}",
+        get(ENV_KAFKA_CLIENT_ID_PREFIX).unwrap_or_default()
+    );
+
+    let mut properties = vec![("client.id".to_string(), client_id)];
+    if let Some(p) = get(c::ENV_KAFKA_SECURITY_PROTOCOL) {
+        properties.push(("security.protocol".into(), p.to_lowercase()));
+    }
+    if let Some(m) = get(c::ENV_KAFKA_SASL_MECHANISM) {
+        properties.push(("sasl.mechanism".into(), m));
+    }
+    if let Some(dir) = get(c::ENV_KAFKA_SASL_DIR) {
+        let dir = PathBuf::from(dir);
+        let read = |name: &str| read_secret_file(&dir.join(name));
+        properties.push(("sasl.username".into(), read("username")?));
+        properties.push(("sasl.password".into(), read("password")?));
+        // Optional TLS material mounted beside the credentials, as PEM content.
+        for (file, key) in [
+            ("ca.pem", "ssl.ca.pem"),
+            ("cert.pem", "ssl.certificate.pem"),
+            ("key.pem", "ssl.key.pem"),
+        ] {
+            if dir.join(file).exists() {
+                properties.push((key.into(), read(file)?));
+            }
+        }
+    }
+    properties.extend(pass_through(vars));
+    Ok(KafkaSettings {
+        bootstrap_servers,
+        group_id,
+        properties,
+    })
+}
+
+/// `BGP_KAFKA_CONF_*` pass-through, e.g. `BGP_KAFKA_CONF_SSL_CA_LOCATION`.
+fn pass_through(vars: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vars
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(KAFKA_CONF_PREFIX)
+                .map(|rest| (rest.to_lowercase().replace('_', "."), v.clone()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|source| ConfigError::File {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn base() -> Vec<(String, String)> {
+        vars(&[
+            (c::ENV_WRITER_TYPE, "ONLINE_WRITER"),
+            (c::ENV_WRITER_NAME, "online"),
+            (c::ENV_RESOURCE, "bp"),
+            (c::ENV_BUS_BACKEND, "KAFKA"),
+            (c::ENV_SUBSCRIPTION, "result-bus-1"),
+            (c::ENV_KAFKA_BOOTSTRAP_SERVERS, "a:9092, b:9092"),
+            (c::ENV_KAFKA_SECURITY_PROTOCOL, "SASL_SSL"),
+            (c::ENV_KAFKA_SASL_MECHANISM, "SCRAM-SHA-512"),
+        ])
+    }
+
+    #[test]
+    fn reads_what_the_operator_renders() -> Result<(), ConfigError> {
+        let c = WriterConfig::from_vars(&base())?;
+        assert_eq!(c.writer_type, WriterType::OnlineWriter);
+        assert_eq!(c.kafka.bootstrap_servers, "a:9092,b:9092");
+        assert_eq!(c.kafka.group_id, "bgpersist.bp.online");
+        assert!(
+            c.kafka
+                .properties
+                .contains(&("security.protocol".into(), "sasl_ssl".into()))
+        );
+        assert!(
+            c.kafka
+                .properties
+                .contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into()))
+        );
+        assert_eq!(c.max_batch_size, 1000);
+        let mut v = base();
+        v.push(("BGP_KAFKA_CONF_FETCH_MIN_BYTES".into(), "4096".into()));
+        let c = WriterConfig::from_vars(&v)?;
+        assert!(
+            c.kafka
+                .properties
+                .contains(&("fetch.min.bytes".into(), "4096".into()))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn sasl_credentials_come_from_files() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("bgp-sasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("username"), "svc\n")?;
+        std::fs::write(dir.join("password"), "s3cret")?;
+        let mut v = base();
+        v.push((c::ENV_KAFKA_SASL_DIR.into(), dir.display().to_string()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert!(
+            cfg.kafka
+                .properties
+                .contains(&("sasl.username".into(), "svc".into()))
+        );
+        assert!(
+            cfg.kafka
+                .properties
+                .contains(&("sasl.password".into(), "s3cret".into()))
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let mut v = base();
+        v.retain(|(k, _)| k != c::ENV_SUBSCRIPTION);
+        assert_eq!(
+            WriterConfig::from_vars(&v)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err("BGP_SUBSCRIPTION is not set".into())
+        );
+        let mut v = base();
+        v.push((c::ENV_WRITER_TYPE.into(), "FAX".into()));
+        let err = WriterConfig::from_vars(&v)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.starts_with("BGP_WRITER_TYPE=\"FAX\"")),
+            "{err:?}"
+        );
+        let mut v = base();
+        v.push((c::ENV_MAX_BATCH_SIZE.into(), "0".into()));
+        assert!(WriterConfig::from_vars(&v).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! The dead-letter format: the original message bytes unchanged, with the
+//! reason in headers (Kafka) or attributes (Pub/Sub). Documented in
+//! docs/bus-formats.md.
+
+pub const H_ORIGINAL_TOPIC: &str = "bgp-dlq-original-topic";
+pub const H_ORIGINAL_PARTITION: &str = "bgp-dlq-original-partition";
+pub const H_ORIGINAL_OFFSET: &str = "bgp-dlq-original-offset";
+pub const H_ORIGINAL_MESSAGE_ID: &str = "bgp-dlq-original-message-id";
+pub const H_ERROR_CLASS: &str = "bgp-dlq-error-class";
+pub const H_ERROR_MESSAGE: &str = "bgp-dlq-error-message";
+pub const H_WRITER: &str = "bgp-dlq-writer";
+pub const H_ATTEMPTS: &str = "bgp-dlq-attempts";
+pub const H_TIME: &str = "bgp-dlq-time";
+pub const H_FORMAT_VERSION: &str = "bgp-dlq-version";
+
+/// Why a message is dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The bytes are not a valid message of the bus's format.
+    Decode,
+    /// The store refused the record for good.
+    Rejected,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Decode => "decode",
+            ErrorClass::Rejected => "rejected",
+        }
+    }
+}
+
+/// The headers of one dead letter, in order.
+pub fn headers(
+    origin: &[(&'static str, String)],
+    class: ErrorClass,
+    message: &str,
+    writer: &str,
+    attempts: u32,
+) -> Vec<(&'static str, String)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut h: Vec<(&'static str, String)> = origin.to_vec();
+    h.extend([
+        (H_ERROR_CLASS, class.as_str().to_string()),
+        // Bounded: a header is no place for a megabyte of error text.
+        (H_ERROR_MESSAGE, message.chars().take(1024).collect()),
+        (H_WRITER, writer.to_string()),
+        (H_ATTEMPTS, attempts.to_string()),
+        (H_TIME, now.to_string()),
+        (H_FORMAT_VERSION, "1".to_string()),
+    ]);
+    h
+}

@@ -1,0 +1,82 @@
+//! Prometheus metrics of a writer.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone)]
+pub struct WriterMetrics {
+    pub consumed: Counter,
+    pub written: Counter,
+    pub dead_lettered: Counter,
+    pub retries: Counter,
+    pub batch_seconds: Histogram,
+    pub bus_to_store_seconds: Histogram,
+    pub lag_messages: Gauge,
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Default for WriterMetrics {
+    fn default() -> Self {
+        Self {
+            consumed: Counter::default(),
+            written: Counter::default(),
+            dead_lettered: Counter::default(),
+            retries: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            bus_to_store_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            lag_messages: Gauge::default(),
+            lag_seconds: Gauge::default(),
+        }
+    }
+}
+
+impl WriterMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("bgpersist_writer");
+        r.register(
+            "messages_consumed",
+            "Bus messages received",
+            m.consumed.clone(),
+        );
+        r.register(
+            "records_written",
+            "Records durably written to the store",
+            m.written.clone(),
+        );
+        r.register(
+            "messages_dead_lettered",
+            "Messages sent to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "write_retries",
+            "Batch writes retried after a retriable store error",
+            m.retries.clone(),
+        );
+        r.register(
+            "batch_duration_seconds",
+            "Time to decode, write and dead-letter one batch",
+            m.batch_seconds.clone(),
+        );
+        r.register(
+            "bus_to_store_seconds",
+            "Time from message publish to durable write",
+            m.bus_to_store_seconds.clone(),
+        );
+        r.register(
+            "consumer_lag_messages",
+            "Messages behind the end of the assigned partitions",
+            m.lag_messages.clone(),
+        );
+        r.register(
+            "consumer_lag_seconds",
+            "Age of the newest message written",
+            m.lag_seconds.clone(),
+        );
+        m
+    }
+}

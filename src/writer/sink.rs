@@ -1,0 +1,38 @@
+//! What a writer type plugs into the runtime.
+
+use std::future::Future;
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The store is unreachable, overloaded or refused our credentials for
+    /// now: the runtime pauses and retries with capped backoff, never drops.
+    #[error("store unavailable: {0}")]
+    Retriable(String),
+}
+
+/// A record the store refused for good (wrong type, too large): it goes to the
+/// dead-letter topic with the reason and the stream goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Index of the record in the slice passed to `write`.
+    pub record: usize,
+    pub reason: String,
+}
+
+/// A destination store. One instance per writer process; `write` is called
+/// with one decoded batch at a time.
+pub trait Sink: Send + Sync + 'static {
+    type Record: Send + Sync + 'static;
+
+    /// Decodes one bus message into records. An error makes the message
+    /// poison: dead-lettered with the error, never retried.
+    fn decode(&self, payload: &[u8]) -> Result<Vec<Self::Record>, String>;
+
+    /// Writes durably (or reports why not). Idempotent: the runtime may
+    /// replay a batch after a crash.
+    fn write(
+        &self,
+        records: &[Self::Record],
+    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+}

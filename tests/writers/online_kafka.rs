@@ -1,0 +1,265 @@
+//! ONLINE_WRITER: Kafka → Redis (standalone and cluster), SCRAM, DLQ, commits.
+
+use crate::harness::*;
+use crate::support::{rig, unique};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const FEATURES: [&str; 3] = ["age", "score", "visits"];
+
+/// Observations ts 1..=5 of every (pkey, feature), newest not last, plus the
+/// expected final hash of each pkey.
+fn dataset(pkeys: &[String]) -> (Vec<Vec<u8>>, BTreeMap<String, BTreeMap<String, String>>) {
+    let mut payloads = Vec::new();
+    for ts in [2, 5, 1, 4, 3] {
+        for p in pkeys {
+            let values = FEATURES
+                .iter()
+                .map(|f| observation(p, f, ts, ts * 10))
+                .collect();
+            payloads.push(result_message(values));
+        }
+    }
+    let expected = pkeys
+        .iter()
+        .map(|p| {
+            let mut h = BTreeMap::from([("__id__".to_string(), p.clone())]);
+            for f in FEATURES {
+                h.insert(format!("user.{f}"), "50".into());
+                h.insert(format!("user.{f}_ts"), "5".into());
+            }
+            (p.clone(), h)
+        })
+        .collect();
+    (payloads, expected)
+}
+
+fn pkeys(n: usize) -> Vec<String> {
+    let run = unique("e");
+    (0..n).map(|i| format!("{run}-{i}")).collect()
+}
+
+async fn standalone() -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+#[tokio::test]
+async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> anyhow::Result<()> {
+    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 3), (&dlq, 1)]).await?;
+    let keys = pkeys(20);
+    let (mut payloads, expected) = dataset(&keys);
+    let poison = [
+        b"\x08\x96\x01 definitely not a ResultMessage".to_vec(),
+        result_message(vec![{
+            let mut v = observation("x", "age", 1, 1);
+            v.value = None;
+            v
+        }]),
+    ];
+    payloads.insert(7, poison[0].clone());
+    payloads.insert(40, poison[1].clone());
+    produce(&topic, &payloads).await?;
+
+    let mut writer = Writer::start(&online_writer_env(
+        &topic,
+        &dlq,
+        &group,
+        &rig("redis", "BGP_REDIS_URL"),
+    ))?;
+    let mut conn = standalone().await?;
+    let got = eventually(
+        "Redis to hold the newest values",
+        Duration::from_secs(60),
+        || {
+            let keys = keys.clone();
+            let mut conn = conn.clone();
+            let expected = expected.clone();
+            async move {
+                let state = redis_entities(&mut conn, "", &keys).await?;
+                Ok((state == expected).then_some(state))
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    assert_eq!(got.len(), 20);
+
+    // Both poison messages sit on the DLQ, bytes unchanged, with the reason.
+    let consumer: StreamConsumer = kafka_plain()
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&dlq])?;
+    let mut letters = Vec::new();
+    while letters.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
+        let headers: BTreeMap<String, String> = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        letters.push((m.payload().unwrap_or_default().to_vec(), headers));
+    }
+    letters.sort_by_key(|(p, _)| !poison.iter().position(|q| q == p).is_some_and(|i| i == 0));
+    for ((payload, headers), expected_payload) in letters.iter().zip(&poison) {
+        assert_eq!(payload, expected_payload);
+        assert_eq!(headers.get("bgp-dlq-original-topic"), Some(&topic));
+        assert_eq!(
+            headers.get("bgp-dlq-error-class").map(String::as_str),
+            Some("decode")
+        );
+        assert_eq!(
+            headers.get("bgp-dlq-writer").map(String::as_str),
+            Some("online")
+        );
+        assert_eq!(
+            headers.get("bgp-dlq-attempts").map(String::as_str),
+            Some("1")
+        );
+        assert!(
+            headers.contains_key("bgp-dlq-original-partition")
+                && headers.contains_key("bgp-dlq-original-offset")
+        );
+        assert!(
+            headers
+                .get("bgp-dlq-time")
+                .is_some_and(|t| t.parse::<u128>().is_ok())
+        );
+    }
+    let reasons: Vec<&str> = letters
+        .iter()
+        .filter_map(|(_, h)| h.get("bgp-dlq-error-message").map(String::as_str))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("not a bgpersist.bus.v1.ResultMessage")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("no value")),
+        "{reasons:?}"
+    );
+
+    // Everything written or dead-lettered is committed.
+    let (committed, end) = eventually(
+        "offsets to be committed",
+        Duration::from_secs(20),
+        || async {
+            let (c, e) = committed_and_end(&topic, &group, 3)?;
+            Ok((c == e).then_some((c, e)))
+        },
+    )
+    .await?;
+    assert_eq!(
+        (committed, end),
+        (payloads.len() as i64, payloads.len() as i64)
+    );
+
+    let metrics = writer.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "bgpersist_writer_messages_consumed_total {}",
+            payloads.len()
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bgpersist_writer_messages_dead_lettered_total 2"),
+        "{metrics}"
+    );
+
+    writer.signal("TERM")?;
+    assert_eq!(
+        writer.wait_exit(Duration::from_secs(15))?,
+        Some(0),
+        "log:\n{}",
+        writer.log_text()
+    );
+    conn.del::<_, ()>(keys.iter().map(|k| format!("user/{k}")).collect::<Vec<_>>())
+        .await
+        .ok();
+    Ok(())
+}
+
+#[tokio::test]
+async fn scram_sasl_and_redis_cluster() -> anyhow::Result<()> {
+    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 2), (&dlq, 1)]).await?;
+    let keys = pkeys(30);
+    let (payloads, expected) = dataset(&keys);
+    produce(&topic, &payloads).await?;
+
+    let sasl = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("sasl"));
+    std::fs::create_dir_all(&sasl)?;
+    std::fs::write(sasl.join("username"), rig("kafka", "BGP_KAFKA_SCRAM_USER"))?;
+    std::fs::write(
+        sasl.join("password"),
+        rig("kafka", "BGP_KAFKA_SCRAM_PASSWORD"),
+    )?;
+    let nodes = rig("redis", "BGP_REDIS_CLUSTER_NODES");
+    let mut env = online_writer_env(&topic, &dlq, &group, &nodes);
+    env.retain(|(k, _)| *k != "BGP_KAFKA_BOOTSTRAP_SERVERS");
+    env.extend([
+        (
+            "BGP_KAFKA_BOOTSTRAP_SERVERS",
+            rig("kafka", "BGP_KAFKA_SASL"),
+        ),
+        ("BGP_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT".into()),
+        ("BGP_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+        ("BGP_KAFKA_SASL_DIR", sasl.display().to_string()),
+        ("BGP_REDIS_IS_CLUSTERED", "1".into()),
+        ("BGP_STORAGE_CACHE_PREFIX", "bgp:".into()),
+    ]);
+    let writer = Writer::start(&env)?;
+    let client = redis::cluster::ClusterClient::new(nodes.split(',').collect::<Vec<_>>())?;
+    let conn = client.get_async_connection().await?;
+    eventually(
+        "the cluster to hold the newest values",
+        Duration::from_secs(60),
+        || {
+            let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
+            async move {
+                Ok((redis_entities(&mut conn, "bgp:", &keys).await? == expected).then_some(()))
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn configuration_error_exits_2_with_one_line() -> anyhow::Result<()> {
+    let mut env = online_writer_env("t", "d", "g", "redis://127.0.0.1:1");
+    env.retain(|(k, _)| *k != "BGP_SUBSCRIPTION");
+    let mut w = Writer::start(&env)?;
+    assert_eq!(w.wait_exit(Duration::from_secs(10))?, Some(2));
+    let log = w.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("bgpersist-writer:"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["bgpersist-writer: BGP_SUBSCRIPTION is not set"],
+        "log:\n{log}"
+    );
+    Ok(())
+}
+
+use redis::AsyncCommands;
