@@ -193,11 +193,14 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         let _ = signals.send(true);
     });
 
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .map_err(|e| Failure::Startup(format!("no Kubernetes client configuration: {e}")))?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let client = metrics
+        .counting_client(config)
+        .map_err(|e| Failure::Startup(format!("cannot build the Kubernetes client: {e}")))?;
     let listener = http::bind(cfg.metrics_addr)
         .await
         .map_err(|e| Failure::Startup(e.to_string()))?;

@@ -12,8 +12,14 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    pub verb: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    api_requests: Family<VerbLabel, Counter>,
     reconciles: Counter,
     failures: Family<ReasonLabel, Counter>,
     duration: Histogram,
@@ -23,6 +29,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
+            api_requests: Family::default(),
             reconciles: Counter::default(),
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
@@ -48,11 +55,33 @@ impl Metrics {
             m.duration.clone(),
         );
         sub.register(
+            "api_requests",
+            "Requests sent to the API server, by HTTP method",
+            m.api_requests.clone(),
+        );
+        sub.register(
             "api_writes",
             "Create/patch/delete requests sent to the API server",
             m.writes.clone(),
         );
         m
+    }
+
+    /// A client whose every request is counted in `api_requests` by method.
+    pub fn counting_client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
+        let requests = self.api_requests.clone();
+        let layer =
+            tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+                requests
+                    .get_or_create(&VerbLabel {
+                        verb: req.method().as_str().to_string(),
+                    })
+                    .inc();
+                req
+            });
+        Ok(kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&layer)
+            .build())
     }
 
     /// Counts a reconcile and records its duration when the guard drops.

@@ -1,0 +1,265 @@
+//! Operator at scale (not a test): N resources × 9 writers against the rig's
+//! API server, run by the real operator binary. Prints the time until every
+//! child is applied, API requests per reconcile and the operator's peak RSS.
+//!
+//!   hack/rig up k8s && cargo bench --bench operator_scale
+//!   BGP_BENCH_RESOURCES=50 cargo bench --bench operator_scale
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use bgpersist::crd::BackgroundPersistence;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WRITERS: [(&str, &str); 9] = [
+    ("online", "ONLINE_WRITER"),
+    ("metrics", "METRICS_WRITER"),
+    ("metrics-bus", "METRICS_BUS_WRITER"),
+    ("offline", "OFFLINE_WRITER"),
+    ("bulk", "OFFLINE_STORE_BULK_INSERT_WRITER"),
+    ("streaming", "OFFLINE_STORE_STREAMING_INSERT_WRITER"),
+    ("usage", "USAGE_BUS_WRITER"),
+    ("mirror", "QUERY_MIRROR_CONSUMER"),
+    ("vector", "ONLINE_VECTOR_STORE_WRITER"),
+];
+const NAMESPACES: usize = 10;
+
+fn main() -> anyhow::Result<()> {
+    bgpersist::install_crypto_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BGP_BENCH_RESOURCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let client = support::kubeclient::client().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        bgpersist::crd::CRD_NAME,
+        &PatchParams::apply("bgpersist-bench").force(),
+        &Patch::Apply(bgpersist::crd::definition()),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_bgpersist-operator"))
+        .args([
+            "--leader-elect=false",
+            "--log-format",
+            "text",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let pid = operator.id();
+
+    let run = support::unique("b");
+    let tag = format!("b{}", &run[run.len().saturating_sub(5)..]).replace('-', "");
+    let bps: Api<BackgroundPersistence> = Api::all(client.clone());
+    let started = Instant::now();
+    let creates = (0..n).map(|i| {
+        let bps = bps.clone();
+        let bp = resource(&tag, i);
+        async move {
+            bps.create(&PostParams::default(), &bp?)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        }
+    });
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(creates)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let created = started.elapsed();
+
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    let want = n * WRITERS.len();
+    let selector = ListParams::default().labels("app.kubernetes.io/managed-by=bgpersist-operator");
+    loop {
+        let have = deployments
+            .list_metadata(&selector)
+            .await?
+            .items
+            .iter()
+            .filter(|d| {
+                d.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with(&tag))
+            })
+            .count();
+        if have >= want {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1200),
+            "only {have}/{want} Deployments after 20 min"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let applied = started.elapsed();
+
+    // Let the status writes and the watch echoes settle before reading counters.
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let m = metrics(port)?;
+        let reconciles = counter(&m, "bgpersist_operator_reconciles_total");
+        if format!("{reconciles}") == last {
+            break;
+        }
+        last = format!("{reconciles}");
+    }
+    let m = metrics(port)?;
+    let reconciles = counter(&m, "bgpersist_operator_reconciles_total");
+    let requests: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("bgpersist_operator_api_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let writes = counter(&m, "bgpersist_operator_api_writes_total");
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        .unwrap_or_default();
+
+    // A resync of everything with nothing changed: count what it costs.
+    let before = requests;
+    let before_writes = writes;
+    for i in 0..n.min(20) {
+        bps.patch(
+            &format!("{tag}-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"bench/poke": "1"}}})),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m2 = metrics(port)?;
+    let after: f64 = m2
+        .lines()
+        .filter(|l| l.starts_with("bgpersist_operator_api_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let after_writes = counter(&m2, "bgpersist_operator_api_writes_total");
+    let poked = n.min(20) as f64;
+
+    println!(
+        "operator_scale: {n} resources x {} writers = {want} Deployments (+ PDBs, ServiceAccounts)",
+        WRITERS.len()
+    );
+    println!(
+        "  create {n} resources:             {:.2} s",
+        created.as_secs_f64()
+    );
+    println!(
+        "  all children applied after:       {:.2} s  ({:.1} Deployments/s)",
+        applied.as_secs_f64(),
+        want as f64 / applied.as_secs_f64()
+    );
+    println!("  reconciles until quiet:           {reconciles}");
+    println!(
+        "  API requests:                     {requests}  ({:.1} per reconcile)",
+        requests / reconciles.max(1.0)
+    );
+    println!(
+        "  API writes:                       {writes}  ({:.1} per resource)",
+        writes / n as f64
+    );
+    println!(
+        "  no-op reconcile (annotation poke): {:.1} requests, {:.1} writes per resource",
+        (after - before) / poked,
+        (after_writes - before_writes) / poked
+    );
+    println!("  operator peak RSS (VmHWM):        {hwm}");
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = operator.wait();
+    cleanup(&client, &tag, n).await
+}
+
+fn resource(tag: &str, i: usize) -> anyhow::Result<BackgroundPersistence> {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/examples/seed-example.yaml"
+    ))?;
+    let mut v: serde_json::Value = serde_yaml::from_str(&yaml)?;
+    v["metadata"]["name"] = format!("{tag}-{i}").into();
+    let spec = &mut v["spec"];
+    spec["common_persistence_specs"]["namespace"] = format!("{tag}-ns{}", i % NAMESPACES).into();
+    spec["common_persistence_specs"]["service_account_name"] = format!("{tag}-{i}-sa").into();
+    spec["common_persistence_specs"]["usage_bus_subscription_id"] = "usage-bus-1".into();
+    spec["common_persistence_specs"]["vector_bus_subscription_id"] = "vector-bus-1".into();
+    spec["writers"] = WRITERS
+        .iter()
+        .map(|(name, t)| serde_json::json!({"name": name, "bus_subscriber_type": t, "request": {"cpu": "200m", "memory": "512Mi"}, "default_replica_count": 1}))
+        .collect();
+    Ok(serde_json::from_value(v)?)
+}
+
+fn metrics(port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The bare API server runs no garbage collector: delete what was rendered.
+async fn cleanup(client: &kube::Client, tag: &str, n: usize) -> anyhow::Result<()> {
+    let bps: Api<BackgroundPersistence> = Api::all(client.clone());
+    for i in 0..n {
+        let _ = bps
+            .delete(&format!("{tag}-{i}"), &DeleteParams::default())
+            .await;
+    }
+    let lp = ListParams::default().labels("app.kubernetes.io/part-of=bgpersist");
+    for k in 0..NAMESPACES {
+        let ns = format!("{tag}-ns{k}");
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await?;
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await?;
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await?;
+    }
+    Ok(())
+}
