@@ -41,3 +41,19 @@ pub const ENV_HTTP_ADDR: &str = "BGP_HTTP_ADDR";
 pub const WRITER_HTTP_PORT: i32 = 9090;
 /// Where the Kafka SASL secret is mounted.
 pub const KAFKA_SASL_MOUNT: &str = "/etc/bgpersist/kafka-sasl";
+/// File names, under `KAFKA_SASL_MOUNT`, of the Kafka SASL credentials.
+pub const KAFKA_SASL_USERNAME_FILE: &str = "username";
+pub const KAFKA_SASL_PASSWORD_FILE: &str = "password";
+
+/// Where a writer's store connection URI is mounted, when the spec names a
+/// cloud secret for its store (`store_uri_secrets`). Only the writer's own
+/// store's file is present.
+pub const STORES_MOUNT: &str = "/etc/bgpersist/stores";
+/// Full path of the writer's store URI file (under `STORES_MOUNT`), when mounted.
+pub const ENV_STORE_URI_FILE: &str = "BGP_STORE_URI_FILE";
+/// File names under `STORES_MOUNT`, one per store.
+pub const ONLINE_STORE_URI_FILE: &str = "online_store_uri";
+pub const OFFLINE_STORE_URI_FILE: &str = "offline_store_uri";
+pub const METRICS_STORE_URI_FILE: &str = "metrics_store_uri";
+pub const USAGE_STORE_URI_FILE: &str = "usage_store_uri";
+pub const VECTOR_STORE_URI_FILE: &str = "vector_store_uri";

@@ -30,7 +30,7 @@ pub enum ImageField {
 }
 
 /// Where a writer type writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StoreKind {
     OnlineStore,
     MetricsBus,
@@ -214,6 +214,30 @@ impl WriterType {
 impl std::fmt::Display for WriterType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl StoreKind {
+    /// The stores reached through a connection URI (`store_uri_secrets`); the
+    /// others are a bus topic or the API server.
+    pub const WITH_URI: [StoreKind; 5] = [
+        StoreKind::OnlineStore,
+        StoreKind::OfflineStore,
+        StoreKind::MetricsStore,
+        StoreKind::UsageStore,
+        StoreKind::VectorStore,
+    ];
+
+    /// The `store_uri_secrets` key naming this store's URI secret.
+    pub fn uri_secret_key(self) -> Option<&'static str> {
+        match self {
+            StoreKind::OnlineStore => Some("online_store"),
+            StoreKind::OfflineStore => Some("offline_store"),
+            StoreKind::MetricsStore => Some("metrics_store"),
+            StoreKind::UsageStore => Some("usage_store"),
+            StoreKind::VectorStore => Some("vector_store"),
+            StoreKind::MetricsBus | StoreKind::QueryMirror => None,
+        }
     }
 }
 

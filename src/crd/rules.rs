@@ -76,6 +76,11 @@ pub fn spec_rules() -> Vec<Rule> {
             .message("kafka_sasl_secret needs common_persistence_specs.secret_client (AWS or GCP) to say where the secret lives")
             .reason(Reason::FieldValueRequired),
     );
+    rules.push(
+        Rule::new("!has(self.store_uri_secrets) || has(self.common_persistence_specs.secret_client)")
+            .message("store_uri_secrets needs common_persistence_specs.secret_client (AWS or GCP) to say where the secrets live")
+            .reason(Reason::FieldValueRequired),
+    );
     rules
 }
 
@@ -115,9 +120,11 @@ pub fn crd_with_rules() -> CustomResourceDefinition {
         else {
             continue;
         };
-        bound_strings(schema);
         push_rules(schema, root_rules());
         if let Some(spec) = schema.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            // Only the spec: the rules read nothing in status, and status
+            // messages (conditions, writers) outgrow a 253-byte cap.
+            bound_strings(spec);
             push_rules(spec, spec_rules());
         }
     }

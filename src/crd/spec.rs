@@ -1,4 +1,4 @@
-use super::catalog::WriterType;
+use super::catalog::{StoreKind, WriterType};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,9 @@ pub struct BackgroundPersistenceSpec {
     /// Metadata provider the writers use (for example "GRPC_SERVER").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_provider: Option<String>,
+    /// Cloud secrets (in the `secret_client` manager) holding store connection URIs, one per store (bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_uri_secrets: Option<StoreUriSecrets>,
     /// The writers to run: one Deployment each.
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -176,6 +179,50 @@ pub enum KafkaSaslMechanism {
     ScramSha512,
     #[serde(rename = "OAUTHBEARER")]
     OauthBearer,
+}
+
+/// Names of cloud secrets whose value is a store's connection URI. Each is
+/// synced into the `<resource>-stores` Secret and mounted only into the
+/// writers that write that store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct StoreUriSecrets {
+    /// URI of the online store (ONLINE_WRITER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_store: Option<String>,
+    /// URI of the offline store (OFFLINE_WRITER and the offline-store inserters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_store: Option<String>,
+    /// URI of the metrics store (METRICS_BUS_WRITER, GO_METRICS_BUS_WRITER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_store: Option<String>,
+    /// URI of the usage store (USAGE_BUS_WRITER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_store: Option<String>,
+    /// URI of the vector store (ONLINE_VECTOR_STORE_WRITER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector_store: Option<String>,
+}
+
+impl StoreUriSecrets {
+    /// The cloud secret named for `store`, when set and not blank.
+    pub fn for_store(&self, store: StoreKind) -> Option<&str> {
+        let v = match store {
+            StoreKind::OnlineStore => &self.online_store,
+            StoreKind::OfflineStore => &self.offline_store,
+            StoreKind::MetricsStore => &self.metrics_store,
+            StoreKind::UsageStore => &self.usage_store,
+            StoreKind::VectorStore => &self.vector_store,
+            StoreKind::MetricsBus | StoreKind::QueryMirror => &None,
+        };
+        v.as_deref().filter(|s| !s.trim().is_empty())
+    }
+
+    /// Whether any store names a cloud secret.
+    pub fn any(&self) -> bool {
+        StoreKind::WITH_URI
+            .iter()
+            .any(|k| self.for_store(*k).is_some())
+    }
 }
 
 /// One writer: a Deployment consuming one bus and writing one store.

@@ -19,6 +19,24 @@ pub struct BackgroundPersistenceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub writers: Vec<WriterStatus>,
+    /// One entry per cloud secret the spec names: the version applied, never the value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub secrets: Vec<SecretStatus>,
+}
+
+/// The cloud secret version synced into a Kubernetes Secret for the writers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct SecretStatus {
+    /// The spec field naming the cloud secret ("kafka_sasl_secret", "store_uri_secrets.online_store").
+    pub name: String,
+    /// The cloud secret the applied version came from.
+    pub cloud_secret: String,
+    /// The Kubernetes Secret, in the writers' namespace, holding it.
+    pub secret: String,
+    /// The cloud secret's version last applied (AWS VersionId, GCP version number); unset until one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// What the operator last applied for one writer and how far it has rolled out.

@@ -1,13 +1,14 @@
 //! The reconcile loop: read → validate → render → apply → status.
 
 use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
-use super::status::{self, WriterOutcome};
+use super::secrets::{self, SecretSettings, SecretsRead};
+use super::status::{self, SecretsOutcome, WriterOutcome};
 use super::validate::{self, Problem};
 use super::{Error, FIELD_MANAGER, apply, metrics::Metrics};
 use crate::crd::{BackgroundPersistence, BackgroundPersistenceStatus};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -27,6 +28,8 @@ pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    /// Where cloud secrets are read from and how often they are re-read.
+    pub secrets: SecretSettings,
 }
 
 impl Context {
@@ -40,6 +43,23 @@ impl Context {
             client,
             metrics,
             recorder,
+            secrets: SecretSettings::from_env(),
+        }
+    }
+
+    /// The same context reading cloud secrets through `secrets`.
+    pub fn with_secrets(mut self, secrets: SecretSettings) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// When to reconcile `bp` again with no event: every secret refresh
+    /// interval while it uses cloud secrets (at least every second), else `RESYNC`.
+    pub fn requeue_after(&self, bp: &BackgroundPersistence) -> Duration {
+        if secrets::uses_cloud_secrets(bp) {
+            self.secrets.refresh.clamp(Duration::from_secs(1), RESYNC)
+        } else {
+            RESYNC
         }
     }
 }
@@ -85,7 +105,12 @@ pub async fn run_selected(
         owned.clone(),
         owner_of,
     )
-    .watches(Api::<ServiceAccount>::all(client), owned, owner_of)
+    .watches(
+        Api::<ServiceAccount>::all(client.clone()),
+        owned.clone(),
+        owner_of,
+    )
+    .watches(Api::<Secret>::all(client), owned, owner_of)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -110,7 +135,7 @@ async fn reconcile(bp: Arc<BackgroundPersistence>, ctx: Arc<Context>) -> Result<
     if !report.applied.is_empty() || !report.pruned.is_empty() {
         info!(resource = %bp.name_any(), applied = ?report.applied, pruned = ?report.pruned, "reconciled");
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(ctx.requeue_after(&bp)))
 }
 
 fn error_policy(bp: Arc<BackgroundPersistence>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -130,8 +155,24 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
     let mut report = Report::default();
     let fatal: Vec<Problem> = checked.fatal().cloned().collect();
 
+    // Until the secrets are read again, status keeps the versions it showed.
+    let mut secrets_outcome = SecretsOutcome {
+        applied: bp
+            .status
+            .as_ref()
+            .map(|s| s.secrets.clone())
+            .unwrap_or_default(),
+        failures: Vec::new(),
+    };
     let applied = if fatal.is_empty() {
-        apply_all(bp, &checked, ctx, &mut report).await
+        match secrets::read(bp, &ctx.secrets, &ctx.client).await {
+            Ok(read) => {
+                let applied = apply_all(bp, &checked, &read, ctx, &mut report).await;
+                secrets_outcome = read.outcome;
+                applied
+            }
+            Err(e) => Err(e),
+        }
     } else {
         Ok(Vec::new())
     };
@@ -170,11 +211,12 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
 
     let apply_message = apply_error.as_ref().map(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::compute(
+    let new_status = status::compute_with_secrets(
         bp.metadata.generation,
         bp.status.as_ref(),
         writers,
         &checked.problems,
+        &secrets_outcome,
         apply_message.as_deref(),
         &now,
     );
@@ -188,14 +230,16 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
 async fn apply_all(
     bp: &BackgroundPersistence,
     checked: &validate::Validated<'_>,
+    secrets_read: &SecretsRead,
     ctx: &Context,
     report: &mut Report,
 ) -> Result<Vec<WriterOutcome>, Error> {
     let name = bp.name_any();
-    let rendered = render::render(bp, &checked.writers).map_err(|e| match e {
-        render::RenderError::MissingMetadata(m) => Error::MissingMetadata(m),
-        other => Error::Render(other.to_string()),
-    })?;
+    let rendered = render::render_with_secrets(bp, &checked.writers, &secrets_read.inputs)
+        .map_err(|e| match e {
+            render::RenderError::MissingMetadata(m) => Error::MissingMetadata(m),
+            other => Error::Render(other.to_string()),
+        })?;
     let ns = bp.spec.common_persistence_specs.namespace.clone();
     let client = &ctx.client;
     let m = &ctx.metrics;
@@ -219,6 +263,13 @@ async fn apply_all(
         "ServiceAccount",
         &bp.spec.common_persistence_specs.service_account_name,
     );
+    // Secrets before the Deployments that mount them.
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for s in &rendered.secrets {
+        let live = secrets_read.live.get(&s.name);
+        let wrote = secrets::ensure(&secret_api, &s.secret, live, m).await?;
+        note(report, wrote, "Secret", &s.name);
+    }
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
@@ -276,6 +327,20 @@ async fn apply_all(
             &Api::<ServiceAccount>::all(client.clone()),
             &selector,
             &keep_sa,
+            m,
+        )
+        .await?,
+    );
+    let keep_secrets: Vec<(String, String)> = secrets_read
+        .keep
+        .iter()
+        .map(|s| (ns.clone(), s.clone()))
+        .collect();
+    report.pruned.extend(
+        apply::prune(
+            &Api::<Secret>::all(client.clone()),
+            &selector,
+            &keep_secrets,
             m,
         )
         .await?,

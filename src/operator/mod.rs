@@ -8,6 +8,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod render;
+pub mod secrets;
 pub mod status;
 pub mod validate;
 

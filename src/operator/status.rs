@@ -2,7 +2,7 @@
 //! per-writer rollout, written only when something other than time changed.
 
 use super::validate::Problem;
-use crate::crd::{BackgroundPersistenceStatus, WriterStatus};
+use crate::crd::{BackgroundPersistenceStatus, SecretStatus, WriterStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -67,12 +67,50 @@ impl WriterOutcome {
     }
 }
 
+/// The cloud secrets' part of one reconcile: the versions applied, and the
+/// secrets that could not be synced (each a Degraded reason and a message that
+/// names the cloud secret and the spec field, never a value).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SecretsOutcome {
+    pub applied: Vec<SecretStatus>,
+    pub failures: Vec<SecretIssue>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretIssue {
+    /// SecretNotFound, SecretAccessDenied, SecretMalformed, ...
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// The status one reconcile leads to. `apply_error` is set when applying failed.
 pub fn compute(
     generation: Option<i64>,
     previous: Option<&BackgroundPersistenceStatus>,
     writers: Vec<WriterOutcome>,
     problems: &[Problem],
+    apply_error: Option<&str>,
+    now: &Time,
+) -> BackgroundPersistenceStatus {
+    compute_with_secrets(
+        generation,
+        previous,
+        writers,
+        problems,
+        &SecretsOutcome::default(),
+        apply_error,
+        now,
+    )
+}
+
+/// `compute`, plus the cloud secrets: a secret that could not be synced
+/// degrades the resource with its own reason (after an apply failure).
+pub fn compute_with_secrets(
+    generation: Option<i64>,
+    previous: Option<&BackgroundPersistenceStatus>,
+    writers: Vec<WriterOutcome>,
+    problems: &[Problem],
+    secrets: &SecretsOutcome,
     apply_error: Option<&str>,
     now: &Time,
 ) -> BackgroundPersistenceStatus {
@@ -87,6 +125,14 @@ pub fn compute(
 
     let (degraded, degraded_reason, degraded_msg) = if let Some(e) = apply_error {
         (true, "ApplyFailed", e.to_string())
+    } else if let Some(first) = secrets.failures.first() {
+        let messages = secrets.failures.iter().map(|f| f.message.clone());
+        let others = problems.iter().map(|p| p.to_string());
+        (
+            true,
+            first.reason,
+            messages.chain(others).collect::<Vec<_>>().join("; "),
+        )
     } else if !problems.is_empty() {
         let reason = if fatal {
             "InvalidSpec"
@@ -174,6 +220,7 @@ pub fn compute(
         conditions,
         writers_ready: Some(format!("{ready_count}/{total}")),
         writers: writers.into_iter().map(|w| w.status).collect(),
+        secrets: secrets.applied.clone(),
     }
 }
 

@@ -66,6 +66,14 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
             "required when kafka_sasl_secret is set",
         ));
     }
+    if spec.store_uri_secrets.as_ref().is_some_and(|s| s.any())
+        && spec.common_persistence_specs.secret_client.is_none()
+    {
+        problems.push(spec_problem(
+            "common_persistence_specs.secret_client",
+            "required when store_uri_secrets is set",
+        ));
+    }
 
     let mut ok = Vec::new();
     for (i, w) in spec.writers.iter().enumerate() {

@@ -30,7 +30,9 @@ impl Fixture {
         let bps: Api<BackgroundPersistence> = Api::all(client.clone());
         bps.create(&PostParams::default(), &bp).await?;
         let count = RequestCount::default();
-        let ctx = Context::new(counting_client(&count).await?, Metrics::default());
+        // The seed names a Kafka SASL cloud secret: serve it from memory.
+        let ctx = Context::new(counting_client(&count).await?, Metrics::default())
+            .with_secrets(crate::support::secrets::in_memory());
         Ok(Fixture {
             name: bp.name_any(),
             ns: bp.spec.common_persistence_specs.namespace.clone(),
@@ -113,6 +115,7 @@ async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
             "PodDisruptionBudget/{}",
             f.dep_name("go-result-bus-metrics-writer")
         ),
+        format!("Secret/{}-kafka-sasl", f.name),
         "ServiceAccount/background-persistence-sa".to_string(),
     ];
     assert_eq!(applied, expected);
@@ -359,7 +362,10 @@ async fn invalid_writer_is_reported_and_nothing_applied_for_it() -> anyhow::Resu
 #[tokio::test]
 async fn controller_applies_and_restores_drift_from_watch_events() -> anyhow::Result<()> {
     let f = Fixture::new(json!({})).await?;
-    let ctx = Arc::new(Context::new(f.client.clone(), Metrics::default()));
+    let ctx = Arc::new(
+        Context::new(f.client.clone(), Metrics::default())
+            .with_secrets(crate::support::secrets::in_memory()),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Only this test's resource: the other tests reconcile theirs by hand.
     let selection =

@@ -59,3 +59,4 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub mod kubeclient;
+pub mod secrets;

@@ -1,3 +1,4 @@
+use super::secret::{self, SecretInputs, Slot};
 use super::{RenderError, labels};
 use crate::contract as c;
 use crate::crd::{BackgroundPersistence, BusBackend, ImageField, ResourceAmounts, WriterSpec};
@@ -5,7 +6,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
@@ -56,11 +57,13 @@ pub fn render(
     resource: &str,
     w: &WriterSpec,
     owner: &OwnerReference,
+    secrets: &SecretInputs,
 ) -> Result<(Deployment, String, String, i32), RenderError> {
     let image = resolve_image(bp, w)?;
     let replicas = w.default_replica_count.unwrap_or(1);
-    let sasl = bp.spec.kafka_sasl_secret.is_some()
-        && bp.spec.common_persistence_specs.bus_backend == BusBackend::Kafka;
+    let sasl = secret::kafka_sasl_wanted(bp);
+    let store = w.bus_subscriber_type.kind().store;
+    let store_file = secret::store_mount(bp, store);
 
     let mut mounts = vec![VolumeMount {
         name: "tmp".into(),
@@ -93,11 +96,45 @@ pub fn render(
             ..Default::default()
         });
     }
+    if let Some(file) = store_file {
+        // Only this writer's store URI, as a read-only file.
+        mounts.push(VolumeMount {
+            name: "stores".into(),
+            mount_path: c::STORES_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "stores".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret::stores_secret_name(resource)),
+                items: Some(vec![KeyToPath {
+                    key: file.into(),
+                    path: file.into(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    // The versions (never the values) of the secrets this writer mounts: a
+    // rotation rolls exactly the writers that read the rotated secret.
+    let mut versions: Vec<(Slot, &str)> = Vec::new();
+    if sasl && let Some(v) = secrets.version(Slot::KafkaSasl) {
+        versions.push((Slot::KafkaSasl, v));
+    }
+    if store_file.is_some()
+        && let Some(v) = secrets.version(Slot::StoreUri(store))
+    {
+        versions.push((Slot::StoreUri(store), v));
+    }
 
     let container = Container {
         name: "writer".into(),
         image: Some(image.clone()),
-        env: Some(env(bp, resource, w, sasl)),
+        env: Some(env(bp, resource, w, sasl, store_file)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: c::WRITER_HTTP_PORT,
@@ -145,7 +182,7 @@ pub fn render(
         volumes: Some(volumes),
         ..Default::default()
     };
-    let config_hash = hash_of(&pod_spec);
+    let config_hash = hash_of(&pod_spec, &versions);
     let pod_labels = labels::writer(resource, w);
     let deployment = Deployment {
         metadata: ObjectMeta {
@@ -219,7 +256,13 @@ fn resources(
     })
 }
 
-fn env(bp: &BackgroundPersistence, resource: &str, w: &WriterSpec, sasl: bool) -> Vec<EnvVar> {
+fn env(
+    bp: &BackgroundPersistence,
+    resource: &str,
+    w: &WriterSpec,
+    sasl: bool,
+    store_file: Option<&str>,
+) -> Vec<EnvVar> {
     let spec = &bp.spec;
     let common = &spec.common_persistence_specs;
     let kind = w.bus_subscriber_type.kind();
@@ -251,6 +294,10 @@ fn env(bp: &BackgroundPersistence, resource: &str, w: &WriterSpec, sasl: bool) -
         (
             c::ENV_HTTP_ADDR,
             Some(format!("0.0.0.0:{}", c::WRITER_HTTP_PORT)),
+        ),
+        (
+            c::ENV_STORE_URI_FILE,
+            store_file.map(|f| format!("{}/{f}", c::STORES_MOUNT)),
         ),
     ];
     if common.bus_backend == BusBackend::Kafka {
@@ -332,9 +379,14 @@ fn publish_topic(bp: &BackgroundPersistence, w: &WriterSpec) -> Option<String> {
     }
 }
 
-/// Short, stable hash of what the pods run; a change rolls the writer.
-fn hash_of(spec: &PodSpec) -> String {
-    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+/// Short, stable hash of what the pods run, and of the versions of the
+/// secrets they mount; a change rolls the writer. With no secret versions it
+/// is the hash of the pod spec alone.
+fn hash_of(spec: &PodSpec, versions: &[(Slot, &str)]) -> String {
+    let mut bytes = serde_json::to_vec(spec).unwrap_or_default();
+    for (slot, version) in versions {
+        bytes.extend_from_slice(format!("\n{}={version}", slot.id()).as_bytes());
+    }
     let digest = Sha256::digest(&bytes);
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }

@@ -5,10 +5,12 @@ mod deployment;
 mod labels;
 mod namespace;
 mod pdb;
+pub mod secret;
 mod service_account;
 
 pub use deployment::{deployment_name, resolve_image};
 pub use labels::{LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_WRITER, MANAGER, selector};
+pub use secret::{RenderedSecret, SecretBytes, SecretEntry, SecretInputs, Slot};
 
 use crate::crd::{BackgroundPersistence, WriterSpec};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -21,6 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 pub struct Rendered {
     pub namespace: Namespace,
     pub service_account: ServiceAccount,
+    /// Secrets synced from cloud secrets, for the slots that have a value.
+    pub secrets: Vec<RenderedSecret>,
     pub writers: Vec<RenderedWriter>,
 }
 
@@ -42,6 +46,8 @@ pub enum RenderError {
         "writer {writer}: no image (set common_persistence_specs.{field}, bus_writer_image_rust or the writer's image)"
     )]
     NoImage { writer: String, field: &'static str },
+    #[error("{field}: the synced value has no key {key}")]
+    SecretKeyMissing { field: String, key: &'static str },
 }
 
 /// The owner reference every rendered object carries. The resource is
@@ -68,17 +74,28 @@ pub fn owner_reference(bp: &BackgroundPersistence) -> Result<OwnerReference, Ren
     })
 }
 
-/// Render the resource with the given (already validated) writers.
+/// Render the resource with the given (already validated) writers and no
+/// cloud secret values (the writers still mount the Secrets the spec names).
 pub fn render(
     bp: &BackgroundPersistence,
     writers: &[&WriterSpec],
+) -> Result<Rendered, RenderError> {
+    render_with_secrets(bp, writers, &SecretInputs::default())
+}
+
+/// Render the resource with the given (already validated) writers and the
+/// cloud secret values and versions the read step fetched.
+pub fn render_with_secrets(
+    bp: &BackgroundPersistence,
+    writers: &[&WriterSpec],
+    secrets: &SecretInputs,
 ) -> Result<Rendered, RenderError> {
     let owner = owner_reference(bp)?;
     let resource = owner.name.clone();
     let mut out = Vec::with_capacity(writers.len());
     for w in writers {
         let (deployment, image, config_hash, replicas) =
-            deployment::render(bp, &resource, w, &owner)?;
+            deployment::render(bp, &resource, w, &owner, secrets)?;
         out.push(RenderedWriter {
             name: w.name.clone(),
             pdb: pdb::render(bp, &resource, w, &owner),
@@ -91,6 +108,7 @@ pub fn render(
     Ok(Rendered {
         namespace: namespace::render(bp, &resource),
         service_account: service_account::render(bp, &resource, &owner),
+        secrets: secret::render(bp, &resource, &owner, secrets)?,
         writers: out,
     })
 }

@@ -1,0 +1,196 @@
+//! Parsing a cloud secret's value into the keys of its Kubernetes Secret.
+//! Every error message is fixed text naming a field or a key, never a value
+//! (serde's messages can quote the input, so none of them is passed on).
+
+use super::{SecretError, SecretValue};
+use crate::contract as c;
+use crate::operator::render::secret::store_uri_file;
+use crate::operator::render::{SecretBytes, SecretEntry, Slot};
+use std::collections::BTreeMap;
+
+/// The accepted Kafka SASL form, for messages.
+pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."}"#;
+
+/// Turns a fetched value into the entry render writes for `slot`.
+pub fn entry(
+    slot: Slot,
+    cloud_secret: &str,
+    value: &SecretValue,
+) -> Result<SecretEntry, SecretError> {
+    let data = match slot {
+        Slot::KafkaSasl => sasl(value.bytes.expose())?,
+        Slot::StoreUri(kind) => {
+            let file = store_uri_file(kind)
+                .ok_or_else(|| SecretError::Malformed("this store takes no URI".into()))?;
+            BTreeMap::from([(file.to_string(), store_uri(value.bytes.expose())?)])
+        }
+    };
+    Ok(SecretEntry {
+        cloud_secret: cloud_secret.to_string(),
+        version: value.version.clone(),
+        data,
+    })
+}
+
+/// `{"username": "...", "password": "..."}` (other keys are ignored), as
+/// the `username` and `password` keys.
+pub fn sasl(bytes: &[u8]) -> Result<BTreeMap<String, SecretBytes>, SecretError> {
+    let malformed = |what: &str| SecretError::Malformed(format!("{what}; expected {SASL_FORM}"));
+    let text = std::str::from_utf8(bytes).map_err(|_| malformed("not UTF-8 text"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| malformed("not valid JSON"))?;
+    let object = json
+        .as_object()
+        .ok_or_else(|| malformed("JSON but not an object"))?;
+    let mut out = BTreeMap::new();
+    for key in [c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE] {
+        let v = match object.get(key) {
+            None => return Err(malformed(&format!("no \"{key}\" field"))),
+            Some(serde_json::Value::String(s)) if s.is_empty() => {
+                return Err(malformed(&format!("\"{key}\" is empty")));
+            }
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(malformed(&format!("\"{key}\" is not a string"))),
+        };
+        out.insert(key.to_string(), SecretBytes::new(v.as_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+/// A store URI: the whole value, surrounding whitespace trimmed, of the form
+/// `scheme://...` with no whitespace or control characters inside.
+pub fn store_uri(bytes: &[u8]) -> Result<SecretBytes, SecretError> {
+    let malformed = |what: &str| {
+        SecretError::Malformed(format!(
+            "{what}; expected the connection URI as plain text, scheme://..."
+        ))
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| malformed("not UTF-8 text"))?;
+    let uri = text.trim();
+    if uri.is_empty() {
+        return Err(malformed("empty"));
+    }
+    if uri.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        return Err(malformed("contains whitespace or control characters"));
+    }
+    let scheme_ok = uri.split_once("://").is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme.starts_with(|ch: char| ch.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '+' | '-' | '.'))
+    });
+    if !scheme_ok {
+        return Err(malformed("not of the form scheme://..."));
+    }
+    Ok(SecretBytes::new(uri.as_bytes().to_vec()))
+}
+
+/// CRC32C (Castagnoli), as Secret Manager reports in `dataCrc32c`.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result<impl std::fmt::Debug, SecretError>) -> String {
+        match r {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("expected an error, got {v:?}"),
+        }
+    }
+
+    #[test]
+    fn sasl_json_gives_username_and_password() {
+        let d = sasl(br#"{"username": "alice", "password": "s3cr3t", "engine": "x"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.get("username").map(|b| b.expose()), Some(&b"alice"[..]));
+        assert_eq!(d.get("password").map(|b| b.expose()), Some(&b"s3cr3t"[..]));
+    }
+
+    #[test]
+    fn malformed_sasl_names_the_problem_never_the_value() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"hunter2-not-json", "not valid JSON"),
+            (b"\xff\xfehunter2", "not UTF-8"),
+            (br#"["hunter2"]"#, "not an object"),
+            (
+                br#"{"user": "u", "pass": "hunter2"}"#,
+                "no \"username\" field",
+            ),
+            (
+                br#"{"username": "u", "pass": "hunter2"}"#,
+                "no \"password\" field",
+            ),
+            (
+                br#"{"username": "u", "password": 12345678}"#,
+                "\"password\" is not a string",
+            ),
+            (
+                br#"{"username": "", "password": "hunter2"}"#,
+                "\"username\" is empty",
+            ),
+        ];
+        for (input, want) in cases {
+            let m = msg(sasl(input));
+            assert!(m.contains(want), "{m}");
+            assert!(!m.contains("hunter2") && !m.contains("12345678"), "{m}");
+        }
+    }
+
+    #[test]
+    fn store_uri_is_trimmed_and_checked() {
+        let u = store_uri(b"  postgres://u:p@db:5432/x?sslmode=require\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(u.expose(), b"postgres://u:p@db:5432/x?sslmode=require");
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"hunter2",
+            b"redis://a b",
+            b"://x",
+            b"1x://y",
+        ] {
+            let m = msg(store_uri(bad));
+            assert!(m.contains("scheme://") && !m.contains("hunter2"), "{m}");
+        }
+    }
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn debug_of_an_entry_hides_values() {
+        let v = SecretValue {
+            bytes: SecretBytes::new(br#"{"username": "alice", "password": "hunter2"}"#.to_vec()),
+            version: "v1".into(),
+        };
+        let e = entry(Slot::KafkaSasl, "kafka/creds", &v).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{e:?} {v:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("alice"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("kafka/creds") && shown.contains("v1"),
+            "{shown}"
+        );
+    }
+}
