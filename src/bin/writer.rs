@@ -5,9 +5,10 @@ use bgpersist::crd::{BusBackend, WriterType};
 use bgpersist::operator::http;
 use bgpersist::writer::bus::Bus;
 use bgpersist::writer::bus::kafka::KafkaBus;
+use bgpersist::writer::bus::pubsub::PubsubBus;
 use bgpersist::writer::config::WriterConfig;
 use bgpersist::writer::metrics::WriterMetrics;
-use bgpersist::writer::online::redis::{RedisSink, RedisTarget};
+use bgpersist::writer::online::OnlineSink;
 use bgpersist::writer::runtime::{Runtime, Settings};
 use bgpersist::writer::sink::Sink;
 use prometheus_client::registry::Registry;
@@ -86,14 +87,9 @@ async fn run() -> Result<(), Failure> {
             let uri = cfg
                 .store_uri("online_store")
                 .map_err(|e| Failure::Config(format!("online store: {e}")))?;
-            let target = RedisTarget::parse(
-                &uri,
-                cfg.redis_is_clustered,
-                &cfg.storage_cache_prefix,
-                cfg.concurrency,
-            )
-            .map_err(Failure::Config)?;
-            RedisSink::new(target)
+            OnlineSink::open(&uri, &cfg)
+                .await
+                .map_err(Failure::Config)?
         }
         other => {
             return Err(Failure::Config(format!(
@@ -113,9 +109,15 @@ async fn run() -> Result<(), Failure> {
             drive(bus, sink, metrics, &cfg, ready, stop_rx).await
         }
         BusBackend::Pubsub => {
-            return Err(Failure::Config(
-                "the PUBSUB bus is not implemented by this writer build yet".into(),
-            ));
+            let bus = PubsubBus::connect(
+                &cfg.pubsub,
+                &cfg.subscription,
+                cfg.dlq_topic.as_deref(),
+                cfg.max_batch_size,
+            )
+            .await
+            .map_err(|e| Failure::Config(e.to_string()))?;
+            drive(bus, sink, metrics, &cfg, ready, stop_rx).await
         }
     };
     let _ = stop_tx.send(true);

@@ -42,6 +42,8 @@ pub struct WriterConfig {
     pub redis_is_clustered: bool,
     /// Where store connection URIs are mounted, one file per store.
     pub stores_dir: PathBuf,
+    /// The mounted file holding this writer's store URI, as rendered.
+    pub store_uri_file: Option<PathBuf>,
 }
 
 /// librdkafka settings. Secrets (SASL password, SSL keys) come from files.
@@ -59,6 +61,9 @@ pub struct PubsubSettings {
     pub project: Option<String>,
     /// Endpoint override (the emulator); anonymous credentials when set.
     pub endpoint: Option<String>,
+    /// Streaming-pull ack deadline (lease extension), 10..=600 s; `None`: the
+    /// bus default. How soon a crashed writer's messages are redelivered.
+    pub ack_deadline: Option<Duration>,
 }
 
 /// Environment prefix for pass-through librdkafka settings:
@@ -66,6 +71,10 @@ pub struct PubsubSettings {
 pub const KAFKA_CONF_PREFIX: &str = "BGP_KAFKA_CONF_";
 pub const ENV_PUBSUB_PROJECT: &str = "BGP_PUBSUB_PROJECT";
 pub const ENV_PUBSUB_ENDPOINT: &str = "BGP_PUBSUB_ENDPOINT";
+pub const ENV_PUBSUB_ACK_DEADLINE_SECONDS: &str = "BGP_PUBSUB_ACK_DEADLINE_SECONDS";
+/// The project Google's own libraries and GKE conventionally set; used when
+/// `BGP_PUBSUB_PROJECT` is not.
+pub const ENV_GOOGLE_CLOUD_PROJECT: &str = "GOOGLE_CLOUD_PROJECT";
 pub const ENV_MAX_BATCH_WAIT_MS: &str = "BGP_MAX_BATCH_WAIT_MS";
 pub const ENV_STORES_DIR: &str = "BGP_STORES_DIR";
 pub const ENV_KAFKA_CLIENT_ID_PREFIX: &str = "BGP_KAFKA_CLIENT_ID_PREFIX";
@@ -131,8 +140,22 @@ impl WriterConfig {
             dlq_topic: get(c::ENV_DLQ_TOPIC),
             kafka,
             pubsub: PubsubSettings {
-                project: get(ENV_PUBSUB_PROJECT),
+                project: get(ENV_PUBSUB_PROJECT).or_else(|| get(ENV_GOOGLE_CLOUD_PROJECT)),
                 endpoint: get(ENV_PUBSUB_ENDPOINT),
+                ack_deadline: match get(ENV_PUBSUB_ACK_DEADLINE_SECONDS) {
+                    None => None,
+                    Some(v) => Some(
+                        v.parse::<u64>()
+                            .ok()
+                            .filter(|s| (10..=600).contains(s))
+                            .map(Duration::from_secs)
+                            .ok_or(ConfigError::Invalid {
+                                name: ENV_PUBSUB_ACK_DEADLINE_SECONDS,
+                                value: v,
+                                reason: "must be whole seconds from 10 to 600".into(),
+                            })?,
+                    ),
+                },
             },
             max_batch_size: number(c::ENV_MAX_BATCH_SIZE, 1000)?,
             max_batch_wait: Duration::from_millis(number(ENV_MAX_BATCH_WAIT_MS, 50)? as u64),
@@ -146,13 +169,18 @@ impl WriterConfig {
             stores_dir: get(ENV_STORES_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STORES_DIR)),
+            store_uri_file: get(c::ENV_STORE_URI_FILE).map(PathBuf::from),
         })
     }
 
-    /// A store's connection URI: the mounted file `<stores_dir>/<store>`, or
-    /// for local runs the variable `BGP_<STORE>_URI`.
+    /// A store's connection URI: the file the operator mounted
+    /// (`BGP_STORE_URI_FILE`), else `<stores_dir>/<store>_uri`, else for
+    /// local runs the variable `BGP_<STORE>_URI`.
     pub fn store_uri(&self, store: &str) -> Result<String, ConfigError> {
-        let path = self.stores_dir.join(store);
+        if let Some(file) = &self.store_uri_file {
+            return read_secret_file(file).map(|s| s.trim().to_string());
+        }
+        let path = self.stores_dir.join(format!("{store}_uri"));
         match std::fs::read_to_string(&path) {
             Ok(s) => Ok(s.trim().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -352,5 +380,26 @@ mod tests {
         let mut v = base();
         v.push((c::ENV_MAX_BATCH_SIZE.into(), "0".into()));
         assert!(WriterConfig::from_vars(&v).is_err());
+    }
+
+    #[test]
+    fn pubsub_settings() -> Result<(), ConfigError> {
+        let mut v = base();
+        v.push((c::ENV_BUS_BACKEND.into(), "PUBSUB".into()));
+        v.push((ENV_GOOGLE_CLOUD_PROJECT.into(), "from-gke".into()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert_eq!(cfg.pubsub.project.as_deref(), Some("from-gke"));
+        assert_eq!(cfg.pubsub.ack_deadline, None);
+        v.push((ENV_PUBSUB_PROJECT.into(), "p".into()));
+        v.push((ENV_PUBSUB_ACK_DEADLINE_SECONDS.into(), "10".into()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert_eq!(cfg.pubsub.project.as_deref(), Some("p"));
+        assert_eq!(cfg.pubsub.ack_deadline, Some(Duration::from_secs(10)));
+        for bad in ["9", "601", "ten"] {
+            let mut v = v.clone();
+            v.push((ENV_PUBSUB_ACK_DEADLINE_SECONDS.into(), bad.into()));
+            assert!(WriterConfig::from_vars(&v).is_err(), "{bad} accepted");
+        }
+        Ok(())
     }
 }

@@ -4,4 +4,7 @@
 mod support;
 
 mod harness;
+mod online_dynamodb;
 mod online_kafka;
+mod online_pubsub;
+mod robustness;

@@ -1,6 +1,7 @@
 //! Bus consumers: what the runtime needs from Kafka and Pub/Sub.
 
 pub mod kafka;
+pub mod pubsub;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,9 +1,64 @@
 //! ONLINE_WRITER: result-bus feature values into the online store.
 
+pub mod dynamodb;
 pub mod redis;
 
 use crate::formats::Message;
 use crate::formats::v1::{ResultMessage, value::Kind};
+use crate::writer::config::WriterConfig;
+use crate::writer::sink::{Rejected, Sink, SinkError};
+
+/// The online store of this run, picked from the URI scheme by [`OnlineSink::open`].
+pub enum OnlineSink {
+    Redis(redis::RedisSink),
+    Dynamo(dynamodb::DynamoSink),
+}
+
+impl OnlineSink {
+    /// `redis://` / `rediss://` (one or more comma-separated) → Redis;
+    /// `dynamodb://<table>?region=...` → DynamoDB. Errors are configuration
+    /// errors, worded for the operator.
+    pub async fn open(uri: &str, cfg: &WriterConfig) -> Result<Self, String> {
+        let scheme = uri
+            .trim()
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        match scheme.as_str() {
+            "redis" | "rediss" => redis::RedisTarget::parse(
+                uri,
+                cfg.redis_is_clustered,
+                &cfg.storage_cache_prefix,
+                cfg.concurrency,
+            )
+            .map(|t| OnlineSink::Redis(redis::RedisSink::new(t))),
+            "dynamodb" => {
+                let target = dynamodb::DynamoTarget::parse(uri, cfg.concurrency)?;
+                Ok(OnlineSink::Dynamo(
+                    dynamodb::DynamoSink::connect(target).await?,
+                ))
+            }
+            _ => Err(format!(
+                "online store URI: scheme {scheme:?} is not redis, rediss or dynamodb"
+            )),
+        }
+    }
+}
+
+impl Sink for OnlineSink {
+    type Record = OnlineRecord;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<OnlineRecord>, String> {
+        decode(payload)
+    }
+
+    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, SinkError> {
+        match self {
+            OnlineSink::Redis(s) => s.write(records).await,
+            OnlineSink::Dynamo(s) => s.write(records).await,
+        }
+    }
+}
 
 /// One feature value bound for the online store.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,5 +181,37 @@ mod tests {
             };
             assert!(decode(&msg.encode_to_vec()).is_err(), "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_uri_scheme_picks_the_store() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::contract as c;
+        let vars: Vec<(String, String)> = [
+            (c::ENV_WRITER_TYPE, "ONLINE_WRITER"),
+            (c::ENV_WRITER_NAME, "online"),
+            (c::ENV_BUS_BACKEND, "KAFKA"),
+            (c::ENV_SUBSCRIPTION, "result-bus"),
+            (c::ENV_KAFKA_BOOTSTRAP_SERVERS, "k:9092"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg = WriterConfig::from_vars(&vars)?;
+        assert!(matches!(
+            OnlineSink::open("redis://h:6379/0", &cfg).await?,
+            OnlineSink::Redis(_)
+        ));
+        assert!(matches!(
+            OnlineSink::open("REDISS://a:1,rediss://b:2", &cfg).await?,
+            OnlineSink::Redis(_)
+        ));
+        assert!(matches!(
+            OnlineSink::open("dynamodb://features?region=eu-west-1", &cfg).await?,
+            OnlineSink::Dynamo(_)
+        ));
+        for bad in ["memcached://h", "features", "", "dynamodb://x"] {
+            assert!(OnlineSink::open(bad, &cfg).await.is_err(), "{bad}");
+        }
+        Ok(())
     }
 }

@@ -9,7 +9,8 @@
 
 use super::{OnlineRecord, decode};
 use crate::writer::sink::{Rejected, Sink, SinkError};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -18,7 +19,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-const NEWER_WINS: &str = r#"
+/// Script calls per pipeline on a standalone server.
+const PIPELINE: usize = 64;
+
+/// The write script (public so the benchmark can load the same one).
+pub const NEWER_WINS: &str = r#"
 -- KEYS[1] hash; ARGV[1] pkey; ARGV[2] ttl seconds (0: none); then (field, ts, value) triples
 redis.call('HSET', KEYS[1], '__id__', ARGV[1])
 local changed = 0
@@ -138,7 +143,10 @@ impl RedisSink {
                     Ok(Conn::Cluster(client.get_async_connection().await?))
                 } else {
                     let client = redis::Client::open(t.urls[0].as_str())?;
+                    // One reconnect retry: the runtime's capped backoff (with
+                    // its retry metric and shutdown check) does the waiting.
                     let config = ConnectionManagerConfig::new()
+                        .set_number_of_retries(1)
                         .set_connection_timeout(Some(Duration::from_secs(5)))
                         .set_response_timeout(Some(Duration::from_secs(5)));
                     Ok(Conn::Single(
@@ -152,6 +160,27 @@ impl RedisSink {
 
     fn key(&self, r: &OnlineRecord) -> String {
         format!("{}{}/{}", self.target.key_prefix, r.namespace, r.pkey)
+    }
+}
+
+impl RedisSink {
+    /// Runs a pipeline of script calls, one result per call. A server that
+    /// lost the script (restart, failover) gets it again and the pipeline is
+    /// rerun (the calls are idempotent).
+    async fn pipeline(
+        &self,
+        conn: &mut ConnectionManager,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Result<i64, RedisError>>, RedisError> {
+        let results: Vec<Result<i64, RedisError>> = pipe.query_async(conn).await?;
+        if results
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.code() == Some("NOSCRIPT")))
+        {
+            self.script.prepare_invoke().load_async(conn).await?;
+            return pipe.query_async(conn).await;
+        }
+        Ok(results)
     }
 }
 
@@ -172,50 +201,84 @@ impl Sink for RedisSink {
             .conn()
             .await
             .map_err(|e| SinkError::Retriable(e.to_string()))?;
-        // One script call per entity, all entities concurrently on the
-        // multiplexed connection (pipelined on the wire).
+        // One script call per entity. On a standalone server the calls go out
+        // as pipelines (one socket write and one read per PIPELINE calls); on a
+        // cluster one by one, each routed by its key. All concurrently on the
+        // multiplexed connection.
         let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
             by_key.entry(self.key(r)).or_default().push(i);
         }
-        let calls = by_key.into_iter().map(|(key, idx)| {
-            let mut inv = self.script.key(&key);
-            let first = &records[idx[0]];
-            inv.arg(&first.pkey).arg(
-                idx.iter()
-                    .map(|i| records[*i].ttl_seconds)
-                    .max()
-                    .unwrap_or(0),
-            );
-            for i in &idx {
-                let r = &records[*i];
-                inv.arg(&r.field)
-                    .arg(r.observed_at_micros)
-                    .arg(&r.value_json);
+        let calls: Vec<(String, Vec<usize>)> = by_key.into_iter().collect();
+        let ttl = |idx: &[usize]| {
+            idx.iter()
+                .map(|i| records[*i].ttl_seconds)
+                .max()
+                .unwrap_or(0)
+        };
+        type Outcome = Result<Vec<Result<i64, RedisError>>, RedisError>;
+        // Built lazily: the first calls are on the wire while later ones are encoded.
+        type Units<'a> = Box<
+            dyn Iterator<Item = BoxFuture<'a, (&'a [(String, Vec<usize>)], Outcome)>> + Send + 'a,
+        >;
+        let units: Units<'_> = match &conn {
+            Conn::Single(c) => {
+                let units = calls.chunks(PIPELINE).map(|part| {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    for (key, idx) in part {
+                        pipe.cmd("EVALSHA")
+                            .arg(self.script.get_hash())
+                            .arg(1)
+                            .arg(key)
+                            .arg(&records[idx[0]].pkey)
+                            .arg(ttl(idx));
+                        for i in idx {
+                            let r = &records[*i];
+                            pipe.arg(&r.field)
+                                .arg(r.observed_at_micros)
+                                .arg(&r.value_json);
+                        }
+                    }
+                    let mut c = c.clone();
+                    async move { (part, self.pipeline(&mut c, &pipe).await) }.boxed()
+                });
+                Box::new(units)
             }
-            let mut conn = conn.clone();
-            async move {
-                let result: Result<i64, RedisError> = match &mut conn {
-                    Conn::Single(c) => inv.invoke_async(c).await,
-                    Conn::Cluster(c) => inv.invoke_async(c).await,
-                };
-                (idx, result)
+            Conn::Cluster(c) => {
+                let units = calls.chunks(1).map(|part| {
+                    let (key, idx) = &part[0];
+                    let mut inv = self.script.key(key);
+                    inv.arg(&records[idx[0]].pkey).arg(ttl(idx));
+                    for i in idx {
+                        let r = &records[*i];
+                        inv.arg(&r.field)
+                            .arg(r.observed_at_micros)
+                            .arg(&r.value_json);
+                    }
+                    let mut c = c.clone();
+                    async move { (part, Ok(vec![inv.invoke_async(&mut c).await])) }.boxed()
+                });
+                Box::new(units)
             }
-        });
-        let results: Vec<_> = futures::stream::iter(calls)
-            .buffer_unordered(self.target.concurrency)
-            .collect()
-            .await;
+        };
+        let mut results = futures::stream::iter(units).buffer_unordered(self.target.concurrency);
         let mut rejected = Vec::new();
-        for (idx, result) in results {
-            if let Err(e) = result {
-                match classify(&e) {
-                    Some(reason) => rejected.extend(idx.into_iter().map(|record| Rejected {
-                        record,
-                        reason: reason.clone(),
-                    })),
-                    // The script is idempotent: retrying the whole batch is safe.
-                    None => return Err(SinkError::Retriable(e.to_string())),
+        while let Some((part, outcome)) = results.next().await {
+            // Give up at the first outage error: during an outage every
+            // further wave of calls would wait out its own reconnect cycle,
+            // holding the batch (and shutdown) for minutes. The script is
+            // idempotent: retrying the whole batch is safe.
+            let outcome = outcome.map_err(|e| SinkError::Retriable(e.to_string()))?;
+            for ((_, idx), result) in part.iter().zip(outcome) {
+                if let Err(e) = result {
+                    match classify(&e) {
+                        Some(reason) => rejected.extend(idx.iter().map(|&record| Rejected {
+                            record,
+                            reason: reason.clone(),
+                        })),
+                        None => return Err(SinkError::Retriable(e.to_string())),
+                    }
                 }
             }
         }
