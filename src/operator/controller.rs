@@ -91,7 +91,8 @@ pub async fn run_selected(
 ) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
-    Controller::new(
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let controller = Controller::new(
         Api::<BackgroundPersistence>::all(client.clone()),
         selection.any_semantic(),
     )
@@ -111,15 +112,27 @@ pub async fn run_selected(
         owner_of,
     )
     .watches(Api::<Secret>::all(client), owned, owner_of)
-    .graceful_shutdown_on(shutdown)
+    .graceful_shutdown_on(shutdown.clone())
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
         if let Err(e) = result {
             warn!(error = %e, "reconcile loop");
         }
-    })
-    .await;
+    });
+    // A reconcile stuck on a slow cloud API must not hold up shutdown: every
+    // step is idempotent, so an abandoned one simply runs again next start.
+    let grace = async {
+        shutdown.await;
+        tokio::time::sleep(RECONCILE_GRACE).await;
+    };
+    tokio::select! {
+        () = controller => {}
+        () = grace => warn!(grace_s = RECONCILE_GRACE.as_secs(), "abandoning in-flight reconciles at shutdown"),
+    }
 }
+
+/// How long in-flight reconciles may finish after shutdown is requested.
+pub const RECONCILE_GRACE: Duration = Duration::from_secs(4);
 
 /// Children name their resource in a label: the resource is cluster-scoped and
 /// owner references alone cannot be mapped back without its namespace.
