@@ -423,21 +423,6 @@ pub async fn delete_topics(names: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes every key starting with `prefix`; returns how many there were.
-pub async fn redis_delete_prefix(
-    conn: &mut (impl redis::aio::ConnectionLike + Send),
-    prefix: &str,
-) -> anyhow::Result<usize> {
-    let keys = redis_keys(conn, prefix).await?;
-    for chunk in keys.chunks(1000) {
-        redis::cmd("UNLINK")
-            .arg(chunk)
-            .query_async::<()>(conn)
-            .await?;
-    }
-    Ok(keys.len())
-}
-
 /// Every key starting with `prefix`.
 pub async fn redis_keys(
     conn: &mut (impl redis::aio::ConnectionLike + Send),

@@ -108,30 +108,33 @@ impl Load {
     }
 }
 
-/// One test's topic, dead-letter topic, consumer group and key prefix.
+/// One test's topic, dead-letter topic, consumer group and key prefix in
+/// the store at `redis_url`; all removed on drop, also when the test failed.
 struct Setup {
     topic: String,
     dlq: String,
     group: String,
     prefix: String,
     partitions: i32,
+    redis_url: String,
 }
 
 impl Setup {
-    async fn new(partitions: i32) -> anyhow::Result<Setup> {
+    async fn new(partitions: i32, redis_url: &str) -> anyhow::Result<Setup> {
         let s = Setup {
             topic: unique("robust"),
             dlq: unique("robust-dlq"),
             group: unique("robust-grp"),
             prefix: format!("{}:", unique("rb")),
             partitions,
+            redis_url: redis_url.to_string(),
         };
         create_topics(&[(&s.topic, partitions), (&s.dlq, 1)]).await?;
         Ok(s)
     }
 
-    fn env(&self, redis_uri: &str) -> Vec<(&'static str, String)> {
-        let mut env = online_writer_env(&self.topic, &self.dlq, &self.group, redis_uri);
+    fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = online_writer_env(&self.topic, &self.dlq, &self.group, &self.redis_url);
         env.extend([
             ("BGP_STORAGE_CACHE_PREFIX", self.prefix.clone()),
             // A SIGKILLed member holds its partitions until its session
@@ -145,10 +148,34 @@ impl Setup {
     fn offsets(&self) -> anyhow::Result<Vec<(i64, i64)>> {
         offsets_by_partition(&self.topic, &self.group, self.partitions)
     }
+}
 
-    async fn cleanup(&self, conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
-        redis_delete_prefix(conn, &self.prefix).await?;
-        delete_topics(&[&self.topic, &self.dlq]).await
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let client = redis::Client::open(self.redis_url.as_str());
+        if let Ok(mut c) =
+            client.and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        {
+            let mut cursor = 0u64;
+            loop {
+                let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", self.prefix))
+                    .arg("COUNT")
+                    .arg(5000)
+                    .query(&mut c);
+                let Ok((next, keys)) = scanned else { break };
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(&keys).query(&mut c);
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let _ = futures::executor::block_on(delete_topics(&[&self.topic, &self.dlq]));
     }
 }
 
@@ -328,11 +355,11 @@ async fn sigkill_mid_stream_five_times_loses_nothing() -> anyhow::Result<()> {
     // the dead member's session, so every run but the first starts with a
     // backlog: early kills land in the catch-up, later ones in the steady flow.
     const KILL_AFTER_MS: [u64; 5] = [300, 2500, 1200, 4000, 700];
-    let setup = Setup::new(4).await?;
-    let load = Load { entities: 3000 };
     let url = rig("redis", "BGP_REDIS_URL");
+    let setup = Setup::new(4, &url).await?;
+    let load = Load { entities: 3000 };
     let mut conn = connect(&url).await?;
-    let env = setup.env(&url);
+    let env = setup.env();
     let producer = Paced::start(&setup.topic, 800, 200_000, move |i| load.payload(i));
 
     // Per kill: offsets (committed, end) and which messages the store had.
@@ -386,7 +413,7 @@ async fn sigkill_mid_stream_five_times_loses_nothing() -> anyhow::Result<()> {
     wait_converged(&mut conn, &setup, load, n, Duration::from_secs(120), &[&w]).await?;
     eprintln!("{n} messages, 5 kills: converged");
     terminate(&mut w).await?;
-    setup.cleanup(&mut conn).await
+    Ok(())
 }
 
 /// Redis (owned by the test, append-only file fsynced always) is SIGKILLed for
@@ -396,12 +423,12 @@ async fn sigkill_mid_stream_five_times_loses_nothing() -> anyhow::Result<()> {
 async fn redis_down_20s_then_restarted_loses_nothing() -> anyhow::Result<()> {
     const N1: u64 = 3000;
     const N2: u64 = 3000;
-    let setup = Setup::new(3).await?;
-    let load = Load { entities: 500 };
     let mut redis = OwnedRedis::start()?;
+    let setup = Setup::new(3, &redis.url()).await?;
+    let load = Load { entities: 500 };
     let payloads: Vec<Vec<u8>> = (0..N1 + N2).map(|i| load.payload(i)).collect();
     produce_tracked(&setup.topic, &payloads[..N1 as usize]).await?;
-    let mut w = Writer::start(&setup.env(&redis.url()))?;
+    let mut w = Writer::start(&setup.env())?;
     let mut conn = connect(&redis.url()).await?;
     wait_converged(&mut conn, &setup, load, N1, Duration::from_secs(60), &[&w]).await?;
     let before = setup.offsets()?;
@@ -445,18 +472,18 @@ async fn redis_down_20s_then_restarted_loses_nothing() -> anyhow::Result<()> {
     .await?;
     terminate(&mut w).await?;
     redis.kill()?;
-    delete_topics(&[&setup.topic, &setup.dlq]).await
+    Ok(())
 }
 
 /// One writer, then three in the same group, then one again (two SIGTERMed),
 /// all while messages keep coming over six partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaled_1_to_3_to_1_while_producing() -> anyhow::Result<()> {
-    let setup = Setup::new(6).await?;
-    let load = Load { entities: 2000 };
     let url = rig("redis", "BGP_REDIS_URL");
+    let setup = Setup::new(6, &url).await?;
+    let load = Load { entities: 2000 };
     let mut conn = connect(&url).await?;
-    let env = setup.env(&url);
+    let env = setup.env();
     let producer = Paced::start(&setup.topic, 2000, 200_000, move |i| load.payload(i));
 
     let mut a = Writer::start(&env)?;
@@ -490,28 +517,33 @@ async fn scaled_1_to_3_to_1_while_producing() -> anyhow::Result<()> {
     )
     .await?;
     terminate(&mut a).await?;
-    setup.cleanup(&mut conn).await
+    Ok(())
 }
 
-/// SIGTERM during a steady stream: exit 0 within the grace period, and the
-/// committed offsets are exactly what was written: the batch in hand is
-/// finished and committed, nothing later was written.
+/// SIGTERM while busy (a backlog, then a steady stream): exit 0 within the
+/// grace period, and the committed offsets are exactly what was written: the
+/// batch in hand is finished and committed, nothing later was written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_and_commits_exactly_what_was_written() -> anyhow::Result<()> {
-    let setup = Setup::new(3).await?;
-    let load = Load { entities: 1000 };
+    const BACKLOG: u64 = 20_000;
     let url = rig("redis", "BGP_REDIS_URL");
+    let setup = Setup::new(3, &url).await?;
+    let load = Load { entities: 1000 };
     let mut conn = connect(&url).await?;
-    let producer = Paced::start(&setup.topic, 2000, 200_000, move |i| load.payload(i));
+    let backlog: Vec<Vec<u8>> = (0..BACKLOG).map(|i| load.payload(i)).collect();
+    let mut positions = produce_tracked(&setup.topic, &backlog).await?;
+    let producer = Paced::start(&setup.topic, 2000, 200_000, move |i| {
+        load.payload(BACKLOG + i)
+    });
 
-    let mut w = Writer::start(&setup.env(&url))?;
+    let mut w = Writer::start(&setup.env())?;
     wait_written(&mut w, 4000 * RECORDS_PER_MESSAGE, Duration::from_secs(60)).await?;
     terminate(&mut w).await?;
     let log = w.log_text();
     assert!(log.contains("shutdown requested"), "{}", tail(&w));
     // The stream goes on after the writer has left.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let positions = producer.finish().await?;
+    positions.extend(producer.finish().await?);
 
     let offsets = setup.offsets()?;
     let written = receipts(&mut conn, &setup.prefix, positions.len() as u64).await?;
@@ -542,5 +574,75 @@ async fn sigterm_exits_0_and_commits_exactly_what_was_written() -> anyhow::Resul
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|s| s.parse::<i64>().ok());
     assert_eq!(consumed, Some(committed), "{}", tail(&w));
-    setup.cleanup(&mut conn).await
+    Ok(())
+}
+
+/// A hash key the store refuses (it holds a string: WRONGTYPE) dead-letters
+/// only the message aimed at it; the rest of the same batches is written and
+/// everything is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_refusal_dead_letters_only_that_message() -> anyhow::Result<()> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    const N: u64 = 2000;
+    let url = rig("redis", "BGP_REDIS_URL");
+    let setup = Setup::new(2, &url).await?;
+    let load = Load { entities: 300 };
+    let mut conn = connect(&url).await?;
+    redis::cmd("SET")
+        .arg(format!("{}user/not-a-hash", setup.prefix))
+        .arg("x")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let refused = result_message(vec![observation("not-a-hash", "age", 1, 1)]);
+    let mut payloads: Vec<Vec<u8>> = (0..N).map(|i| load.payload(i)).collect();
+    payloads.push(refused.clone());
+    produce_tracked(&setup.topic, &payloads).await?;
+
+    let mut w = Writer::start(&setup.env())?;
+    let dlq: StreamConsumer = kafka_plain()
+        .set("group.id", unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    dlq.subscribe(&[&setup.dlq])?;
+    let letter = tokio::time::timeout(Duration::from_secs(60), dlq.recv()).await??;
+    let header = |name: &str| {
+        letter.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+    };
+    assert_eq!(letter.payload(), Some(refused.as_slice()));
+    assert_eq!(header("bgp-dlq-error-class").as_deref(), Some("rejected"));
+    let reason = header("bgp-dlq-error-message").unwrap_or_default();
+    assert!(reason.contains("WRONGTYPE"), "{reason}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written = receipts(&mut conn, &setup.prefix, N).await?;
+        let state = read_state(&mut conn, &setup.prefix, load).await?;
+        let offsets = setup.offsets()?;
+        if written.iter().all(|w| *w)
+            && state == load.expected(N)
+            && offsets.iter().all(|(c, e)| c == e)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {N} receipts, offsets {offsets:?}\n{}",
+            written.iter().filter(|w| **w).count(),
+            tail(&w)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        w.metric("bgpersist_writer_messages_dead_lettered_total"),
+        Some(1.0)
+    );
+    terminate(&mut w).await?;
+    Ok(())
 }
