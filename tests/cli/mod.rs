@@ -103,6 +103,33 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     kubectl_as(&admin_kubeconfig(), args, stdin)
 }
 
+/// Installs the generated CRD (same field manager as the kube-rs tests) and
+/// waits until it is served: on a fresh rig this binary may run first.
+pub fn ensure_crd() -> anyhow::Result<()> {
+    kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "bgpersist-tests",
+            "-f",
+            "crds/backgroundpersistence.yaml",
+        ],
+        None,
+    )?;
+    kubectl(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/backgroundpersistences.bgpersist.dev",
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
 /// `kubectl get ... -o json` as a value.
 pub fn get_json(args: &[&str]) -> anyhow::Result<Value> {
     let mut all = vec!["get"];

@@ -137,6 +137,7 @@ fn fingerprint(obj: &Value) -> Value {
 
 #[test]
 fn examples_apply_twice_without_change_or_drift() -> anyhow::Result<()> {
+    cli::ensure_crd()?;
     let id = cli::short_id();
     let mut applied = Vec::new();
     let result = (|| -> anyhow::Result<()> {

@@ -18,69 +18,17 @@ use bgpersist::operator::metrics::Metrics;
 use bgpersist::operator::secrets::{AwsSecretsManager, SecretSettings};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
-/// Installs the generated CRD once per test binary.
-pub async fn install_crd() -> anyhow::Result<Client> {
-    static DONE: OnceCell<()> = OnceCell::const_new();
-    let client = support::kubeclient::client().await?;
-    DONE.get_or_try_init(|| async {
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.patch(
-            bgpersist::crd::CRD_NAME,
-            &PatchParams::apply("bgpersist-tests").force(),
-            &Patch::Apply(&bgpersist::crd::definition()),
-        )
-        .await?;
-        let established = await_condition(
-            crds,
-            bgpersist::crd::CRD_NAME,
-            conditions::is_crd_established(),
-        );
-        tokio::time::timeout(Duration::from_secs(30), established).await??;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok::<(), anyhow::Error>(())
-    })
-    .await?;
-    Ok(client)
-}
+pub use support::kubeclient::install_crd;
 
 /// The seed example, with a short unique name and namespace, merged with `patch`.
 pub fn seed_value(patch: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let yaml = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/examples/seed-example.yaml"
-    ))?;
-    let mut v: serde_json::Value = serde_yaml::from_str(&yaml)?;
-    let n = support::unique("s");
-    let short = format!("sec{}", &n[n.len().saturating_sub(8)..]).replace('-', "");
-    v["metadata"]["name"] = short.clone().into();
-    v["spec"]["common_persistence_specs"]["namespace"] = format!("ns-{short}").into();
-    merge(&mut v["spec"], &patch);
-    Ok(v)
-}
-
-/// RFC 7386 merge: null deletes.
-pub fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    match (target, patch) {
-        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
+    support::seed_value("sec", patch)
 }
 
 /// A Secrets Manager client for the rig's moto.

@@ -59,3 +59,33 @@ pub async fn counting_client(count: &RequestCount) -> anyhow::Result<kube::Clien
     let builder = kube::client::ClientBuilder::try_from(config().await?)?;
     Ok(builder.with_layer(&layer).build())
 }
+
+/// Installs the generated CRD once per test binary and returns a client.
+pub async fn install_crd() -> anyhow::Result<kube::Client> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let client = client().await?;
+    DONE.get_or_try_init(|| async {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let crd = bgpersist::crd::definition();
+        crds.patch(
+            bgpersist::crd::CRD_NAME,
+            &PatchParams::apply("bgpersist-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = await_condition(
+            crds,
+            bgpersist::crd::CRD_NAME,
+            conditions::is_crd_established(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(30), established).await??;
+        // Established can precede the schema being served; give discovery a beat.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Ok::<(), anyhow::Error>(())
+    })
+    .await?;
+    Ok(client)
+}

@@ -58,5 +58,37 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The documented seed example with a short unique name (`<prefix>…`) and its
+/// own target namespace, with `patch` merged into its spec.
+pub fn seed_value(prefix: &str, patch: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/examples/seed-example.yaml"
+    ))?;
+    let mut v: serde_json::Value = serde_yaml::from_str(&yaml)?;
+    let n = unique("t");
+    let short = format!("{prefix}{}", &n[n.len().saturating_sub(8)..]).replace('-', "");
+    v["metadata"]["name"] = short.clone().into();
+    v["spec"]["common_persistence_specs"]["namespace"] = format!("ns-{short}").into();
+    json_merge(&mut v["spec"], &patch);
+    Ok(v)
+}
+
+/// RFC 7386 merge: null deletes.
+pub fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 pub mod kubeclient;
 pub mod secrets;
