@@ -338,6 +338,26 @@ async fn invalid_writer_is_reported_and_nothing_applied_for_it() -> anyhow::Resu
         greedy.as_deref(),
         Some("spec.writers[2].request.cpu: must not exceed the limit")
     );
+    // The refusal is also a Warning event on the resource (cluster-scoped
+    // objects get their events in "default").
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(f.client.clone(), "default");
+    let warnings: Vec<_> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(f.name.as_str()))
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("InvalidWriters")
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "one Warning event for the refusal");
+    let note = warnings[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("writer greedy: spec.writers[2].request.cpu"),
+        "{note}"
+    );
 
     // A writer that becomes invalid keeps its last good Deployment untouched.
     let first = f.dep_name("go-metrics-bus-writer");
