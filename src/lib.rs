@@ -6,6 +6,7 @@
 pub mod contract;
 pub mod crd;
 pub mod formats;
+pub mod http;
 pub mod operator;
 pub mod quantity;
 pub mod telemetry;

@@ -1,9 +1,10 @@
 //! bgpersist-operator: reconciles BackgroundPersistence resources, serves
 //! /metrics, /healthz and /readyz, and elects a leader through a Lease.
 
+use bgpersist::http;
 use bgpersist::operator::leader::{self, LeaseConfig};
 use bgpersist::operator::metrics::Metrics;
-use bgpersist::operator::{Context, http, run as run_controller};
+use bgpersist::operator::{Context, run as run_controller};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::process::ExitCode;

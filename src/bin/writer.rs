@@ -2,7 +2,7 @@
 //! configured exactly as the operator renders it (env + mounted files).
 
 use bgpersist::crd::{BusBackend, WriterType};
-use bgpersist::operator::http;
+use bgpersist::http;
 use bgpersist::writer::bus::Bus;
 use bgpersist::writer::bus::kafka::KafkaBus;
 use bgpersist::writer::bus::pubsub::PubsubBus;

@@ -4,7 +4,6 @@
 pub mod apply;
 pub mod controller;
 pub mod error;
-pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod render;

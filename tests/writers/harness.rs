@@ -776,3 +776,50 @@ pub fn online_pubsub_writer_env(
     }
     env
 }
+
+// ---- The online writers' shared dataset ----
+
+pub const FEATURES: [&str; 3] = ["age", "score", "visits"];
+
+/// pkey → the entity's hash, as HGETALL returns it.
+pub type Entities = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Observations ts 1..=5 of every (pkey, feature), newest not last, plus the
+/// expected final hash of each pkey.
+pub fn dataset(pkeys: &[String]) -> (Vec<Vec<u8>>, Entities) {
+    let mut payloads = Vec::new();
+    for ts in [2, 5, 1, 4, 3] {
+        for p in pkeys {
+            let values = FEATURES
+                .iter()
+                .map(|f| observation(p, f, ts, ts * 10))
+                .collect();
+            payloads.push(result_message(values));
+        }
+    }
+    let expected = pkeys
+        .iter()
+        .map(|p| {
+            let mut h = BTreeMap::from([("__id__".to_string(), p.clone())]);
+            for f in FEATURES {
+                h.insert(format!("user.{f}"), "50".into());
+                h.insert(format!("user.{f}_ts"), "5".into());
+            }
+            (p.clone(), h)
+        })
+        .collect();
+    (payloads, expected)
+}
+
+/// `n` pkeys unique to this run.
+pub fn pkeys(prefix: &str, n: usize) -> Vec<String> {
+    let run = unique(prefix);
+    (0..n).map(|i| format!("{run}-{i}")).collect()
+}
+
+/// A connection to the rig's standalone Redis.
+pub async fn standalone() -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
+        .get_multiplexed_async_connection()
+        .await?)
+}

@@ -8,54 +8,11 @@ use rdkafka::message::Headers;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const FEATURES: [&str; 3] = ["age", "score", "visits"];
-
-/// Observations ts 1..=5 of every (pkey, feature), newest not last, plus the
-/// expected final hash of each pkey.
-/// pkey → (field → value), as HGETALL returns it.
-type Entities = BTreeMap<String, BTreeMap<String, String>>;
-
-fn dataset(pkeys: &[String]) -> (Vec<Vec<u8>>, Entities) {
-    let mut payloads = Vec::new();
-    for ts in [2, 5, 1, 4, 3] {
-        for p in pkeys {
-            let values = FEATURES
-                .iter()
-                .map(|f| observation(p, f, ts, ts * 10))
-                .collect();
-            payloads.push(result_message(values));
-        }
-    }
-    let expected = pkeys
-        .iter()
-        .map(|p| {
-            let mut h = BTreeMap::from([("__id__".to_string(), p.clone())]);
-            for f in FEATURES {
-                h.insert(format!("user.{f}"), "50".into());
-                h.insert(format!("user.{f}_ts"), "5".into());
-            }
-            (p.clone(), h)
-        })
-        .collect();
-    (payloads, expected)
-}
-
-fn pkeys(n: usize) -> Vec<String> {
-    let run = unique("e");
-    (0..n).map(|i| format!("{run}-{i}")).collect()
-}
-
-async fn standalone() -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
-        .get_multiplexed_async_connection()
-        .await?)
-}
-
 #[tokio::test]
 async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> anyhow::Result<()> {
     let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
     create_topics(&[(&topic, 3), (&dlq, 1)]).await?;
-    let keys = pkeys(20);
+    let keys = pkeys("e", 20);
     let (mut payloads, expected) = dataset(&keys);
     let poison = [
         b"\x08\x96\x01 definitely not a ResultMessage".to_vec(),
@@ -204,7 +161,7 @@ async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> an
 async fn scram_sasl_and_redis_cluster() -> anyhow::Result<()> {
     let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
     create_topics(&[(&topic, 2), (&dlq, 1)]).await?;
-    let keys = pkeys(30);
+    let keys = pkeys("e", 30);
     let (payloads, expected) = dataset(&keys);
     produce(&topic, &payloads).await?;
 

@@ -5,57 +5,14 @@
 use crate::harness::*;
 use crate::support::{rig, unique};
 use redis::AsyncCommands;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-const FEATURES: [&str; 3] = ["age", "score", "visits"];
 /// The shortest lease extension Pub/Sub allows, so lost acks and expired
 /// leases show within a test's patience.
 const ACK_DEADLINE: Duration = Duration::from_secs(10);
 /// Longer than the ack deadline: a message the server still considers
 /// unacked (or whose lease lapsed) comes back within it.
 const SILENCE: Duration = Duration::from_secs(13);
-
-/// pkey → the entity's hash.
-type Entities = BTreeMap<String, BTreeMap<String, String>>;
-
-/// Observations ts 1..=5 of every (pkey, feature), newest not last, plus the
-/// expected final hash of each pkey.
-fn dataset(pkeys: &[String]) -> (Vec<Vec<u8>>, Entities) {
-    let mut payloads = Vec::new();
-    for ts in [2, 5, 1, 4, 3] {
-        for p in pkeys {
-            let values = FEATURES
-                .iter()
-                .map(|f| observation(p, f, ts, ts * 10))
-                .collect();
-            payloads.push(result_message(values));
-        }
-    }
-    let expected = pkeys
-        .iter()
-        .map(|p| {
-            let mut h = BTreeMap::from([("__id__".to_string(), p.clone())]);
-            for f in FEATURES {
-                h.insert(format!("user.{f}"), "50".into());
-                h.insert(format!("user.{f}_ts"), "5".into());
-            }
-            (p.clone(), h)
-        })
-        .collect();
-    (payloads, expected)
-}
-
-fn pkeys(n: usize) -> Vec<String> {
-    let run = unique("ps");
-    (0..n).map(|i| format!("{run}-{i}")).collect()
-}
-
-async fn standalone() -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    Ok(redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
-        .get_multiplexed_async_connection()
-        .await?)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_newest_values_win_poison_is_dead_lettered_and_acks_are_sent() -> anyhow::Result<()>
@@ -75,7 +32,7 @@ async fn newest_values_win(ps: &mut PubsubResources) -> anyhow::Result<()> {
         .subscription(&unique("dlq-reader"), &dlq, ACK_DEADLINE)
         .await?;
 
-    let keys = pkeys(20);
+    let keys = pkeys("ps", 20);
     let (payloads, expected) = dataset(&keys);
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let poison = [
@@ -228,7 +185,7 @@ async fn outage(ps: &mut PubsubResources) -> anyhow::Result<()> {
     let subscription = ps
         .subscription(&unique("online"), &topic, ACK_DEADLINE)
         .await?;
-    let keys = pkeys(5);
+    let keys = pkeys("ps", 5);
     let messages: Vec<Outgoing> = keys
         .iter()
         .map(|k| {

@@ -1,4 +1,4 @@
-//! The operator's HTTP endpoints: Prometheus metrics and Kubernetes probes.
+//! HTTP endpoints of the operator and the writers: Prometheus metrics and Kubernetes probes.
 
 use axum::Router;
 use axum::extract::State;
