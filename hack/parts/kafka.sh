@@ -148,7 +148,12 @@ PROPS
 kafka_format() {
   [ -f "$KAFKA_DIR/data/meta.properties" ] && return 0
   # A Kafka cluster id is 16 random bytes, URL-safe base64 without padding.
-  local cluster_id; cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # One starting with '-' would be parsed as an option, so draw again (Kafka's
+  # own Uuid.randomUuid does the same).
+  local cluster_id=-
+  while [ "${cluster_id#-}" != "$cluster_id" ]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   log "formatting Kafka storage in $KAFKA_DIR/data"
   kafka_java kafka.tools.StorageTool format --config "$KAFKA_DIR/server.properties" \
     --cluster-id "$cluster_id" --ignore-formatted \
