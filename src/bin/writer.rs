@@ -82,14 +82,16 @@ async fn run() -> Result<(), Failure> {
         },
     ));
 
-    let sink = match cfg.writer_type {
+    // One arm per writer type: open its sink, then run the shared runtime on it.
+    let result = match cfg.writer_type {
         WriterType::OnlineWriter => {
             let uri = cfg
                 .store_uri("online_store")
                 .map_err(|e| Failure::Config(format!("online store: {e}")))?;
-            OnlineSink::open(&uri, &cfg)
+            let sink = OnlineSink::open(&uri, &cfg)
                 .await
-                .map_err(Failure::Config)?
+                .map_err(Failure::Config)?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
         }
         other => {
             return Err(Failure::Config(format!(
@@ -97,7 +99,20 @@ async fn run() -> Result<(), Failure> {
             )));
         }
     };
-    let result = match cfg.backend {
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    result
+}
+
+/// Connects the configured bus and runs the shared runtime with `sink` on it.
+async fn on_bus<S: Sink>(
+    sink: S,
+    metrics: WriterMetrics,
+    cfg: &WriterConfig,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    match cfg.backend {
         BusBackend::Kafka => {
             let bus = KafkaBus::connect(
                 &cfg.kafka,
@@ -106,7 +121,7 @@ async fn run() -> Result<(), Failure> {
                 metrics.clone(),
             )
             .map_err(|e| Failure::Config(e.to_string()))?;
-            drive(bus, sink, metrics, &cfg, ready, stop_rx).await
+            drive(bus, sink, metrics, cfg, ready, stop).await
         }
         BusBackend::Pubsub => {
             let bus = PubsubBus::connect(
@@ -117,12 +132,9 @@ async fn run() -> Result<(), Failure> {
             )
             .await
             .map_err(|e| Failure::Config(e.to_string()))?;
-            drive(bus, sink, metrics, &cfg, ready, stop_rx).await
+            drive(bus, sink, metrics, cfg, ready, stop).await
         }
-    };
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    result
+    }
 }
 
 async fn drive<B: Bus, S: Sink>(

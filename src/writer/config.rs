@@ -44,6 +44,18 @@ pub struct WriterConfig {
     pub stores_dir: PathBuf,
     /// The mounted file holding this writer's store URI, as rendered.
     pub store_uri_file: Option<PathBuf>,
+    /// QUERY_MIRROR_CONSUMER: where logged queries are replayed.
+    pub api_server_host: Option<String>,
+    /// OFFLINE_STORE_BULK_INSERT_WRITER: the bucket parquet uploads land in.
+    pub upload_bucket: Option<String>,
+    /// Share (0.0..=1.0) of query-log rows dropped instead of written.
+    pub query_table_write_drop_ratio: f64,
+    /// METRICS_WRITER: compute per-query metrics only.
+    pub skip_feature_metrics: bool,
+    /// Offline store flavour from the spec (e.g. "postgres", "bigquery").
+    pub offline_store_db_type: Option<String>,
+    pub metadata_provider: Option<String>,
+    pub snowflake_storage_integration: Option<String>,
 }
 
 /// librdkafka settings. Secrets (SASL password, SSL keys) come from files.
@@ -170,6 +182,27 @@ impl WriterConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STORES_DIR)),
             store_uri_file: get(c::ENV_STORE_URI_FILE).map(PathBuf::from),
+            api_server_host: get(c::ENV_API_SERVER_HOST),
+            upload_bucket: get(c::ENV_UPLOAD_BUCKET),
+            query_table_write_drop_ratio: match get(c::ENV_QUERY_TABLE_WRITE_DROP_RATIO) {
+                None => 0.0,
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or(ConfigError::Invalid {
+                        name: c::ENV_QUERY_TABLE_WRITE_DROP_RATIO,
+                        value: v,
+                        reason: "must be a number from 0 to 1".into(),
+                    })?,
+            },
+            skip_feature_metrics: matches!(
+                get(c::ENV_SKIP_FEATURE_METRICS).as_deref(),
+                Some("1" | "true")
+            ),
+            offline_store_db_type: get(c::ENV_OFFLINE_STORE_DB_TYPE),
+            metadata_provider: get(c::ENV_METADATA_PROVIDER),
+            snowflake_storage_integration: get(c::ENV_SNOWFLAKE_STORAGE_INTEGRATION),
         })
     }
 

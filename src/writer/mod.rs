@@ -6,7 +6,9 @@ pub mod bus;
 pub mod config;
 pub mod dlq;
 pub mod metrics;
+pub mod offline;
 pub mod online;
+pub mod pg;
 pub mod runtime;
 pub mod sink;
 
