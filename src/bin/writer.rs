@@ -121,7 +121,8 @@ async fn on_bus<S: Sink>(
                 metrics.clone(),
             )
             .map_err(|e| Failure::Config(e.to_string()))?;
-            drive(bus, sink, metrics, cfg, ready, stop).await
+            // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
+            Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
         }
         BusBackend::Pubsub => {
             let bus = PubsubBus::connect(
@@ -132,7 +133,8 @@ async fn on_bus<S: Sink>(
             )
             .await
             .map_err(|e| Failure::Config(e.to_string()))?;
-            drive(bus, sink, metrics, cfg, ready, stop).await
+            // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
+            Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
         }
     }
 }

@@ -10,6 +10,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,32 @@ enum Unfinished {
     Shutdown,
 }
 
+/// What the write task of a batch returned (or why it did not).
+type Joined = Result<Result<Vec<Rejected>, SinkError>, tokio::task::JoinError>;
+
+/// A batch whose write has started.
+struct InFlight<R> {
+    batch: Vec<Envelope>,
+    records: Arc<Vec<R>>,
+    /// For each record, the index of the message it came from.
+    owner: Vec<usize>,
+    poison: Vec<(usize, ErrorClass, String)>,
+    started: Instant,
+    span: tracing::Span,
+    write: JoinHandle<Result<Vec<Rejected>, SinkError>>,
+}
+
+impl<R> InFlight<R> {
+    async fn join(&mut self) -> Joined {
+        (&mut self.write).await
+    }
+}
+
+enum Step {
+    Written(Joined),
+    Received(Result<Vec<Envelope>, BusError>),
+}
+
 impl<B: Bus, S: Sink> Runtime<B, S> {
     pub fn new(bus: B, sink: S, metrics: WriterMetrics, settings: Settings) -> Self {
         Runtime {
@@ -63,22 +90,49 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     /// Runs until `shutdown` turns true, then finishes the batch in hand,
     /// commits and returns. A batch stuck on a store outage at shutdown is
     /// left uncommitted and is redelivered to the next consumer.
+    ///
+    /// With a sink that allows overlapping writes, the next batch is received,
+    /// decoded and its write started while the previous write is still in
+    /// flight; batches are still finished (dead-lettered, marked done) one by
+    /// one in the order received, so offsets only ever cover written messages.
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Totals, RuntimeError> {
+        let mut in_flight: Option<InFlight<S::Record>> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => b,
+            let next = match in_flight.as_mut() {
+                // Idle bus: finish the batch in flight rather than leaving it
+                // uncommitted until the next message arrives. Both bus
+                // receivers keep partial batches in the bus, so dropping the
+                // receive here loses nothing.
+                Some(flight) => tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    joined = &mut flight.write => Step::Written(joined),
+                    b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
+                },
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
+                },
             };
             let batch = match next {
-                Ok(b) => b,
-                Err(e) => {
+                Step::Written(joined) => {
+                    if let Some(flight) = in_flight.take() {
+                        match self.finish(flight, joined, &mut shutdown).await {
+                            Ok(()) => continue,
+                            Err(Unfinished::Shutdown) => break,
+                        }
+                    }
+                    continue;
+                }
+                Step::Received(Ok(b)) => b,
+                Step::Received(Err(e)) => {
                     warn!(error = %e, "bus receive failed; retrying");
                     tokio::select! {
                         _ = shutdown.wait_for(|stop| *stop) => break,
@@ -89,26 +143,43 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             if batch.is_empty() {
                 continue;
             }
-            let span = info_span!("write_batch", writer = %self.settings.writer, messages = batch.len(),
-                traceparent = batch.iter().find_map(|e| e.traceparent.as_deref()).unwrap_or(""));
-            match self.handle(&batch, &mut shutdown).instrument(span).await {
-                Ok(()) => {}
-                Err(Unfinished::Shutdown) => break,
+            let mut flight = self.start(batch);
+            // At most two batches in flight: finish the older one first.
+            if let Some(mut older) = in_flight.take() {
+                let joined = older.join().await;
+                if let Err(Unfinished::Shutdown) = self.finish(older, joined, &mut shutdown).await {
+                    // The newer batch stays uncommitted: it is redelivered.
+                    break;
+                }
             }
+            if S::OVERLAPPING_WRITES {
+                in_flight = Some(flight);
+            } else {
+                let joined = flight.join().await;
+                if let Err(Unfinished::Shutdown) = self.finish(flight, joined, &mut shutdown).await
+                {
+                    break;
+                }
+            }
+        }
+        // Shutdown: the write in flight was already sent; finish it so its
+        // offsets are committed with the rest.
+        if let Some(mut flight) = in_flight.take() {
+            let joined = flight.join().await;
+            let _ = self.finish(flight, joined, &mut shutdown).await;
         }
         self.bus.close().await?;
         info!(totals = ?self.totals, "writer stopped");
         Ok(self.totals)
     }
 
-    async fn handle(
-        &mut self,
-        batch: &[Envelope],
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), Unfinished> {
+    /// Decodes `batch` and starts writing its records in a task of its own.
+    fn start(&mut self, batch: Vec<Envelope>) -> InFlight<S::Record> {
         let started = Instant::now();
         self.metrics.consumed.inc_by(batch.len() as u64);
         self.totals.consumed += batch.len() as u64;
+        let span = info_span!("write_batch", writer = %self.settings.writer, messages = batch.len(),
+            traceparent = batch.iter().find_map(|e| e.traceparent.as_deref()).unwrap_or(""));
 
         let mut records = Vec::new();
         let mut owner = Vec::new();
@@ -122,8 +193,61 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                 Err(reason) => poison.push((i, ErrorClass::Decode, reason)),
             }
         }
+        let records = Arc::new(records);
+        let write = if records.is_empty() {
+            tokio::spawn(async { Ok(Vec::new()) })
+        } else {
+            let (sink, rs) = (self.sink.clone(), records.clone());
+            tokio::spawn(async move { sink.write(&rs).await }.instrument(span.clone()))
+        };
+        InFlight {
+            batch,
+            records,
+            owner,
+            poison,
+            started,
+            span,
+            write,
+        }
+    }
 
-        let rejected = self.write_with_retry(&records, shutdown).await?;
+    /// Waits out a failed write (retrying), dead-letters what cannot be
+    /// written, then marks the batch done so its offsets can be committed.
+    async fn finish(
+        &mut self,
+        flight: InFlight<S::Record>,
+        joined: Joined,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unfinished> {
+        let span = flight.span.clone();
+        self.finish_inner(flight, joined, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn finish_inner(
+        &mut self,
+        flight: InFlight<S::Record>,
+        joined: Joined,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unfinished> {
+        let InFlight {
+            batch,
+            records,
+            owner,
+            mut poison,
+            started,
+            ..
+        } = flight;
+        let first = match joined {
+            Ok(result) => result,
+            // A panicking sink is treated like an outage: retried, never dropped.
+            Err(e) => Err(SinkError::Retriable(format!("write task failed: {e}"))),
+        };
+        let rejected = match first {
+            Ok(rejected) => rejected,
+            Err(failure) => self.write_with_retry(&records, failure, shutdown).await?,
+        };
         for Rejected { record, reason } in &rejected {
             let env = owner.get(*record).copied().unwrap_or(0);
             // One dead letter per message, however many of its records failed.
@@ -137,7 +261,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         }
         // Only now, with every message written or dead-lettered, may offsets move.
         loop {
-            match self.bus.done(batch).await {
+            match self.bus.done(&batch).await {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, "marking batch done failed; retrying");
@@ -174,17 +298,26 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         Ok(())
     }
 
+    /// Retries a write that failed with `failure` until it succeeds, pausing
+    /// consumption meanwhile.
     async fn write_with_retry(
         &mut self,
         records: &[S::Record],
+        failure: SinkError,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Vec<Rejected>, Unfinished> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut backoff = self.backoff();
         let mut paused = false;
+        let mut failure = failure;
         loop {
+            let SinkError::Retriable(reason) = &failure;
+            self.metrics.retries.inc();
+            let delay = backoff.next().unwrap_or(self.settings.max_backoff);
+            warn!(%reason, retry_in_ms = delay.as_millis() as u64, "store write failed; pausing consumption");
+            if !paused {
+                paused = self.bus.pause().is_ok();
+            }
+            self.wait(delay, shutdown).await?;
             match self.sink.write(records).await {
                 Ok(rejected) => {
                     if paused && let Err(e) = self.bus.resume() {
@@ -192,15 +325,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                     }
                     return Ok(rejected);
                 }
-                Err(SinkError::Retriable(reason)) => {
-                    self.metrics.retries.inc();
-                    let delay = backoff.next().unwrap_or(self.settings.max_backoff);
-                    warn!(%reason, retry_in_ms = delay.as_millis() as u64, "store write failed; pausing consumption");
-                    if !paused {
-                        paused = self.bus.pause().is_ok();
-                    }
-                    self.wait(delay, shutdown).await?;
-                }
+                Err(e) => failure = e,
             }
         }
     }
@@ -253,3 +378,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             .build()
     }
 }
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;

@@ -25,6 +25,12 @@ pub struct Rejected {
 pub trait Sink: Send + Sync + 'static {
     type Record: Send + Sync + 'static;
 
+    /// Whether `write` may be called for the next batch before the previous
+    /// call returned. Sinks whose writes commute (newer-wins upserts) opt in
+    /// so the store never idles between batches; offsets are still marked
+    /// done strictly in batch order.
+    const OVERLAPPING_WRITES: bool = false;
+
     /// Decodes one bus message into records. An error makes the message
     /// poison: dead-lettered with the error, never retried.
     fn decode(&self, payload: &[u8]) -> Result<Vec<Self::Record>, String>;

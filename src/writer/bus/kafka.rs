@@ -107,17 +107,19 @@ fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
 
 impl Bus for KafkaBus {
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {
-        let mut batch: Vec<Envelope> = self.pending.drain(..self.pending.len().min(max)).collect();
-        if batch.is_empty() {
+        let max = max.max(1);
+        // Messages are gathered in `self.pending`, never in a local: the
+        // runtime may drop this future (shutdown, a write finishing) and a
+        // message received but dropped could let a later offset be
+        // committed past it.
+        if self.pending.is_empty() {
             let first = self.consumer.recv().await?;
-            batch.push(envelope(&first));
+            self.pending.push_back(envelope(&first));
         }
         let deadline = Instant::now() + wait;
-        while batch.len() < max {
+        while self.pending.len() < max {
             match timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(envelope(&m)),
-                // Keep what was received: dropping it could let a later
-                // offset be committed past it.
+                Ok(Ok(m)) => self.pending.push_back(envelope(&m)),
                 Ok(Err(e)) => {
                     warn!(error = %e, "kafka receive");
                     break;
@@ -125,7 +127,8 @@ impl Bus for KafkaBus {
                 Err(_) => break,
             }
         }
-        Ok(batch)
+        let n = self.pending.len().min(max);
+        Ok(self.pending.drain(..n).collect())
     }
 
     async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {

@@ -47,6 +47,8 @@ impl OnlineSink {
 
 impl Sink for OnlineSink {
     type Record = OnlineRecord;
+    /// Newer-wins upserts commute: two batches may be written at once.
+    const OVERLAPPING_WRITES: bool = true;
 
     fn decode(&self, payload: &[u8]) -> Result<Vec<OnlineRecord>, String> {
         decode(payload)

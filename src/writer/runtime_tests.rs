@@ -1,0 +1,216 @@
+//! The runtime on an in-memory bus and sink: ordering of `done` with two
+//! writes in flight, idle buses, shutdown. The real buses are tested in
+//! tests/writers.
+
+use super::*;
+use crate::writer::bus::AckToken;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Hands out prepared batches, then stays idle (never returns) like a quiet topic.
+struct ScriptedBus {
+    batches: std::collections::VecDeque<Vec<Envelope>>,
+    done: DoneLog,
+}
+
+/// The offsets of each batch marked done, in the order marked.
+type DoneLog = Arc<Mutex<Vec<Vec<i64>>>>;
+
+impl Bus for ScriptedBus {
+    async fn next_batch(
+        &mut self,
+        _max: usize,
+        _wait: Duration,
+    ) -> Result<Vec<Envelope>, BusError> {
+        match self.batches.pop_front() {
+            Some(b) => Ok(b),
+            None => std::future::pending().await,
+        }
+    }
+    async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
+        let offsets = batch
+            .iter()
+            .filter_map(|e| match e.token {
+                AckToken::Kafka { offset, .. } => Some(offset),
+                AckToken::Pubsub(_) => None,
+            })
+            .collect();
+        if let Ok(mut d) = self.done.lock() {
+            d.push(offsets);
+        }
+        Ok(())
+    }
+    async fn dead_letter(
+        &self,
+        _: &Envelope,
+        _: &[(&'static str, String)],
+    ) -> Result<(), BusError> {
+        Ok(())
+    }
+    fn pause(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+    fn resume(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+    async fn keep_alive(&mut self, for_: Duration) {
+        tokio::time::sleep(for_).await
+    }
+    async fn close(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// Each record is a delay in milliseconds; writing sleeps that long. Counts
+/// how many writes overlap.
+struct SlowSink<const OVERLAP: bool> {
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+    finished: Mutex<Vec<u64>>,
+}
+
+impl<const OVERLAP: bool> SlowSink<OVERLAP> {
+    fn new() -> Self {
+        SlowSink {
+            running: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
+            finished: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<const OVERLAP: bool> Sink for Arc<SlowSink<OVERLAP>> {
+    type Record = u64;
+    const OVERLAPPING_WRITES: bool = OVERLAP;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<u64>, String> {
+        let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
+        text.parse().map(|n| vec![n]).map_err(|e| format!("{e}"))
+    }
+
+    async fn write(&self, records: &[u64]) -> Result<Vec<Rejected>, SinkError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        let ms = records.iter().copied().max().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut f) = self.finished.lock() {
+            f.push(ms);
+        }
+        Ok(Vec::new())
+    }
+}
+
+fn envelope(offset: i64, payload: &str) -> Envelope {
+    Envelope {
+        payload: payload.as_bytes().to_vec(),
+        published_ms: None,
+        traceparent: None,
+        origin: Vec::new(),
+        token: AckToken::Kafka {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+        },
+    }
+}
+
+fn runtime<S: Sink>(batches: Vec<Vec<Envelope>>, sink: S) -> (Runtime<ScriptedBus, S>, DoneLog) {
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let bus = ScriptedBus {
+        batches: batches.into(),
+        done: done.clone(),
+    };
+    let settings = Settings {
+        writer: "test".into(),
+        max_batch_size: 10,
+        max_batch_wait: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(10),
+    };
+    let metrics = WriterMetrics::register(&mut Registry::default());
+    (Runtime::new(bus, sink, metrics, settings), done)
+}
+
+fn done_offsets(done: &Mutex<Vec<Vec<i64>>>) -> Vec<Vec<i64>> {
+    done.lock().map(|d| d.clone()).unwrap_or_default()
+}
+
+/// Waits (in paused virtual time) until `n` batches are done.
+async fn until_done(done: &Mutex<Vec<Vec<i64>>>, n: usize) {
+    for _ in 0..10_000 {
+        if done_offsets(done).len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlapping_writes_are_marked_done_in_batch_order() {
+    let sink = Arc::new(SlowSink::<true>::new());
+    // The first batch writes slowly, the second fast: the second finishes first.
+    let batches = vec![vec![envelope(0, "300")], vec![envelope(1, "10")]];
+    let (rt, done) = runtime(batches, sink.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 2).await;
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+
+    assert_eq!(sink.most_at_once.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        sink.finished.lock().map(|f| f.clone()).unwrap_or_default(),
+        vec![10, 300]
+    );
+    assert_eq!(done_offsets(&done), vec![vec![0], vec![1]]);
+    assert_eq!(totals.map(|t| t.written), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sinks_that_do_not_opt_in_write_one_batch_at_a_time() {
+    let sink = Arc::new(SlowSink::<false>::new());
+    let batches = vec![
+        vec![envelope(0, "300")],
+        vec![envelope(1, "10")],
+        vec![envelope(2, "5")],
+    ];
+    let (rt, done) = runtime(batches, sink.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 3).await;
+    let _ = stop_tx.send(true);
+    let _ = run.await;
+
+    assert_eq!(sink.most_at_once.load(Ordering::SeqCst), 1);
+    assert_eq!(done_offsets(&done), vec![vec![0], vec![1], vec![2]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_in_flight_is_finished_while_the_bus_is_idle() {
+    let sink = Arc::new(SlowSink::<true>::new());
+    // One batch, then the bus never delivers again.
+    let (rt, done) = runtime(vec![vec![envelope(7, "50"), envelope(8, "x")]], sink);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 1).await;
+    // Done before any shutdown: the idle receive did not hold it back.
+    assert_eq!(done_offsets(&done), vec![vec![7, 8]]);
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| (t.written, t.dead_lettered)), Some((1, 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_finishes_the_write_already_in_flight() {
+    let sink = Arc::new(SlowSink::<true>::new());
+    let (rt, done) = runtime(vec![vec![envelope(3, "1000")]], sink);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(done_offsets(&done).is_empty(), "still writing");
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(done_offsets(&done), vec![vec![3]]);
+    assert_eq!(totals.map(|t| t.written), Some(1));
+}
