@@ -77,12 +77,27 @@ pub fn spec_rules() -> Vec<Rule> {
             .reason(Reason::FieldValueRequired),
     );
     rules.push(
+        Rule::new("self.common_persistence_specs.bus_backend == 'KAFKA' || self.writers.all(w, !has(w.autoscaling) || !has(w.autoscaling.lag_threshold))")
+            .message("writers[].autoscaling.lag_threshold is for KAFKA; on PUBSUB the backlog per replica is the writer's hpa_target_average_value")
+            .reason(Reason::FieldValueInvalid),
+    );
+    rules.push(
+        Rule::new(format!("self.common_persistence_specs.bus_backend != 'KAFKA' || !has(self.kafka_sasl_mechanism) || self.kafka_sasl_mechanism != '{OAUTHBEARER}' || self.writers.all(w, !has(w.autoscaling))"))
+            .message(Message::Message(format!("writers[].autoscaling is not supported with kafka_sasl_mechanism {OAUTHBEARER}: {AUTOSCALING_OAUTHBEARER}")))
+            .reason(Reason::FieldValueForbidden),
+    );
+    rules.push(
         Rule::new("!has(self.store_uri_secrets) || has(self.common_persistence_specs.secret_client)")
             .message("store_uri_secrets needs common_persistence_specs.secret_client (AWS or GCP) to say where the secrets live")
             .reason(Reason::FieldValueRequired),
     );
     rules
 }
+
+const OAUTHBEARER: &str = "OAUTHBEARER";
+/// Why autoscaling is refused with OAUTHBEARER (shared with the operator's own check).
+pub const AUTOSCALING_OAUTHBEARER: &str =
+    "KEDA's Kafka scaler would need an OAuth token endpoint the spec does not carry";
 
 fn names(types: &[super::WriterType]) -> String {
     types

@@ -287,6 +287,51 @@ pub struct WriterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub hpa_target_average_value: Option<i64>,
+    /// Autoscale this writer with KEDA on Kafka consumer lag or Pub/Sub backlog;
+    /// the autoscaler then owns the replica count (bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// A KEDA ScaledObject for one writer. On Kafka it scales on the consumer
+/// group's lag (`lag_threshold` per replica); on Pub/Sub on the subscription's
+/// backlog (the writer's `hpa_target_average_value` per replica, read from
+/// `hpa_pubsub_subscription_id`, default the writer's own subscription).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.min_replicas) || self.min_replicas <= self.max_replicas")
+    .message("autoscaling.min_replicas must not exceed autoscaling.max_replicas")
+    .reason(kube::core::Reason::FieldValueInvalid))]
+pub struct AutoscalingSpec {
+    /// Fewest replicas (1 when unset; 0 lets an idle writer scale to zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Most replicas. On Kafka, replicas beyond the topic's partition count stay idle.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Kafka only: consumer lag per replica the autoscaler aims for (KEDA `lagThreshold`, 10 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub lag_threshold: Option<i64>,
+    /// Lag (Kafka) or backlog (Pub/Sub) above which a writer scaled to zero is woken (KEDA activation threshold, 0 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub activation_lag_threshold: Option<i64>,
+    /// Seconds between two looks at the lag or backlog (KEDA `pollingInterval`, 30 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub polling_interval_seconds: Option<i32>,
+    /// Seconds without lag before scaling to zero, with `min_replicas` 0 (KEDA `cooldownPeriod`, 300 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cooldown_period_seconds: Option<i32>,
+}
+
+impl AutoscalingSpec {
+    /// The fewest replicas, 1 when unset (scaling to zero is opt-in).
+    pub fn min(&self) -> i32 {
+        self.min_replicas.unwrap_or(1)
+    }
 }
 
 /// CPU and memory as Kubernetes quantities ("200m", "512Mi").

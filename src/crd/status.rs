@@ -50,6 +50,9 @@ pub struct WriterStatus {
     pub ready_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The KEDA ScaledObject scaling this writer, when autoscaled (desired replicas are then the autoscaler's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_object: Option<String>,
     /// Hash of the writer's rendered pod template; changes when a rollout is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,

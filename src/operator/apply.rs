@@ -16,7 +16,6 @@ use std::fmt::Debug;
 pub async fn ensure<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<(K, bool), Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-    K::DynamicType: Default,
 {
     let name = desired
         .meta()
@@ -61,14 +60,38 @@ where
         + DeserializeOwned
         + Debug,
 {
+    let client = api.clone().into_client();
+    prune_with(
+        api,
+        |ns| Api::namespaced(client.clone(), ns),
+        selector,
+        keep,
+        metrics,
+    )
+    .await
+}
+
+/// `prune` with `scoped` giving the namespaced API to delete through (for
+/// kinds known only at run time, `DynamicObject` with its `ApiResource`).
+pub async fn prune_with<K>(
+    api: &Api<K>,
+    scoped: impl Fn(&str) -> Api<K>,
+    selector: &str,
+    keep: &[(String, String)],
+    metrics: &Metrics,
+) -> Result<Vec<String>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
     let mut deleted = Vec::new();
     for obj in api.list(&ListParams::default().labels(selector)).await? {
         let key = (obj.namespace().unwrap_or_default(), obj.name_any());
         if keep.contains(&key) || obj.meta().deletion_timestamp.is_some() {
             continue;
         }
-        let scoped: Api<K> = Api::namespaced(api.clone().into_client(), &key.0);
-        scoped.delete(&key.1, &DeleteParams::background()).await?;
+        scoped(&key.0)
+            .delete(&key.1, &DeleteParams::background())
+            .await?;
         metrics.api_write();
         deleted.push(format!("{}/{}", key.0, key.1));
     }

@@ -1,17 +1,18 @@
 //! The reconcile loop: read → validate → render → apply → status.
 
+use super::keda::{self, Keda};
 use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
 use super::secrets::{self, SecretSettings, SecretsRead};
-use super::status::{self, SecretsOutcome, WriterOutcome};
+use super::status::{self, SecretsOutcome, WriterIssue, WriterOutcome};
 use super::validate::{self, Problem};
-use super::{Error, FIELD_MANAGER, apply, metrics::Metrics};
+use super::{Error, FIELD_MANAGER, apply, handover, metrics::Metrics};
 use crate::crd::{BackgroundPersistence, BackgroundPersistenceStatus};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -30,6 +31,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Where cloud secrets are read from and how often they are re-read.
     pub secrets: SecretSettings,
+    /// Where the KEDA CRDs autoscaled writers need are looked for.
+    pub keda: Keda,
 }
 
 impl Context {
@@ -44,7 +47,14 @@ impl Context {
             metrics,
             recorder,
             secrets: SecretSettings::from_env(),
+            keda: Keda::default(),
         }
+    }
+
+    /// The same context looking for KEDA as `keda` says.
+    pub fn with_keda(mut self, keda: Keda) -> Self {
+        self.keda = keda;
+        self
     }
 
     /// The same context reading cloud secrets through `secrets`.
@@ -187,11 +197,11 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
             Err(e) => Err(e),
         }
     } else {
-        Ok(Vec::new())
+        Ok((Vec::new(), Vec::new()))
     };
-    let (outcomes, apply_error) = match applied {
-        Ok(o) => (o, None),
-        Err(e) => (Vec::new(), Some(e)),
+    let (outcomes, issues, apply_error) = match applied {
+        Ok((o, i)) => (o, i, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e)),
     };
     let mut writers = outcomes;
     for w in &bp.spec.writers {
@@ -224,12 +234,13 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
 
     let apply_message = apply_error.as_ref().map(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::compute_with_secrets(
+    let new_status = status::compute_with_issues(
         bp.metadata.generation,
         bp.status.as_ref(),
         writers,
         &checked.problems,
         &secrets_outcome,
+        &issues,
         apply_message.as_deref(),
         &now,
     );
@@ -246,7 +257,7 @@ async fn apply_all(
     secrets_read: &SecretsRead,
     ctx: &Context,
     report: &mut Report,
-) -> Result<Vec<WriterOutcome>, Error> {
+) -> Result<(Vec<WriterOutcome>, Vec<WriterIssue>), Error> {
     let name = bp.name_any();
     let rendered = render::render_with_secrets(bp, &checked.writers, &secrets_read.inputs)
         .map_err(|e| match e {
@@ -286,26 +297,70 @@ async fn apply_all(
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    // Discovery, not an error on first use: a cluster without KEDA is fine
+    // until a writer asks for autoscaling.
+    let keda_served = ctx.keda.served(client).await?;
     let mut outcomes = Vec::new();
+    let mut issues = Vec::new();
     let mut keep_writers = Vec::new();
+    let mut keep_scaled = Vec::new();
+    let mut keep_auth = Vec::new();
     for w in &rendered.writers {
-        let (live, wrote) = apply::ensure(&deployments, &w.deployment, m).await?;
-        note(report, wrote, "Deployment", &live.name_any());
+        let deployment = render::deployment_name(&name, &w.name);
+        if w.autoscaling.is_some() && !keda_served {
+            // Nothing for this writer, so nothing half-applied: it keeps
+            // whatever it had.
+            let problem = Problem {
+                writer: Some(w.name.clone()),
+                field: format!("writers[{}].autoscaling", writer_index(bp, &w.name)),
+                reason: ctx.keda.missing_reason(),
+            };
+            outcomes.push(WriterOutcome::refused(&w.name, w.replicas, &[&problem]));
+            issues.push(WriterIssue {
+                reason: "KedaNotInstalled",
+                problem,
+            });
+            keep_writers.push((ns.clone(), deployment));
+            continue;
+        }
+        let (live, wrote) = handover::ensure_deployment(&deployments, w, m).await?;
+        note(report, wrote, "Deployment", &deployment);
         let (_, wrote) = apply::ensure(&pdbs, &w.pdb, m).await?;
-        note(report, wrote, "PodDisruptionBudget", &live.name_any());
-        keep_writers.push((ns.clone(), live.name_any()));
-        outcomes.push(WriterOutcome::applied(
-            &w.name,
-            &live,
-            &w.image,
-            &w.config_hash,
-            w.replicas,
-        ));
+        note(report, wrote, "PodDisruptionBudget", &deployment);
+        keep_writers.push((ns.clone(), deployment.clone()));
+        let mut desired = w.replicas;
+        let mut scaled_object = None;
+        if let Some(a) = &w.autoscaling {
+            if let Some(auth) = &a.trigger_authentication {
+                let api = keda::trigger_authentications(client, &ns);
+                let (_, wrote) = apply::ensure(&api, auth, m).await?;
+                note(report, wrote, "TriggerAuthentication", &auth.name_any());
+                keep_auth.push((ns.clone(), auth.name_any()));
+            }
+            let api = keda::scaled_objects(client, &ns);
+            let (_, wrote) = apply::ensure(&api, &a.scaled_object, m).await?;
+            note(report, wrote, "ScaledObject", &a.scaled_object.name_any());
+            keep_scaled.push((ns.clone(), a.scaled_object.name_any()));
+            // The autoscaler's count is the one to roll out.
+            desired = live
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(w.replicas);
+            scaled_object = Some(a.scaled_object.name_any());
+        }
+        let mut outcome = WriterOutcome::applied(&w.name, &live, &w.image, &w.config_hash, desired);
+        outcome.status.scaled_object = scaled_object;
+        outcomes.push(outcome);
     }
     // A refused writer keeps what it last had: nothing half-applied, nothing lost.
     for p in &checked.problems {
         if let Some(w) = &p.writer {
-            keep_writers.push((ns.clone(), render::deployment_name(&name, w)));
+            // Its KEDA objects, when it had any, are named like its Deployment.
+            let key = (ns.clone(), render::deployment_name(&name, w));
+            keep_writers.push(key.clone());
+            keep_scaled.push(key.clone());
+            keep_auth.push(key);
         }
     }
     let selector = format!("{LABEL_RESOURCE}={name},{LABEL_MANAGED_BY}={MANAGER}");
@@ -328,6 +383,19 @@ async fn apply_all(
         )
         .await?,
     );
+    if keda_served {
+        // One object of each kind per autoscaled writer, named like its Deployment.
+        for (ar, keep) in [
+            (render::scaled_object::api_resource(), &keep_scaled),
+            (render::trigger_authentication::api_resource(), &keep_auth),
+        ] {
+            let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let scoped = |ns: &str| Api::namespaced_with(client.clone(), ns, &ar);
+            report
+                .pruned
+                .extend(apply::prune_with(&all, scoped, &selector, keep, m).await?);
+        }
+    }
     let keep_sa = vec![(
         ns.clone(),
         bp.spec
@@ -367,7 +435,16 @@ async fn apply_all(
         );
         publish(ctx, bp, EventType::Normal, "Applied", &note).await;
     }
-    Ok(outcomes)
+    Ok((outcomes, issues))
+}
+
+/// Position of a writer in the spec (for field paths in messages).
+fn writer_index(bp: &BackgroundPersistence, writer: &str) -> usize {
+    bp.spec
+        .writers
+        .iter()
+        .position(|w| w.name == writer)
+        .unwrap_or_default()
 }
 
 fn note(report: &mut Report, wrote: bool, kind: &str, name: &str) {

@@ -4,6 +4,8 @@
 pub mod apply;
 pub mod controller;
 pub mod error;
+pub mod handover;
+pub mod keda;
 pub mod leader;
 pub mod metrics;
 pub mod render;

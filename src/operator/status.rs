@@ -42,6 +42,7 @@ impl WriterOutcome {
                 ready_replicas: ready,
                 image: Some(image.to_string()),
                 config_hash: Some(config_hash.to_string()),
+                scaled_object: None,
                 message: None,
             },
             rolled_out,
@@ -83,6 +84,15 @@ pub struct SecretIssue {
     pub message: String,
 }
 
+/// A writer the cluster cannot run as specified (for example autoscaling
+/// without KEDA installed): nothing is applied for it, and the resource is
+/// degraded with `reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterIssue {
+    pub reason: &'static str,
+    pub problem: Problem,
+}
+
 /// The status one reconcile leads to. `apply_error` is set when applying failed.
 pub fn compute(
     generation: Option<i64>,
@@ -114,6 +124,32 @@ pub fn compute_with_secrets(
     apply_error: Option<&str>,
     now: &Time,
 ) -> BackgroundPersistenceStatus {
+    compute_with_issues(
+        generation,
+        previous,
+        writers,
+        problems,
+        secrets,
+        &[],
+        apply_error,
+        now,
+    )
+}
+
+/// `compute_with_secrets`, plus writers the cluster cannot run: they degrade
+/// the resource with their own reason (after apply and secret failures,
+/// before validation problems).
+#[allow(clippy::too_many_arguments)]
+pub fn compute_with_issues(
+    generation: Option<i64>,
+    previous: Option<&BackgroundPersistenceStatus>,
+    writers: Vec<WriterOutcome>,
+    problems: &[Problem],
+    secrets: &SecretsOutcome,
+    issues: &[WriterIssue],
+    apply_error: Option<&str>,
+    now: &Time,
+) -> BackgroundPersistenceStatus {
     let ready_count = writers.iter().filter(|w| w.rolled_out).count();
     let total = writers.len();
     let rolling: Vec<&str> = writers
@@ -127,12 +163,23 @@ pub fn compute_with_secrets(
         (true, "ApplyFailed", e.to_string())
     } else if let Some(first) = secrets.failures.first() {
         let messages = secrets.failures.iter().map(|f| f.message.clone());
-        let others = problems.iter().map(|p| p.to_string());
+        let others = issues
+            .iter()
+            .map(|i| &i.problem)
+            .chain(problems)
+            .map(|p| p.to_string());
         (
             true,
             first.reason,
             messages.chain(others).collect::<Vec<_>>().join("; "),
         )
+    } else if let Some(first) = issues.first() {
+        let messages = issues
+            .iter()
+            .map(|i| &i.problem)
+            .chain(problems)
+            .map(|p| p.to_string());
+        (true, first.reason, messages.collect::<Vec<_>>().join("; "))
     } else if !problems.is_empty() {
         let reason = if fatal {
             "InvalidSpec"
@@ -313,6 +360,48 @@ mod tests {
         assert_eq!(
             first, second,
             "a resync with nothing new must produce an identical status"
+        );
+    }
+
+    #[test]
+    fn writer_issue_degrades_with_its_own_reason_before_problems() {
+        let issue = WriterIssue {
+            reason: "KedaNotInstalled",
+            problem: Problem {
+                writer: Some("a".into()),
+                field: "writers[0].autoscaling".into(),
+                reason: "KEDA ScaledObject CRD not installed".into(),
+            },
+        };
+        let invalid = Problem {
+            writer: Some("b".into()),
+            field: "writers[1].image".into(),
+            reason: "no image".into(),
+        };
+        let s = compute_with_issues(
+            Some(1),
+            None,
+            vec![WriterOutcome::refused("a", 1, &[&issue.problem])],
+            std::slice::from_ref(&invalid),
+            &SecretsOutcome::default(),
+            std::slice::from_ref(&issue),
+            None,
+            &t(1),
+        );
+        let d = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .cloned()
+            .unwrap_or_else(|| panic!("no Degraded"));
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "KedaNotInstalled")
+        );
+        assert_eq!(
+            d.message,
+            "writer a: spec.writers[0].autoscaling: KEDA ScaledObject CRD not installed; \
+             writer b: spec.writers[1].image: no image"
         );
     }
 

@@ -2,7 +2,7 @@
 //! catalog's, in case an older CRD without them is installed). A writer that
 //! fails is not applied at all; a spec-level problem stops the whole apply.
 
-use crate::crd::{BackgroundPersistence, BusBackend, WriterSpec};
+use crate::crd::{BackgroundPersistence, BusBackend, KafkaSaslMechanism, WriterSpec};
 use crate::operator::render::{deployment_name, resolve_image};
 use crate::quantity;
 
@@ -120,6 +120,9 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
                 "must not be negative".into(),
             );
         }
+        for (field, reason) in autoscaling_problems(spec, w) {
+            refuse(format!("writers[{i}].autoscaling{field}"), reason);
+        }
         for (what, amounts) in [("request", &w.request), ("limit", &w.limit)] {
             let Some(a) = amounts else { continue };
             for (res, v) in [("cpu", &a.cpu), ("memory", &a.memory)] {
@@ -156,6 +159,45 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
         writers: ok,
         problems,
     }
+}
+
+/// The autoscaling block's problems, each as (path below `autoscaling`, reason).
+fn autoscaling_problems(
+    spec: &crate::crd::BackgroundPersistenceSpec,
+    w: &WriterSpec,
+) -> Vec<(&'static str, String)> {
+    let Some(a) = &w.autoscaling else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if a.max_replicas < 1 {
+        out.push((".max_replicas", "must be at least 1".to_string()));
+    }
+    if a.min() < 0 {
+        out.push((".min_replicas", "must not be negative".into()));
+    } else if a.min() > a.max_replicas {
+        out.push((
+            ".min_replicas",
+            "must not exceed autoscaling.max_replicas".into(),
+        ));
+    }
+    let kafka = spec.common_persistence_specs.bus_backend == BusBackend::Kafka;
+    if !kafka && a.lag_threshold.is_some() {
+        out.push((
+            ".lag_threshold",
+            "is for KAFKA; on PUBSUB the backlog per replica is the writer's hpa_target_average_value".into(),
+        ));
+    }
+    if kafka && spec.kafka_sasl_mechanism == Some(KafkaSaslMechanism::OauthBearer) {
+        out.push((
+            "",
+            format!(
+                "not supported with kafka_sasl_mechanism OAUTHBEARER: {}",
+                crate::crd::rules::AUTOSCALING_OAUTHBEARER
+            ),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -213,6 +255,38 @@ mod tests {
         let v = validate(&bp);
         assert_eq!(v.fatal().count(), 1);
         assert!(v.fatal().any(|p| p.field == "kafka_bootstrap_servers"));
+    }
+
+    #[test]
+    fn autoscaling_bounds_are_checked_for_that_writer() {
+        let p = problems(json!({"writers": [
+            {"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "autoscaling": {"min_replicas": 5, "max_replicas": 2}},
+            {"name": "b", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "autoscaling": {"max_replicas": 2, "lag_threshold": 100}}]}));
+        assert_eq!(
+            p,
+            vec![
+                "writer a: spec.writers[0].autoscaling.min_replicas: must not exceed autoscaling.max_replicas"
+            ]
+        );
+        let p = problems(
+            json!({"common_persistence_specs": {"bus_backend": "PUBSUB"},
+            "writers": [{"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "autoscaling": {"max_replicas": 2, "lag_threshold": 100}}]}),
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("writer a: spec.writers[0].autoscaling.lag_threshold: is for KAFKA")
+        );
+    }
+
+    #[test]
+    fn autoscaling_with_oauthbearer_is_refused() {
+        let p = problems(json!({"kafka_sasl_mechanism": "OAUTHBEARER", "writers": [
+            {"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "autoscaling": {"max_replicas": 3}}]}));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("writer a: spec.writers[0].autoscaling: not supported with kafka_sasl_mechanism OAUTHBEARER"));
     }
 
     #[test]

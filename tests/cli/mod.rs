@@ -130,6 +130,37 @@ pub fn ensure_crd() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs KEDA's ScaledObject and TriggerAuthentication CRDs (see
+/// `hack/keda-crds`) and waits until they are established.
+pub fn ensure_keda_crds() -> anyhow::Result<()> {
+    for f in crate::support::keda::crd_files()? {
+        let path = f.display().to_string();
+        kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager",
+                "bgpersist-tests",
+                "-f",
+                &path,
+            ],
+            None,
+        )?;
+    }
+    kubectl(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/scaledobjects.keda.sh",
+            "crd/triggerauthentications.keda.sh",
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
 /// `kubectl get ... -o json` as a value.
 pub fn get_json(args: &[&str]) -> anyhow::Result<Value> {
     let mut all = vec!["get"];

@@ -49,33 +49,90 @@ fn sources() -> anyhow::Result<Vec<(String, Value)>> {
         }
     }
     anyhow::ensure!(
-        out.len() >= 4,
-        "expected 3 examples and the chart's resource"
+        out.len() >= 5,
+        "expected 4 examples and the chart's resource"
     );
     Ok(out)
+}
+
+/// What the operator renders for a source: it must pass the operator's own
+/// checks. Returns the KEDA objects of its autoscaled writers.
+fn render_checked(source: &str, doc: &Value) -> anyhow::Result<Vec<Value>> {
+    let mut bp: BackgroundPersistence = serde_json::from_value(doc.clone())
+        .with_context(|| format!("{source}: not a BackgroundPersistence"))?;
+    // Render sets owner references, which need the UID the server assigns.
+    bp.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    let checked = validate::validate(&bp);
+    assert!(
+        checked.problems.is_empty(),
+        "{source}: the operator would refuse {:?}",
+        checked.problems
+    );
+    let rendered = bgpersist::operator::render::render(&bp, &checked.writers)
+        .map_err(|e| anyhow::anyhow!("{source}: render: {e}"))?;
+    let mut keda = Vec::new();
+    for a in rendered
+        .writers
+        .iter()
+        .filter_map(|w| w.autoscaling.as_ref())
+    {
+        keda.push(serde_json::to_value(&a.scaled_object)?);
+        if let Some(auth) = &a.trigger_authentication {
+            keda.push(serde_json::to_value(auth)?);
+        }
+    }
+    Ok(keda)
 }
 
 #[test]
 fn examples_pass_the_operators_own_checks() -> anyhow::Result<()> {
     let mut backends = Vec::new();
+    let mut autoscaled = Vec::new();
     for (source, doc) in sources()? {
-        let mut bp: BackgroundPersistence = serde_json::from_value(doc.clone())
-            .with_context(|| format!("{source}: not a BackgroundPersistence"))?;
-        // Render sets owner references, which need the UID the server assigns.
-        bp.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
-        let checked = validate::validate(&bp);
-        assert!(
-            checked.problems.is_empty(),
-            "{source}: the operator would refuse {:?}",
-            checked.problems
-        );
-        bgpersist::operator::render::render(&bp, &checked.writers)
-            .map_err(|e| anyhow::anyhow!("{source}: render: {e}"))?;
-        backends.push(doc["spec"]["common_persistence_specs"]["bus_backend"].clone());
+        let backend = doc["spec"]["common_persistence_specs"]["bus_backend"].clone();
+        if !render_checked(&source, &doc)?.is_empty() {
+            autoscaled.push(backend.clone());
+        }
+        backends.push(backend);
     }
     for want in ["KAFKA", "PUBSUB"] {
         assert!(backends.contains(&json!(want)), "no example for {want}");
+        assert!(
+            autoscaled.contains(&json!(want)),
+            "no autoscaled example for {want}"
+        );
     }
+    Ok(())
+}
+
+/// The ScaledObjects and TriggerAuthentications the examples render pass
+/// KEDA's own CRD schema (a server-side dry run against the real CRDs).
+#[test]
+fn examples_keda_objects_pass_kedas_schema() -> anyhow::Result<()> {
+    cli::ensure_crd()?;
+    cli::ensure_keda_crds()?;
+    let mut checked = 0;
+    for (source, doc) in sources()? {
+        for mut obj in render_checked(&source, &doc)? {
+            // The example's namespace need not exist for a dry run elsewhere.
+            obj["metadata"]["namespace"] = "default".into();
+            kubectl(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--dry-run=server",
+                    "--field-manager",
+                    MANAGER,
+                    "-f",
+                    "-",
+                ],
+                Some(&serde_yaml::to_string(&obj)?),
+            )
+            .with_context(|| format!("{source}: {} {} refused", kind(&obj), name(&obj)))?;
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} KEDA objects rendered");
     Ok(())
 }
 
@@ -138,6 +195,8 @@ fn fingerprint(obj: &Value) -> Value {
 #[test]
 fn examples_apply_twice_without_change_or_drift() -> anyhow::Result<()> {
     cli::ensure_crd()?;
+    // As on a cluster running autoscaled writers.
+    cli::ensure_keda_crds()?;
     let id = cli::short_id();
     let mut applied = Vec::new();
     let result = (|| -> anyhow::Result<()> {

@@ -269,3 +269,85 @@ async fn writers_not_a_list() {
     )
     .await;
 }
+
+fn autoscaled(autoscaling: Value) -> Value {
+    json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+        "autoscaling": autoscaling}]})
+}
+
+#[tokio::test]
+async fn bad_autoscaling_blocks() {
+    let cases: [(&str, Value, &str); 5] = [
+        (
+            "min above max",
+            autoscaled(json!({"min_replicas": 5, "max_replicas": 2})),
+            "spec.writers[0].autoscaling: Invalid value: \"object\": autoscaling.min_replicas must not exceed autoscaling.max_replicas",
+        ),
+        (
+            "no max",
+            autoscaled(json!({"min_replicas": 1})),
+            "spec.writers[0].autoscaling.max_replicas: Required value",
+        ),
+        (
+            "max zero",
+            autoscaled(json!({"max_replicas": 0})),
+            "spec.writers[0].autoscaling.max_replicas",
+        ),
+        (
+            "negative activation",
+            autoscaled(json!({"max_replicas": 3, "activation_lag_threshold": -1})),
+            "spec.writers[0].autoscaling.activation_lag_threshold",
+        ),
+        (
+            "polling every 0 s",
+            autoscaled(json!({"max_replicas": 3, "polling_interval_seconds": 0})),
+            "spec.writers[0].autoscaling.polling_interval_seconds",
+        ),
+    ];
+    for (what, patch, needle) in cases {
+        assert_refused(what, patch, none, needle).await;
+    }
+}
+
+#[tokio::test]
+async fn lag_threshold_on_pubsub() {
+    let mut p = autoscaled(json!({"max_replicas": 3, "lag_threshold": 100}));
+    p["common_persistence_specs"] = json!({"bus_backend": "PUBSUB"});
+    assert_refused(
+        "lag threshold on Pub/Sub",
+        p,
+        none,
+        "writers[].autoscaling.lag_threshold is for KAFKA",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn autoscaling_with_oauthbearer() {
+    let mut p = autoscaled(json!({"max_replicas": 3}));
+    p["kafka_sasl_mechanism"] = json!("OAUTHBEARER");
+    assert_refused(
+        "OAUTHBEARER",
+        p,
+        none,
+        "writers[].autoscaling is not supported with kafka_sasl_mechanism OAUTHBEARER",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn good_autoscaling_block_is_accepted_unchanged() -> anyhow::Result<()> {
+    let client = install_crd().await?;
+    let bp = seed_resource(autoscaled(json!({"min_replicas": 0, "max_replicas": 5,
+        "lag_threshold": 100, "activation_lag_threshold": 3,
+        "polling_interval_seconds": 15, "cooldown_period_seconds": 60})))?;
+    let api: Api<BackgroundPersistence> = Api::all(client);
+    let created = api.create(&PostParams::default(), &bp).await?;
+    assert_eq!(created.spec, bp.spec, "stored as written (no defaulting)");
+    api.delete(
+        &bp.metadata.name.clone().unwrap_or_default(),
+        &Default::default(),
+    )
+    .await?;
+    Ok(())
+}

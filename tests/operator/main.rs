@@ -1,10 +1,11 @@
 //! The operator against the rig's real kube-apiserver: admission, reconcile,
-//! no-op resync, drift, edits, pruning and status.
+//! no-op resync, drift, edits, pruning, status and autoscaling with KEDA.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod admission;
+mod autoscaling;
 mod reconcile;
 
 use bgpersist::crd::BackgroundPersistence;

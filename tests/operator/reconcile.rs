@@ -14,17 +14,19 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Fixture {
-    client: Client,
-    count: RequestCount,
-    ctx: Context,
-    bps: Api<BackgroundPersistence>,
-    name: String,
-    ns: String,
+/// One resource created on the rig, and an operator context whose client
+/// counts its requests (shared with the other test modules of this binary).
+pub(crate) struct Fixture {
+    pub(crate) client: Client,
+    pub(crate) count: RequestCount,
+    pub(crate) ctx: Context,
+    pub(crate) bps: Api<BackgroundPersistence>,
+    pub(crate) name: String,
+    pub(crate) ns: String,
 }
 
 impl Fixture {
-    async fn new(patch: serde_json::Value) -> anyhow::Result<Self> {
+    pub(crate) async fn new(patch: serde_json::Value) -> anyhow::Result<Self> {
         let client = install_crd().await?;
         let bp = seed_resource(patch)?;
         let bps: Api<BackgroundPersistence> = Api::all(client.clone());
@@ -44,20 +46,22 @@ impl Fixture {
     }
 
     /// Reads the resource back and reconciles it once, as a watch event would.
-    async fn reconcile(&self) -> anyhow::Result<bgpersist::operator::controller::Report> {
+    pub(crate) async fn reconcile(
+        &self,
+    ) -> anyhow::Result<bgpersist::operator::controller::Report> {
         let bp = self.bps.get(&self.name).await?;
         Ok(reconcile_once(&bp, &self.ctx).await?)
     }
 
-    fn deployments(&self) -> Api<Deployment> {
+    pub(crate) fn deployments(&self) -> Api<Deployment> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    fn dep_name(&self, writer: &str) -> String {
+    pub(crate) fn dep_name(&self, writer: &str) -> String {
         format!("{}-{writer}", self.name)
     }
 
-    async fn edit_spec(&self, patch: serde_json::Value) -> anyhow::Result<()> {
+    pub(crate) async fn edit_spec(&self, patch: serde_json::Value) -> anyhow::Result<()> {
         self.bps
             .patch(
                 &self.name,
@@ -68,7 +72,7 @@ impl Fixture {
         Ok(())
     }
 
-    async fn condition(
+    pub(crate) async fn condition(
         &self,
         type_: &str,
     ) -> anyhow::Result<(String, String, String, Option<i64>)> {

@@ -148,6 +148,18 @@ fn rendered_rbac_is_least_privilege() -> anyhow::Result<()> {
             ("", "secrets", RW, &[]),
             ("apps", "deployments", RW, &[]),
             ("policy", "poddisruptionbudgets", RW, &[]),
+            (
+                "keda.sh",
+                "scaledobjects",
+                &["get", "list", "create", "patch", "delete"],
+                &[]
+            ),
+            (
+                "keda.sh",
+                "triggerauthentications",
+                &["get", "list", "create", "patch", "delete"],
+                &[]
+            ),
         ])
     );
     let lease = find("Role", "-leader-election");

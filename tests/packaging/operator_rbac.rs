@@ -2,7 +2,8 @@
 //! rig, mint a token for the chart's ServiceAccount (TokenRequest), run the
 //! real operator binary with exactly the env its Deployment renders and a
 //! kubeconfig holding only that token, and watch it reconcile the seed
-//! example: namespace, ServiceAccount, the synced Secret, Deployments, PDBs,
+//! example with one writer autoscaled: namespace, ServiceAccount, the synced
+//! Secret, Deployments, PDBs, KEDA ScaledObject and TriggerAuthentication,
 //! status, an Event, a prune, and the Lease.
 
 use crate::cli::{self, kind, kubectl, yaml_docs};
@@ -240,6 +241,8 @@ async fn operator_reconciles_the_seed_with_only_the_charts_rbac() -> anyhow::Res
         "poddisruptionbudgets",
         "serviceaccounts",
         "secrets",
+        "scaledobjects.keda.sh",
+        "triggerauthentications.keda.sh",
     ] {
         let _ = kubectl(
             &[
@@ -276,7 +279,9 @@ async fn scenario(
     cloud: &str,
     rendered: &str,
 ) -> anyhow::Result<()> {
-    // 1. Install: the CRD from the chart's crds/, then every rendered object.
+    // 1. Install: the CRD from the chart's crds/ (and KEDA's, for the
+    // autoscaled writer), then every rendered object.
+    cli::ensure_keda_crds()?;
     kubectl(
         &[
             "apply",
@@ -345,6 +350,8 @@ async fn scenario(
             release_ns,
         ],
         &["create", "events.events.k8s.io", "-n", "default"],
+        &["patch", "scaledobjects.keda.sh", "-n", target_ns],
+        &["delete", "triggerauthentications.keda.sh", "-n", target_ns],
         // Documented consequence: RBAC cannot narrow Secrets to the operator's own.
         &["list", "secrets", "--all-namespaces"],
     ];
@@ -367,6 +374,9 @@ async fn scenario(
         &["create", "leases.coordination.k8s.io", "-n", target_ns],
         &["create", "events.events.k8s.io", "-n", target_ns],
         &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        &["watch", "scaledobjects.keda.sh", "-n", target_ns],
+        &["update", "scaledobjects.keda.sh", "-n", target_ns],
+        &["get", "scaledjobs.keda.sh", "-n", target_ns],
     ];
     for (args, want) in yes
         .iter()
@@ -450,6 +460,8 @@ async fn scenario(
         .send()
         .await?;
     let mut bp = seed(bp_name, target_ns, cloud)?;
+    // The writer pruned below is autoscaled: its KEDA objects go with it.
+    bp["spec"]["writers"][1]["autoscaling"] = json!({"max_replicas": 3});
     apply_bp(&bp)?;
 
     let writers = ["go-metrics-bus-writer", "go-result-bus-metrics-writer"];
@@ -496,6 +508,13 @@ async fn scenario(
             "PodDisruptionBudget {dep}"
         );
     }
+    let autoscaled = format!("{bp_name}-{}", writers[1]);
+    for kind in ["scaledobject.keda.sh", "triggerauthentication.keda.sh"] {
+        assert!(
+            exists(&[kind, &autoscaled, "-n", target_ns])?,
+            "{kind} {autoscaled}"
+        );
+    }
     assert!(exists(&[
         "serviceaccount",
         "background-persistence-sa",
@@ -538,7 +557,9 @@ async fn scenario(
         Duration::from_secs(60),
         || {
             let left = exists(&["deployment", &gone, "-n", target_ns])?
-                || exists(&["pdb", &gone, "-n", target_ns])?;
+                || exists(&["pdb", &gone, "-n", target_ns])?
+                || exists(&["scaledobject.keda.sh", &gone, "-n", target_ns])?
+                || exists(&["triggerauthentication.keda.sh", &gone, "-n", target_ns])?;
             Ok((!left).then_some(()))
         },
     )

@@ -90,5 +90,6 @@ pub fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+pub mod keda;
 pub mod kubeclient;
 pub mod secrets;

@@ -60,7 +60,7 @@ pub fn render(
     secrets: &SecretInputs,
 ) -> Result<(Deployment, String, String, i32), RenderError> {
     let image = resolve_image(bp, w)?;
-    let replicas = w.default_replica_count.unwrap_or(1);
+    let replicas = replicas(w);
     let sasl = secret::kafka_sasl_wanted(bp);
     let store = w.bus_subscriber_type.kind().store;
     let store_file = secret::store_mount(bp, store);
@@ -193,7 +193,9 @@ pub fn render(
             ..Default::default()
         },
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
+            // An autoscaled writer's count belongs to the autoscaler: leaving it
+            // out of the applied configuration keeps the operator from owning it.
+            replicas: w.autoscaling.is_none().then_some(replicas),
             selector: LabelSelector {
                 match_labels: Some(labels::selector(resource, &w.name)),
                 ..Default::default()
@@ -222,6 +224,23 @@ pub fn render(
         ..Default::default()
     };
     Ok((deployment, image, config_hash, replicas))
+}
+
+/// The replicas the operator sets; for an autoscaled writer, the count its
+/// Deployment is created with (`default_replica_count` within the bounds).
+pub fn replicas(w: &WriterSpec) -> i32 {
+    let fixed = w.default_replica_count.unwrap_or(1);
+    match &w.autoscaling {
+        Some(a) => fixed.clamp(a.min(), a.max_replicas.max(a.min())),
+        None => fixed,
+    }
+}
+
+/// The Kafka consumer group a writer joins: its override, else `bgpersist.<resource>.<writer>`.
+pub fn consumer_group(resource: &str, w: &WriterSpec) -> String {
+    w.kafka_consumer_group_override
+        .clone()
+        .unwrap_or_else(|| format!("bgpersist.{resource}.{}", w.name))
 }
 
 fn probe(path: &str, period: i32) -> Probe {
@@ -316,11 +335,7 @@ fn env(
             ),
             (
                 c::ENV_KAFKA_CONSUMER_GROUP,
-                Some(
-                    w.kafka_consumer_group_override
-                        .clone()
-                        .unwrap_or_else(|| format!("bgpersist.{resource}.{}", w.name)),
-                ),
+                Some(consumer_group(resource, w)),
             ),
             (
                 c::ENV_KAFKA_SASL_DIR,

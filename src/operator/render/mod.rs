@@ -5,8 +5,10 @@ mod deployment;
 mod labels;
 mod namespace;
 mod pdb;
+pub mod scaled_object;
 pub mod secret;
 mod service_account;
+pub mod trigger_authentication;
 
 pub use deployment::{deployment_name, resolve_image};
 pub use labels::{LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_WRITER, MANAGER, selector};
@@ -17,6 +19,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::DynamicObject;
 
 /// Everything one resource renders to.
 #[derive(Clone, Debug)]
@@ -35,7 +38,17 @@ pub struct RenderedWriter {
     pub pdb: PodDisruptionBudget,
     pub image: String,
     pub config_hash: String,
+    /// The replicas the operator sets; for an autoscaled writer, the count
+    /// its Deployment is created with before the autoscaler takes over.
     pub replicas: i32,
+    /// KEDA objects, when the writer is autoscaled.
+    pub autoscaling: Option<RenderedAutoscaling>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RenderedAutoscaling {
+    pub scaled_object: DynamicObject,
+    pub trigger_authentication: Option<DynamicObject>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +109,21 @@ pub fn render_with_secrets(
     for w in writers {
         let (deployment, image, config_hash, replicas) =
             deployment::render(bp, &resource, w, &owner, secrets)?;
+        let autoscaling = w.autoscaling.as_ref().map(|auto| {
+            let auth = trigger_authentication::render(bp, &resource, w, &owner);
+            let auth_name = auth.as_ref().and_then(|a| a.metadata.name.clone());
+            RenderedAutoscaling {
+                scaled_object: scaled_object::render(
+                    bp,
+                    &resource,
+                    w,
+                    auto,
+                    &owner,
+                    auth_name.as_deref(),
+                ),
+                trigger_authentication: auth,
+            }
+        });
         out.push(RenderedWriter {
             name: w.name.clone(),
             pdb: pdb::render(bp, &resource, w, &owner),
@@ -103,6 +131,7 @@ pub fn render_with_secrets(
             image,
             config_hash,
             replicas,
+            autoscaling,
         });
     }
     Ok(Rendered {

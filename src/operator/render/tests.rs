@@ -428,3 +428,164 @@ fn render_without_uid_is_an_error() {
         Err(RenderError::MissingMetadata("uid"))
     ));
 }
+
+fn keda_json(obj: Option<&kube::api::DynamicObject>) -> serde_json::Value {
+    obj.map(|o| serde_json::to_value(o).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+#[test]
+fn autoscaled_kafka_writer_renders_a_scaled_object_and_no_replicas() {
+    let bp = seed_with(json!({"writers": [
+        {"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+         "kafka_consumer_group_override": "metrics-group",
+         "autoscaling": {"min_replicas": 2, "max_replicas": 8, "lag_threshold": 50,
+            "activation_lag_threshold": 5, "polling_interval_seconds": 15,
+            "cooldown_period_seconds": 120}},
+        {"name": "b", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "default_replica_count": 3}]}));
+    let r = render_all(&bp);
+    let (a, b) = (&r.writers[0], &r.writers[1]);
+    assert_eq!(
+        a.deployment.spec.as_ref().and_then(|s| s.replicas),
+        None,
+        "the autoscaler owns an autoscaled writer's replicas"
+    );
+    assert_eq!(
+        a.replicas, 2,
+        "created with default 1 raised to min_replicas"
+    );
+    assert_eq!(b.deployment.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert!(b.autoscaling.is_none());
+
+    let keda = a
+        .autoscaling
+        .as_ref()
+        .unwrap_or_else(|| panic!("no KEDA objects"));
+    let owner = serde_json::to_value(owner_reference(&bp).ok()).unwrap_or_default();
+    let so = keda_json(Some(&keda.scaled_object));
+    assert_eq!(so["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(so["kind"], "ScaledObject");
+    assert_eq!(so["metadata"]["name"], "background-persistence-a");
+    assert_eq!(so["metadata"]["namespace"], "background-persistence");
+    assert_eq!(so["metadata"]["ownerReferences"], json!([owner]));
+    assert_eq!(so["metadata"]["labels"]["bgpersist.dev/writer"], "a");
+    assert_eq!(
+        so["spec"],
+        json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "background-persistence-a"},
+            "minReplicaCount": 2,
+            "maxReplicaCount": 8,
+            "pollingInterval": 15,
+            "cooldownPeriod": 120,
+            "triggers": [{
+                "type": "kafka",
+                "metadata": {
+                    "bootstrapServers": "<bootstrap server1>:<port>,<bootstrap server2>:<port>,...",
+                    "consumerGroup": "metrics-group",
+                    "topic": "metrics-bus-1",
+                    "lagThreshold": "50",
+                    "activationLagThreshold": "5",
+                    "offsetResetPolicy": "earliest",
+                    "tls": "enable",
+                    "sasl": "scram_sha512",
+                },
+                "authenticationRef": {"name": "background-persistence-a"},
+            }],
+        })
+    );
+    assert_eq!(
+        env_of(a)
+            .get(c::ENV_KAFKA_CONSUMER_GROUP)
+            .map(String::as_str),
+        Some("metrics-group"),
+        "the scaler watches the group the writer joins"
+    );
+    let ta = keda_json(keda.trigger_authentication.as_ref());
+    assert_eq!(ta["kind"], "TriggerAuthentication");
+    assert_eq!(ta["metadata"]["ownerReferences"], json!([owner]));
+    assert_eq!(
+        ta["spec"],
+        json!({"secretTargetRef": [
+            {"parameter": "username", "name": "background-persistence-kafka-sasl", "key": "username"},
+            {"parameter": "password", "name": "background-persistence-kafka-sasl", "key": "password"},
+        ]})
+    );
+}
+
+#[test]
+fn autoscaled_writer_defaults_and_plaintext_kafka_needs_no_authentication() {
+    let bp = seed_with(
+        json!({"kafka_security_protocol": "PLAINTEXT", "kafka_sasl_mechanism": null,
+        "kafka_sasl_secret": null, "common_persistence_specs": {"secret_client": null},
+        "writers": [{"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+            "default_replica_count": 40, "autoscaling": {"max_replicas": 6}}]}),
+    );
+    let r = render_all(&bp);
+    let a = &r.writers[0];
+    assert_eq!(
+        a.replicas, 6,
+        "default_replica_count capped at max_replicas"
+    );
+    let keda = a
+        .autoscaling
+        .as_ref()
+        .unwrap_or_else(|| panic!("no KEDA objects"));
+    assert!(keda.trigger_authentication.is_none());
+    let so = keda_json(Some(&keda.scaled_object));
+    assert_eq!(
+        so["spec"]["minReplicaCount"], 1,
+        "scaling to zero is opt-in"
+    );
+    assert!(so["spec"].get("pollingInterval").is_none());
+    let trigger = &so["spec"]["triggers"][0];
+    assert!(trigger.get("authenticationRef").is_none());
+    assert_eq!(trigger["metadata"]["lagThreshold"], "10");
+    assert_eq!(trigger["metadata"]["tls"], "disable");
+    assert!(trigger["metadata"].get("sasl").is_none());
+    assert_eq!(
+        trigger["metadata"]["consumerGroup"],
+        "bgpersist.background-persistence.a"
+    );
+}
+
+#[test]
+fn autoscaled_pubsub_writer_scales_on_backlog_with_workload_identity() {
+    let bp = seed_with(
+        json!({"common_persistence_specs": {"bus_backend": "PUBSUB"},
+        "writers": [
+            {"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "hpa_pubsub_subscription_id": "projects/p/subscriptions/metrics-backlog",
+             "hpa_target_average_value": 500,
+             "autoscaling": {"min_replicas": 0, "max_replicas": 4, "activation_lag_threshold": 3}},
+            {"name": "b", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "autoscaling": {"max_replicas": 4}}]}),
+    );
+    let r = render_all(&bp);
+    let keda = |i: usize| {
+        r.writers[i]
+            .autoscaling
+            .clone()
+            .unwrap_or_else(|| panic!("writer {i} has no KEDA objects"))
+    };
+    let so = keda_json(Some(&keda(0).scaled_object));
+    assert_eq!(so["spec"]["minReplicaCount"], 0);
+    assert_eq!(
+        so["spec"]["triggers"],
+        json!([{
+            "type": "gcp-pubsub",
+            "metadata": {"subscriptionName": "projects/p/subscriptions/metrics-backlog",
+                "mode": "SubscriptionSize", "value": "500", "activationValue": "3"},
+            "authenticationRef": {"name": "background-persistence-a"},
+        }])
+    );
+    assert_eq!(
+        keda_json(keda(0).trigger_authentication.as_ref())["spec"],
+        json!({"podIdentity": {"provider": "gcp"}})
+    );
+    let so = keda_json(Some(&keda(1).scaled_object));
+    assert_eq!(
+        so["spec"]["triggers"][0]["metadata"],
+        json!({"subscriptionName": "metrics-bus-1", "mode": "SubscriptionSize", "value": "10"}),
+        "default: the writer's own subscription, KEDA's default target"
+    );
+}
