@@ -1,5 +1,7 @@
 //! bgpersist-writer: consumes one bus subscription and writes one store,
 //! configured exactly as the operator renders it (env + mounted files).
+// The nested futures of the writer types' runtimes exceed the default query depth.
+#![recursion_limit = "256"]
 
 use bgpersist::crd::{BusBackend, WriterType};
 use bgpersist::http;
@@ -7,10 +9,19 @@ use bgpersist::writer::bus::Bus;
 use bgpersist::writer::bus::kafka::KafkaBus;
 use bgpersist::writer::bus::pubsub::PubsubBus;
 use bgpersist::writer::config::WriterConfig;
+use bgpersist::writer::feature_metrics::FeatureMetricsSink;
 use bgpersist::writer::metrics::WriterMetrics;
+use bgpersist::writer::metrics_store::MetricsStoreSink;
+use bgpersist::writer::mirror::{MirrorMetrics, MirrorSettings, MirrorSink};
+use bgpersist::writer::offline::bulk::BulkDecoder;
+use bgpersist::writer::offline::result::ResultDecoder;
+use bgpersist::writer::offline::streaming::StreamingDecoder;
+use bgpersist::writer::offline::{OfflineSink, open_store};
 use bgpersist::writer::online::OnlineSink;
 use bgpersist::writer::runtime::{Runtime, Settings};
 use bgpersist::writer::sink::Sink;
+use bgpersist::writer::usage::UsageSink;
+use bgpersist::writer::vector::VectorSink;
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -58,6 +69,9 @@ async fn run() -> Result<(), Failure> {
     let cfg = WriterConfig::from_env().map_err(|e| Failure::Config(e.to_string()))?;
     let mut registry = Registry::default();
     let metrics = WriterMetrics::register(&mut registry);
+    // Registered before the registry is served; only the mirror has its own.
+    let mirror_metrics = (cfg.writer_type == WriterType::QueryMirrorConsumer)
+        .then(|| MirrorMetrics::register(&mut registry));
     let ready = Arc::new(AtomicBool::new(false));
     let listener = http::bind(cfg.http_addr)
         .await
@@ -93,10 +107,65 @@ async fn run() -> Result<(), Failure> {
                 .map_err(Failure::Config)?;
             on_bus(sink, metrics, &cfg, ready, stop_rx).await
         }
-        other => {
-            return Err(Failure::Config(format!(
-                "{other} is not implemented by this writer build yet"
-            )));
+        WriterType::OfflineWriter => {
+            let store = open_store(&cfg)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            let sink = OfflineSink::new(ResultDecoder, store, cfg.query_table_write_drop_ratio);
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::OfflineStoreStreamingInsertWriter => {
+            let store = open_store(&cfg)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            let sink = OfflineSink::new(StreamingDecoder, store, cfg.query_table_write_drop_ratio);
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::OfflineStoreBulkInsertWriter => {
+            let store = open_store(&cfg)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            let decoder = BulkDecoder::new(cfg.upload_bucket.as_deref());
+            let sink = OfflineSink::new(decoder, store, cfg.query_table_write_drop_ratio);
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter => {
+            let sink = FeatureMetricsSink::open(&cfg)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::MetricsBusWriter | WriterType::GoMetricsBusWriter => {
+            let uri = cfg
+                .store_uri("metrics_store")
+                .map_err(|e| Failure::Config(format!("metrics store: {e}")))?;
+            let sink = MetricsStoreSink::open(&uri)
+                .map_err(|e| Failure::Config(format!("metrics store: {e}")))?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::UsageBusWriter => {
+            let uri = cfg
+                .store_uri("usage_store")
+                .map_err(|e| Failure::Config(format!("usage store: {e}")))?;
+            let sink =
+                UsageSink::open(&uri).map_err(|e| Failure::Config(format!("usage store: {e}")))?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::QueryMirrorConsumer => {
+            let settings =
+                MirrorSettings::from_env(cfg.api_server_host.as_deref(), cfg.concurrency)
+                    .map_err(|e| Failure::Config(format!("query mirror: {e}")))?;
+            let cfg = settings.bounded(&cfg);
+            let sink = MirrorSink::new(settings, mirror_metrics.unwrap_or_default())
+                .map_err(|e| Failure::Config(format!("query mirror: {e}")))?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::OnlineVectorStoreWriter => {
+            let uri = cfg
+                .store_uri("vector_store")
+                .map_err(|e| Failure::Config(format!("vector store: {e}")))?;
+            let sink = VectorSink::open(&uri, &cfg).map_err(|e| Failure::Config(e.to_string()))?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
         }
     };
     let _ = stop_tx.send(true);

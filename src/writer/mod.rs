@@ -5,12 +5,18 @@
 pub mod bus;
 pub mod config;
 pub mod dlq;
+pub mod feature_metrics;
 pub mod metrics;
+pub mod metrics_store;
+pub mod mirror;
 pub mod offline;
 pub mod online;
 pub mod pg;
+pub mod pg_rows;
 pub mod runtime;
 pub mod sink;
+pub mod usage;
+pub mod vector;
 
 pub use config::WriterConfig;
 pub use runtime::Runtime;

@@ -4,7 +4,24 @@
 mod support;
 
 mod harness;
+mod metrics_kafka;
+mod metrics_pubsub;
+mod mirror_kafka;
+mod mirror_pubsub;
+mod mirror_target;
+mod offline_bulk;
+mod offline_harness;
+mod offline_kafka;
+mod offline_streaming;
+mod offline_warehouse_fakes;
 mod online_dynamodb;
 mod online_kafka;
 mod online_pubsub;
+mod pg_store;
 mod robustness;
+mod usage_kafka;
+mod vector_common;
+mod vector_fake_qdrant;
+mod vector_pgvector;
+mod vector_pubsub;
+mod vector_qdrant;

@@ -3,6 +3,27 @@
 //! [`TableRows`] (Arrow record batches bound for one table) and hands them to
 //! one [`OfflineStore`] (Postgres, BigQuery, Snowflake).
 
+pub mod bigquery;
+pub mod bigquery_rows;
+pub mod json_rows;
+pub mod snowflake;
+pub mod snowflake_auth;
+pub mod snowflake_sql;
+pub mod warehouse;
+
+pub mod bulk;
+pub mod drop_ratio;
+pub mod ident;
+pub mod parquet;
+pub mod postgres;
+pub mod result;
+pub mod sink;
+pub mod store;
+pub mod streaming;
+
+pub use sink::OfflineSink;
+pub use store::{OfflineError, Store, open_store};
+
 use crate::writer::sink::{Rejected, SinkError};
 use arrow_array::RecordBatch;
 use std::future::Future;
