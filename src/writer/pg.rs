@@ -53,7 +53,9 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
 }
 
 /// Whether a failed statement may succeed when retried as is: connection
-/// loss, server shutdown, overload, serialization conflicts, deadlocks.
+/// loss, server shutdown, overload, serialization conflicts, deadlocks, and
+/// what an operator fixes outside the writer (a missing privilege, a
+/// read-only server during a failover, a table dropped under the writer).
 /// Data and constraint errors are not: the rows are at fault, not the store.
 pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
@@ -64,6 +66,9 @@ pub fn is_retriable(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::LOCK_NOT_AVAILABLE
                 || *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *code == SqlState::INSUFFICIENT_PRIVILEGE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                || *code == SqlState::UNDEFINED_TABLE
         }
     }
 }

@@ -8,8 +8,8 @@ use crate::writer::sink::{Rejected, SinkError};
 use deadpool_postgres::{Object, Pool};
 use std::future::Future;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -37,11 +37,12 @@ pub trait InsertRows: Sync {
     ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send;
 }
 
-/// A Postgres store: a pool and the table, created once per process.
+/// A Postgres store: a pool and the table, created when first needed and
+/// again when it disappears (dropped under a running writer).
 pub struct PgTable {
     pool: Pool,
     table: Table,
-    ready: OnceCell<()>,
+    ready: AtomicBool,
 }
 
 impl PgTable {
@@ -49,7 +50,7 @@ impl PgTable {
         PgTable {
             pool,
             table,
-            ready: OnceCell::new(),
+            ready: AtomicBool::new(false),
         }
     }
 
@@ -59,9 +60,12 @@ impl PgTable {
         let conn = self.pool.get().await.map_err(|e| {
             SinkError::Retriable(format!("postgres connection: {}", pg_error_text(&e)))
         })?;
-        self.ready
-            .get_or_try_init(|| create_table(&conn, &self.table))
-            .await?;
+        // Concurrent first writes may both create: the DDL is IF NOT EXISTS
+        // under an advisory lock.
+        if !self.ready.load(Ordering::Acquire) {
+            create_table(&conn, &self.table).await?;
+            self.ready.store(true, Ordering::Release);
+        }
         Ok(conn)
     }
 
@@ -85,6 +89,9 @@ impl PgTable {
             match tokio::time::timeout(STATEMENT_TIMEOUT, rows.insert(&conn, range.clone())).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if pg::is_retriable(&e) => {
+                    if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
+                        self.ready.store(false, Ordering::Release);
+                    }
                     return Err(SinkError::Retriable(format!(
                         "postgres {}: {}",
                         self.table.name,
@@ -168,12 +175,18 @@ async fn create_table(conn: &Object, table: &Table) -> Result<(), SinkError> {
     if exists {
         return Ok(());
     }
-    conn.batch_execute(&format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('bgpersist:{}')); {} COMMIT;",
-        table.name, table.ddl
-    ))
-    .await
-    .map_err(fail)?;
+    let created = conn
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('bgpersist:{}')); {} COMMIT;",
+            table.name, table.ddl
+        ))
+        .await;
+    if let Err(e) = created {
+        // A failed DDL leaves the session in an aborted transaction; the pool
+        // would hand it out again and every later statement would fail.
+        let _ = conn.batch_execute("ROLLBACK").await;
+        return Err(fail(e));
+    }
     Ok(())
 }
 

@@ -185,7 +185,13 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let mut owner = Vec::new();
         let mut poison: Vec<(usize, ErrorClass, String)> = Vec::new();
         for (i, env) in batch.iter().enumerate() {
-            match self.sink.decode(&env.payload) {
+            // A decoder bug on one odd message must not crash-loop the writer
+            // on its redelivery: a panic dead-letters that message.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.sink.decode(&env.payload)
+            }))
+            .unwrap_or_else(|_| Err("the decoder panicked on this message".to_string()));
+            match decoded {
                 Ok(rs) => {
                     owner.extend(std::iter::repeat_n(i, rs.len()));
                     records.extend(rs);

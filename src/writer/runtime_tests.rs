@@ -85,6 +85,7 @@ impl<const OVERLAP: bool> Sink for Arc<SlowSink<OVERLAP>> {
     const OVERLAPPING_WRITES: bool = OVERLAP;
 
     fn decode(&self, payload: &[u8]) -> Result<Vec<u64>, String> {
+        assert_ne!(payload, b"panic", "a decoder bug");
         let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
         text.parse().map(|n| vec![n]).map_err(|e| format!("{e}"))
     }
@@ -213,4 +214,18 @@ async fn shutdown_finishes_the_write_already_in_flight() {
     let totals = run.await.ok().and_then(Result::ok);
     assert_eq!(done_offsets(&done), vec![vec![3]]);
     assert_eq!(totals.map(|t| t.written), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decoder_panic_dead_letters_that_message_and_the_rest_flows() {
+    let sink = Arc::new(SlowSink::<false>::new());
+    let batch = vec![envelope(1, "5"), envelope(2, "panic"), envelope(3, "6")];
+    let (rt, done) = runtime(vec![batch], sink);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 1).await;
+    assert_eq!(done_offsets(&done), vec![vec![1, 2, 3]]);
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| (t.written, t.dead_lettered)), Some((2, 1)));
 }

@@ -11,7 +11,23 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 const STEP_ROWS: usize = 65_536;
 
 /// Reads a whole parquet file. Errors are worded for the dead-letter header.
+/// The parser has panicked on corrupt files in the past: a panic is caught
+/// here and refuses the file, so one bad body cannot crash-loop the writer.
 pub fn read(bytes: Bytes) -> Result<RecordBatch, String> {
+    match std::panic::catch_unwind(|| read_unguarded(bytes)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("parquet reader failed on this file: {what}"))
+        }
+    }
+}
+
+fn read_unguarded(bytes: Bytes) -> Result<RecordBatch, String> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| format!("not a readable parquet file: {e}"))?;
     let schema = builder.schema().clone();

@@ -168,7 +168,9 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
                 &v.namespace,
                 &v.feature,
                 &v.pkey,
-                v.observed_at_micros,
+                // The time stored, so values that fall back to the message's
+                // time still get ids of their own.
+                observed.unwrap_or(0),
             )
         } else {
             v.observation_id

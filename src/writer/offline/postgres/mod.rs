@@ -165,7 +165,7 @@ impl PostgresStore {
         path: Path,
     ) -> Outcome {
         *stage += 1;
-        let name = format!("bgp_stage_{stage}");
+        let name = format!("bgpersist_stage_{stage}");
         let sp = match tx.savepoint(format!("bgp_{stage}")).await {
             Ok(sp) => sp,
             Err(e) => return Outcome::Retry(retry(group.table, &e)),

@@ -219,18 +219,18 @@ mod tests {
             target: Type::NUMERIC,
         });
         assert_eq!(
-            create_staging("bgp_stage_0", &cols[2..]),
-            "CREATE TEMPORARY TABLE \"bgp_stage_0\" (\"value\" bigint, \
+            create_staging("bgpersist_stage_0", &cols[2..]),
+            "CREATE TEMPORARY TABLE \"bgpersist_stage_0\" (\"value\" bigint, \
              \"observed_at\" timestamptz, \"price\" text) ON COMMIT DROP"
         );
         assert_eq!(
-            copy_from_stdin("bgp_stage_0", &cols[..2]),
-            "COPY \"bgp_stage_0\" (\"observation_id\", \"pkey\") FROM STDIN (FORMAT binary)"
+            copy_from_stdin("bgpersist_stage_0", &cols[..2]),
+            "COPY \"bgpersist_stage_0\" (\"observation_id\", \"pkey\") FROM STDIN (FORMAT binary)"
         );
         assert_eq!(
-            insert_from_staging("user__age", "bgp_stage_0", &cols[3..]),
+            insert_from_staging("user__age", "bgpersist_stage_0", &cols[3..]),
             "INSERT INTO \"user__age\" (\"observed_at\", \"price\") SELECT \"observed_at\", \
-             \"price\"::numeric FROM \"bgp_stage_0\" ON CONFLICT DO NOTHING"
+             \"price\"::numeric FROM \"bgpersist_stage_0\" ON CONFLICT DO NOTHING"
         );
         assert_eq!(
             add_columns("t", &[&cols[1], &cols[2]]),
