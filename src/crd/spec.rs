@@ -306,7 +306,7 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: Option<i32>,
-    /// Most replicas. On Kafka, replicas beyond the topic's partition count stay idle.
+    /// Most replicas. On Kafka, KEDA scales no further than the topic's partition count.
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Kafka only: consumer lag per replica the autoscaler aims for (KEDA `lagThreshold`, 10 when unset).

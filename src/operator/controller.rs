@@ -298,8 +298,17 @@ async fn apply_all(
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     // Discovery, not an error on first use: a cluster without KEDA is fine
-    // until a writer asks for autoscaling.
-    let keda_served = ctx.keda.served(client).await?;
+    // until a writer asks for autoscaling. A failed look only stops
+    // resources that autoscale; the others skip pruning KEDA objects once.
+    let wants_keda = rendered.writers.iter().any(|w| w.autoscaling.is_some());
+    let keda_served = match ctx.keda.served(client).await {
+        Ok(served) => served,
+        Err(e) if !wants_keda => {
+            warn!(error = %e, "KEDA discovery failed; not pruning KEDA objects this time");
+            false
+        }
+        Err(e) => return Err(e),
+    };
     let mut outcomes = Vec::new();
     let mut issues = Vec::new();
     let mut keep_writers = Vec::new();
