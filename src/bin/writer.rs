@@ -10,6 +10,7 @@ use bgpersist::writer::bus::kafka::KafkaBus;
 use bgpersist::writer::bus::pubsub::PubsubBus;
 use bgpersist::writer::config::WriterConfig;
 use bgpersist::writer::feature_metrics::FeatureMetricsSink;
+use bgpersist::writer::feature_metrics::exactly_once::{self, ExactlyOnce};
 use bgpersist::writer::metrics::WriterMetrics;
 use bgpersist::writer::metrics_store::MetricsStoreSink;
 use bgpersist::writer::mirror::{MirrorMetrics, MirrorSettings, MirrorSink};
@@ -128,6 +129,22 @@ async fn run() -> Result<(), Failure> {
             let decoder = BulkDecoder::new(cfg.upload_bucket.as_deref());
             let sink = OfflineSink::new(decoder, store, cfg.query_table_write_drop_ratio);
             on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter
+            if exactly_once::requested(
+                std::env::var(exactly_once::ENV_EXACTLY_ONCE)
+                    .ok()
+                    .as_deref(),
+            )
+            .map_err(|e| Failure::Config(e.to_string()))? =>
+        {
+            let writer =
+                ExactlyOnce::connect(&cfg, metrics).map_err(|e| Failure::Config(e.to_string()))?;
+            ready.store(true, Ordering::SeqCst);
+            writer
+                .run(stop_rx)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))
         }
         WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter => {
             let sink = FeatureMetricsSink::open(&cfg)

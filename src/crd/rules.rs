@@ -87,6 +87,14 @@ pub fn spec_rules() -> Vec<Rule> {
             .reason(Reason::FieldValueForbidden),
     );
     rules.push(
+        Rule::new(format!(
+            "self.writers.all(w, !has(w.metrics_exactly_once) || !w.metrics_exactly_once || (self.common_persistence_specs.bus_backend == 'KAFKA' && w.bus_subscriber_type in {}))",
+            type_list(&EXACTLY_ONCE_TYPES)
+        ))
+        .message(Message::Message(EXACTLY_ONCE_ONLY.to_string()))
+        .reason(Reason::FieldValueForbidden),
+    );
+    rules.push(
         Rule::new("!has(self.store_uri_secrets) || has(self.common_persistence_specs.secret_client)")
             .message("store_uri_secrets needs common_persistence_specs.secret_client (AWS or GCP) to say where the secrets live")
             .reason(Reason::FieldValueRequired),
@@ -95,6 +103,13 @@ pub fn spec_rules() -> Vec<Rule> {
 }
 
 const OAUTHBEARER: &str = "OAUTHBEARER";
+/// The writer types that can publish in Kafka transactions.
+pub const EXACTLY_ONCE_TYPES: [super::WriterType; 2] = [
+    super::WriterType::MetricsWriter,
+    super::WriterType::GoResultBusMetricsWriter,
+];
+/// Why `metrics_exactly_once` is refused elsewhere (shared with the operator's own check).
+pub const EXACTLY_ONCE_ONLY: &str = "writers[].metrics_exactly_once is for METRICS_WRITER and GO_RESULT_BUS_METRICS_WRITER on bus_backend KAFKA (Pub/Sub has no transactions)";
 /// Why autoscaling is refused with OAUTHBEARER (shared with the operator's own check).
 pub const AUTOSCALING_OAUTHBEARER: &str =
     "KEDA's Kafka scaler would need an OAuth token endpoint the spec does not carry";

@@ -270,6 +270,11 @@ pub struct WriterSpec {
     /// Skip producing per-feature metrics from results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results_writer_skip_producing_feature_metrics: Option<bool>,
+    /// METRICS_WRITER and GO_RESULT_BUS_METRICS_WRITER on Kafka: publish each
+    /// batch's metrics and commit its offsets in one Kafka transaction
+    /// (exactly-once for `read_committed` readers; bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_exactly_once: Option<bool>,
     /// Key prefix in the online store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_cache_prefix: Option<String>,

@@ -120,6 +120,15 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
                 "must not be negative".into(),
             );
         }
+        if w.metrics_exactly_once == Some(true)
+            && (spec.common_persistence_specs.bus_backend != BusBackend::Kafka
+                || !crate::crd::rules::EXACTLY_ONCE_TYPES.contains(&w.bus_subscriber_type))
+        {
+            refuse(
+                format!("writers[{i}].metrics_exactly_once"),
+                crate::crd::rules::EXACTLY_ONCE_ONLY.into(),
+            );
+        }
         for (field, reason) in autoscaling_problems(spec, w) {
             refuse(format!("writers[{i}].autoscaling{field}"), reason);
         }
@@ -279,6 +288,22 @@ mod tests {
         assert!(
             p[0].starts_with("writer a: spec.writers[0].autoscaling.lag_threshold: is for KAFKA")
         );
+    }
+
+    #[test]
+    fn exactly_once_only_for_publishing_writers_on_kafka() {
+        let p = problems(json!({"writers": [
+            {"name": "a", "bus_subscriber_type": "METRICS_WRITER", "metrics_exactly_once": true},
+            {"name": "b", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "metrics_exactly_once": true},
+            {"name": "c", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "metrics_exactly_once": false}]}));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("writer b: spec.writers[1].metrics_exactly_once: "));
+        let p = problems(
+            json!({"common_persistence_specs": {"bus_backend": "PUBSUB"}, "writers": [
+            {"name": "a", "bus_subscriber_type": "METRICS_WRITER", "metrics_exactly_once": true}]}),
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("Pub/Sub has no transactions"), "{p:?}");
     }
 
     #[test]

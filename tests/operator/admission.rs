@@ -241,6 +241,18 @@ async fn drop_ratio_above_one() {
 }
 
 #[tokio::test]
+async fn exactly_once_on_a_writer_that_does_not_publish() {
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER", "metrics_exactly_once": true}]});
+    assert_refused(
+        "exactly once",
+        p,
+        none,
+        "metrics_exactly_once is for METRICS_WRITER",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn unknown_secret_client() {
     let p = json!({"common_persistence_specs": {"secret_client": "AZURE"}});
     assert_refused(

@@ -4,6 +4,7 @@
 mod support;
 
 mod harness;
+mod metrics_exactly_once;
 mod metrics_kafka;
 mod metrics_pubsub;
 mod mirror_kafka;

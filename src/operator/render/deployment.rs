@@ -361,11 +361,17 @@ fn env(
                 w.query_table_write_drop_ratio.clone(),
             ),
         ]),
-        S::MetricsBus => vars.push((
-            c::ENV_SKIP_FEATURE_METRICS,
-            w.results_writer_skip_producing_feature_metrics
-                .map(|b| b.to_string()),
-        )),
+        S::MetricsBus => vars.extend([
+            (
+                c::ENV_SKIP_FEATURE_METRICS,
+                w.results_writer_skip_producing_feature_metrics
+                    .map(|b| b.to_string()),
+            ),
+            (
+                c::ENV_PUBLISH_EXACTLY_ONCE,
+                (w.metrics_exactly_once == Some(true)).then(|| "true".to_string()),
+            ),
+        ]),
         S::UsageStore => vars.push((c::ENV_USAGE_STORE_URI, w.usage_store_uri.clone())),
         S::QueryMirror => vars.push((c::ENV_API_SERVER_HOST, spec.api_server_host.clone())),
         S::MetricsStore | S::VectorStore => {}

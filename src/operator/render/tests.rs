@@ -589,3 +589,19 @@ fn autoscaled_pubsub_writer_scales_on_backlog_with_workload_identity() {
         "default: the writer's own subscription, KEDA's default target"
     );
 }
+
+#[test]
+fn exactly_once_is_rendered_only_when_asked() {
+    let bp = seed_with(json!({"writers": [
+        {"name": "eos", "bus_subscriber_type": "METRICS_WRITER", "metrics_exactly_once": true},
+        {"name": "plain", "bus_subscriber_type": "METRICS_WRITER", "metrics_exactly_once": false},
+    ]}));
+    let r = render_all(&bp);
+    let flag = |i: usize| {
+        env_of(&r.writers[i])
+            .get(c::ENV_PUBLISH_EXACTLY_ONCE)
+            .cloned()
+    };
+    assert_eq!(flag(0), Some("true".to_string()));
+    assert_eq!(flag(1), None);
+}

@@ -25,15 +25,19 @@ pub struct LagContext {
 
 impl ClientContext for LagContext {
     fn stats(&self, stats: Statistics) {
-        let lag: i64 = stats
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .sum();
-        self.metrics.lag_messages.set(lag);
+        self.metrics.lag_messages.set(consumer_lag(&stats));
     }
+}
+
+/// The consumer's lag in messages, summed over its assigned partitions.
+pub(crate) fn consumer_lag(stats: &Statistics) -> i64 {
+    stats
+        .topics
+        .values()
+        .flat_map(|t| t.partitions.values())
+        .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+        .map(|p| p.consumer_lag)
+        .sum()
 }
 impl ConsumerContext for LagContext {}
 
@@ -81,7 +85,7 @@ impl KafkaBus {
     }
 }
 
-fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
+pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
     let traceparent = m.headers().and_then(|h| {
         h.iter()
             .find(|h| h.key == "traceparent")

@@ -5,6 +5,7 @@
 //! acknowledged every message of the batch.
 
 pub mod compute;
+pub mod exactly_once;
 pub mod publish;
 
 use crate::formats::Message;
