@@ -34,6 +34,24 @@ impl Default for WriterMetrics {
 }
 
 impl WriterMetrics {
+    /// Records bus-to-store latency of messages just written, from their
+    /// publish times (ms since the epoch), and the newest one's age as lag.
+    pub fn observe_written(&self, published_ms: impl Iterator<Item = i64>) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let mut newest = None;
+        for ms in published_ms {
+            self.bus_to_store_seconds
+                .observe((now_ms - ms).max(0) as f64 / 1000.0);
+            newest = newest.max(Some(ms));
+        }
+        if let Some(ms) = newest {
+            self.lag_seconds.set((now_ms - ms).max(0) as f64 / 1000.0);
+        }
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("bgpersist_writer");

@@ -8,7 +8,7 @@ use super::metrics::WriterMetrics;
 use super::sink::{Rejected, Sink, SinkError};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
@@ -285,22 +285,8 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         self.totals.batches += 1;
         self.totals.written += written;
         self.totals.dead_lettered += poison.len() as u64;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let mut newest = None;
-        for ms in batch.iter().filter_map(|e| e.published_ms) {
-            self.metrics
-                .bus_to_store_seconds
-                .observe((now_ms - ms).max(0) as f64 / 1000.0);
-            newest = newest.max(Some(ms));
-        }
-        if let Some(ms) = newest {
-            self.metrics
-                .lag_seconds
-                .set((now_ms - ms).max(0) as f64 / 1000.0);
-        }
+        self.metrics
+            .observe_written(batch.iter().filter_map(|e| e.published_ms));
         Ok(())
     }
 

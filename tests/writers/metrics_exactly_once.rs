@@ -111,7 +111,15 @@ async fn sigkilled_five_times_every_result_yields_exactly_one_committed_metrics_
             w.wait_exit(Duration::from_secs(10))?.is_none(),
             "killed by a signal"
         );
-        let (committed, end): (i64, i64) = offsets_by_partition(&results, &group, 3)?
+        // A snapshot; retried because a watermark query can time out on a
+        // broker busy with the rest of the suite.
+        let offsets = eventually(
+            "offsets of the results topic",
+            Duration::from_secs(60),
+            || async { offsets_by_partition(&results, &group, 3).map(Some) },
+        )
+        .await?;
+        let (committed, end): (i64, i64) = offsets
             .iter()
             .fold((0, 0), |(c, e), (pc, pe)| (c + pc.max(&0), e + pe));
         eprintln!(

@@ -56,11 +56,7 @@ impl KafkaBus {
         dlq_topic: Option<String>,
         metrics: WriterMetrics,
     ) -> Result<Self, BusError> {
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", &settings.bootstrap_servers);
-        for (k, v) in &settings.properties {
-            base.set(k, v);
-        }
+        let mut base = client_config(settings);
         let consumer: StreamConsumer<LagContext> = base
             .clone()
             .set("group.id", &settings.group_id)
@@ -83,6 +79,36 @@ impl KafkaBus {
             pending: VecDeque::new(),
         })
     }
+}
+
+/// Connection settings shared by every client: brokers, then the
+/// pass-through librdkafka properties (security, client id, extras).
+pub(crate) fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &settings.bootstrap_servers);
+    for (k, v) in &settings.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Per partition, one past the highest offset in `batch`: what to commit.
+pub(crate) fn next_offsets_by_partition<'a>(
+    batch: impl Iterator<Item = &'a Envelope>,
+) -> BTreeMap<(&'a str, i32), i64> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for e in batch {
+        if let AckToken::Kafka {
+            topic,
+            partition,
+            offset,
+        } = &e.token
+        {
+            let n = next.entry((topic.as_str(), *partition)).or_insert(0);
+            *n = (*n).max(offset + 1);
+        }
+    }
+    next
 }
 
 pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
@@ -138,19 +164,7 @@ impl Bus for KafkaBus {
     async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
         // Batches are handled whole and in order, so the highest offset of
         // each partition ends a contiguous written prefix.
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for e in batch {
-            if let AckToken::Kafka {
-                topic,
-                partition,
-                offset,
-            } = &e.token
-            {
-                let n = next.entry((topic.as_str(), *partition)).or_insert(0);
-                *n = (*n).max(offset + 1);
-            }
-        }
-        for ((topic, partition), offset) in next {
+        for ((topic, partition), offset) in next_offsets_by_partition(batch.iter()) {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
             // A partition revoked meanwhile refuses the store; its new owner

@@ -9,16 +9,18 @@
 //! only between transactions (and while waiting out a failure, with its
 //! partitions paused), so a rebalance never lands inside one.
 
-use super::publish::{Acks, ENV_PUBLISH_ACKS, Outgoing, producer_config};
+use super::now_micros;
+use super::publish::{
+    Acks, ENV_PUBLISH_ACKS, Outgoing, producer_config, send_when_queued, too_large,
+};
 use super::{outgoing, parse};
 use crate::crd::BusBackend;
 use crate::writer::bus::Envelope;
-use crate::writer::bus::kafka::{consumer_lag, envelope};
+use crate::writer::bus::kafka::{client_config, consumer_lag, envelope, next_offsets_by_partition};
 use crate::writer::config::WriterConfig;
 use crate::writer::dlq::{self, ErrorClass};
 use crate::writer::metrics::WriterMetrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -26,9 +28,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::time::timeout_at;
 use tracing::{info, warn};
@@ -136,8 +138,9 @@ pub struct ExactlyOnce {
     /// Received, not yet committed, in arrival order.
     held: VecDeque<Envelope>,
     revocations_seen: u64,
-    /// Messages the broker refused to take as metrics, by position.
-    refused: HashMap<(String, i32, i64), String>,
+    /// Messages the broker refused to take as metrics, by (partition,
+    /// offset): the writer consumes one topic.
+    refused: HashMap<(i32, i64), String>,
 }
 
 impl ExactlyOnce {
@@ -160,12 +163,7 @@ impl ExactlyOnce {
             std::env::var("HOSTNAME").ok().as_deref(),
         )?;
 
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
-        for (k, v) in &cfg.kafka.properties {
-            base.set(k, v);
-        }
-        let consumer: StreamConsumer<TxnContext> = base
+        let consumer: StreamConsumer<TxnContext> = client_config(&cfg.kafka)
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -386,8 +384,10 @@ impl ExactlyOnce {
             producer.commit_transaction(CALL_TIMEOUT)
         })
         .map_err(Attempt::Failed)?;
-        for env in self.held.range(..n) {
-            self.refused.remove(&key(env));
+        if !self.refused.is_empty() {
+            for env in self.held.range(..n) {
+                self.refused.remove(&key(env));
+            }
         }
         Ok((published, dead))
     }
@@ -397,7 +397,7 @@ impl ExactlyOnce {
         if !out.key.is_empty() {
             record = record.key(&out.key);
         }
-        self.send(record).await
+        send_when_queued(&self.producer, record).await
     }
 
     async fn send_dead_letter(
@@ -415,24 +415,7 @@ impl ExactlyOnce {
         let record = FutureRecord::<str, [u8]>::to(&self.dlq_topic)
             .payload(env.payload.as_slice())
             .headers(h);
-        self.send(record).await
-    }
-
-    async fn send<'a>(
-        &self,
-        mut record: FutureRecord<'a, str, [u8]>,
-    ) -> Result<DeliveryFuture, KafkaError> {
-        loop {
-            match self.producer.send_result(record) {
-                Ok(d) => return Ok(d),
-                // The local queue drains as the broker acknowledges.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+        send_when_queued(&self.producer, record).await
     }
 
     fn abort(&self) -> Result<(), ExactlyOnceError> {
@@ -476,19 +459,8 @@ impl ExactlyOnce {
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
-        let now_ms = now_micros() / 1000;
-        let mut newest = None;
-        for ms in self.held.range(..n).filter_map(|e| e.published_ms) {
-            self.metrics
-                .bus_to_store_seconds
-                .observe((now_ms - ms).max(0) as f64 / 1000.0);
-            newest = newest.max(Some(ms));
-        }
-        if let Some(ms) = newest {
-            self.metrics
-                .lag_seconds
-                .set((now_ms - ms).max(0) as f64 / 1000.0);
-        }
+        self.metrics
+            .observe_written(self.held.range(..n).filter_map(|e| e.published_ms));
     }
 }
 
@@ -524,31 +496,19 @@ fn position(env: &Envelope) -> Option<(&str, i32, i64)> {
     }
 }
 
-fn key(env: &Envelope) -> (String, i32, i64) {
-    position(env).map_or((String::new(), -1, -1), |(t, p, o)| (t.to_string(), p, o))
+fn key(env: &Envelope) -> (i32, i64) {
+    position(env).map_or((-1, -1), |(_, p, o)| (p, o))
 }
 
 /// The offsets to commit: one past the highest of each partition.
 pub fn next_offsets<'a>(
     batch: impl Iterator<Item = &'a Envelope>,
 ) -> Result<TopicPartitionList, KafkaError> {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for (t, p, o) in batch.filter_map(position) {
-        let n = next.entry((t, p)).or_insert(0);
-        *n = (*n).max(o + 1);
-    }
     let mut tpl = TopicPartitionList::new();
-    for ((t, p), o) in next {
+    for ((t, p), o) in next_offsets_by_partition(batch) {
         tpl.add_partition_offset(t, p, Offset::Offset(o))?;
     }
     Ok(tpl)
-}
-
-fn too_large(e: &KafkaError) -> bool {
-    matches!(
-        e,
-        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
-    )
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
@@ -556,13 +516,6 @@ fn is_fatal(e: &KafkaError) -> bool {
         KafkaError::Transaction(t) => t.is_fatal(),
         _ => false,
     }
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -152,7 +152,25 @@ pub struct KafkaPublisher {
     producer: Mutex<FutureProducer>,
 }
 
-fn too_large(e: &KafkaError) -> bool {
+/// Enqueues `record`, waiting while librdkafka's local queue is full (it
+/// drains as the broker acknowledges).
+pub(super) async fn send_when_queued<'a>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'a, str, [u8]>,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+pub(super) fn too_large(e: &KafkaError) -> bool {
     matches!(
         e,
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
@@ -191,28 +209,15 @@ impl KafkaPublisher {
             if !m.key.is_empty() {
                 record = record.key(&m.key);
             }
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push((i, delivery));
-                        break;
-                    }
-                    // The local queue drains as the broker acknowledges.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) if too_large(&e) => {
-                        rejected.push(Rejected {
-                            record: i,
-                            reason: format!("metrics message refused by kafka: {e}"),
-                        });
-                        break;
-                    }
-                    Err((e, _)) => {
-                        failure = Some(e);
-                        break 'enqueue;
-                    }
+            match send_when_queued(&producer, record).await {
+                Ok(delivery) => pending.push((i, delivery)),
+                Err(e) if too_large(&e) => rejected.push(Rejected {
+                    record: i,
+                    reason: format!("metrics message refused by kafka: {e}"),
+                }),
+                Err(e) => {
+                    failure = Some(e);
+                    break 'enqueue;
                 }
             }
         }
