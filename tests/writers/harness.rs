@@ -216,7 +216,15 @@ pub async fn redis_entities(
 
 /// Committed offsets of `group` on `topic`, summed over partitions, and the end offsets.
 pub fn committed_and_end(topic: &str, group: &str, partitions: i32) -> anyhow::Result<(i64, i64)> {
-    let consumer: BaseConsumer = kafka_plain().set("group.id", group).create()?;
+    // read_uncommitted: librdkafka's default (read_committed) asks the
+    // broker for stable offsets only, and an offset commit pending in a
+    // killed writer's open transaction then blocks the query until that
+    // transaction is aborted (transaction.timeout.ms). We want the offsets
+    // as they stand.
+    let consumer: BaseConsumer = kafka_plain()
+        .set("group.id", group)
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -397,7 +405,15 @@ pub fn offsets_by_partition(
     group: &str,
     partitions: i32,
 ) -> anyhow::Result<Vec<(i64, i64)>> {
-    let consumer: BaseConsumer = kafka_plain().set("group.id", group).create()?;
+    // read_uncommitted: librdkafka's default (read_committed) asks the
+    // broker for stable offsets only, and an offset commit pending in a
+    // killed writer's open transaction then blocks the query until that
+    // transaction is aborted (transaction.timeout.ms). We want the offsets
+    // as they stand.
+    let consumer: BaseConsumer = kafka_plain()
+        .set("group.id", group)
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
