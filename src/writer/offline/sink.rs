@@ -172,6 +172,11 @@ fn split_by_item(load: &Load) -> Vec<Load> {
 impl<D: Decoder, S: OfflineStore> Sink for OfflineSink<D, S> {
     type Record = D::Item;
 
+    // Every offline store inserts only keys it does not hold yet (observation
+    // ids, idempotency keys), so two batches' loads commute: the next batch is
+    // prepared and loaded while the previous transaction commits.
+    const OVERLAPPING_WRITES: bool = true;
+
     fn decode(&self, payload: &[u8]) -> Result<Vec<D::Item>, String> {
         self.decoder.decode(payload)
     }

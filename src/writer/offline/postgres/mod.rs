@@ -32,8 +32,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use types::ColumnPlan;
 
-/// Connections per writer: loads run one at a time; one spare.
-const POOL_SIZE: usize = 2;
+/// Connections per writer: two loads in flight (overlapping batches), one spare.
+const POOL_SIZE: usize = 3;
 /// A load that takes longer is abandoned and retried.
 const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '300s'";
 
