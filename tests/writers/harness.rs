@@ -216,31 +216,9 @@ pub async fn redis_entities(
 
 /// Committed offsets of `group` on `topic`, summed over partitions, and the end offsets.
 pub fn committed_and_end(topic: &str, group: &str, partitions: i32) -> anyhow::Result<(i64, i64)> {
-    // read_uncommitted: librdkafka's default (read_committed) asks the
-    // broker for stable offsets only, and an offset commit pending in a
-    // killed writer's open transaction then blocks the query until that
-    // transaction is aborted (transaction.timeout.ms). We want the offsets
-    // as they stand.
-    let consumer: BaseConsumer = kafka_plain()
-        .set("group.id", group)
-        .set("isolation.level", "read_uncommitted")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    let mut sum = 0;
-    let mut end = 0;
-    for p in 0..partitions {
-        if let Some(Offset::Offset(o)) = committed.find_partition(topic, p).map(|e| e.offset()) {
-            sum += o;
-        }
-        end += consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))?
-            .1;
-    }
-    Ok((sum, end))
+    Ok(offsets_by_partition(topic, group, partitions)?
+        .iter()
+        .fold((0, 0), |(c, e), (pc, pe)| (c + pc.max(&0), e + pe)))
 }
 
 /// Polls `check` until it returns Some or `within` passes.
