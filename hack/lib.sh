@@ -9,6 +9,18 @@ RIG_DIR=${BGP_RIG_DIR:-$REPO_ROOT/.rig}
 ENV_FILE=$RIG_DIR/env
 mkdir -p "$CACHE_DIR" "$RIG_DIR/pids" "$RIG_DIR/logs"
 
+# The address pods on the rig's node reach the rig's servers at. Parts that
+# pods use listen on it beside 127.0.0.1. It is a /32 on lo: this kernel has
+# no dummy interfaces, and a pod's packets to it arrive through the CNI
+# bridge and are delivered locally. 198.18.0.0/15 is the range reserved for
+# network tests (RFC 2544): nothing outside this machine is ever addressed.
+RIG_HOST_IP=${BGP_RIG_HOST_IP:-198.19.0.1}
+host_ip_up() {
+  ip -4 addr show dev lo | grep -q " $RIG_HOST_IP/" && return 0
+  ip addr add "$RIG_HOST_IP/32" dev lo 2>/dev/null || die "cannot add $RIG_HOST_IP to lo (root needed)"
+}
+host_ip_down() { ip addr del "$RIG_HOST_IP/32" dev lo 2>/dev/null || true; }
+
 log() { printf '[rig %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

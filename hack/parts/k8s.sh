@@ -10,23 +10,26 @@ K8S_DIR=$RIG_DIR/k8s
 KUBECONFIG_FILE=$RIG_DIR/kubeconfig
 ADMIN_TOKEN=bgpersist-rig-admin-token
 
-build_kube_apiserver() {
-  [ -x "$K8S_BIN" ] && return 0
-  command -v go >/dev/null || die "go is needed to build kube-apiserver"
-  log "building kube-apiserver $K8S_VERSION (cold: 10-20 min on 2 cores)"
-  local w; w=$(mktemp -d "$CACHE_DIR/build-apiserver.XXXX")
+# Builds k8s.io/kubernetes commands (kube-apiserver, kubelet, ...) from Go
+# modules into OUT_DIR: one wrapper module whose go.mod points each staging
+# repo at its published tag.
+build_k8s_commands() {
+  local out_dir=$1; shift
+  local missing=() c
+  for c in "$@"; do [ -x "$out_dir/$c" ] || missing+=("$c"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v go >/dev/null || die "go is needed to build ${missing[*]}"
+  log "building ${missing[*]} $K8S_VERSION (cold: several minutes each on 2 cores)"
+  local w; w=$(mktemp -d "$CACHE_DIR/build-k8s.XXXX")
   local minor=${K8S_VERSION#v1.}
   local staging=v0.$minor
   (
     cd "$w"
-    go mod init bgprig/kubeapiserver >/dev/null 2>&1
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver/app"
-GO
+    go mod init bgprig/k8scommands >/dev/null 2>&1
+    {
+      printf '//go:build tools\n\npackage tools\n\n'
+      for c in "${missing[@]}"; do printf 'import _ "k8s.io/kubernetes/cmd/%s/app"\n' "$c"; done
+    } > tools.go
     # k8s.io/kubernetes requires its staging repos at v0.0.0 and replaces them
     # with local paths; point each at its published tag instead.
     local upstream
@@ -37,12 +40,17 @@ GO
     go mod tidy >/dev/null
     local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
     ld="$ld -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
-    CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-  ) || { rm -rf "$w"; die "kube-apiserver build failed"; }
-  mkdir -p "$(dirname "$K8S_BIN")"
-  mv "$w/kube-apiserver" "$K8S_BIN"
+    mkdir -p bin
+    for c in "${missing[@]}"; do
+      CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "bin/$c" "k8s.io/kubernetes/cmd/$c"
+    done
+  ) || { rm -rf "$w"; die "build of ${missing[*]} failed"; }
+  mkdir -p "$out_dir"
+  for c in "${missing[@]}"; do mv "$w/bin/$c" "$out_dir/$c"; done
   rm -rf "$w"
 }
+
+build_kube_apiserver() { build_k8s_commands "$(dirname "$K8S_BIN")" kube-apiserver; }
 
 build_etcd() {
   [ -x "$ETCD_BIN" ] && return 0
@@ -74,7 +82,15 @@ GO
 
 k8s_install() { build_etcd; build_kube_apiserver; }
 
+# The in-cluster address of the API (the `kubernetes` Service's ClusterIP).
+SERVICE_CIDR=198.18.16.0/24
+APISERVER_SERVICE_IP=198.18.16.1
+
 k8s_certs() {
+  # Certificates from before pods reached the API lack its pod-facing names.
+  if [ -f "$K8S_DIR/tls.crt" ] && ! openssl x509 -in "$K8S_DIR/tls.crt" -noout -text | grep -q "IP Address:$RIG_HOST_IP"; then
+    rm -f "$K8S_DIR"/tls.* "$K8S_DIR"/ca.* "$K8S_DIR"/sa.*
+  fi
   [ -f "$K8S_DIR/tls.crt" ] && return 0
   mkdir -p "$K8S_DIR"
   # A CA plus a serving cert: rustls refuses a CA certificate used as the leaf.
@@ -82,7 +98,8 @@ k8s_certs() {
     -keyout "$K8S_DIR/ca.key" -out "$K8S_DIR/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
     -keyout "$K8S_DIR/tls.key" -out "$K8S_DIR/tls.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$K8S_DIR/ext.cnf"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,IP:%s,IP:%s,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' "$RIG_HOST_IP" "$APISERVER_SERVICE_IP" > "$K8S_DIR/ext.cnf"
+  printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >> "$K8S_DIR/ext.cnf"
   openssl x509 -req -in "$K8S_DIR/tls.csr" -CA "$K8S_DIR/ca.crt" -CAkey "$K8S_DIR/ca.key" -CAcreateserial \
     -days 3650 -extfile "$K8S_DIR/ext.cnf" -out "$K8S_DIR/tls.crt" 2>/dev/null
   openssl genrsa -out "$K8S_DIR/sa.key" 2048 2>/dev/null
@@ -121,12 +138,15 @@ k8s_start() {
     wait_port "$ETCD_PORT" 30 || fail_part etcd "not listening on $ETCD_PORT"
   fi
   if ! is_running kube-apiserver; then
+    host_ip_up
+    # All interfaces, advertised on the pod-facing address: pods on the rig's
+    # node reach the API through the `kubernetes` Service (kube-proxy).
     spawn kube-apiserver "$K8S_BIN" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-      --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+      --bind-address 0.0.0.0 --advertise-address "$RIG_HOST_IP" --secure-port "$APISERVER_PORT" \
       --tls-cert-file "$K8S_DIR/tls.crt" --tls-private-key-file "$K8S_DIR/tls.key" \
       --token-auth-file "$K8S_DIR/tokens.csv" --authorization-mode RBAC \
       --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$K8S_DIR/sa.pub" \
-      --service-account-signing-key-file "$K8S_DIR/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
+      --service-account-signing-key-file "$K8S_DIR/sa.key" --service-cluster-ip-range "$SERVICE_CIDR" \
       --enable-priority-and-fairness=false --storage-media-type application/json
   fi
   k8s_kubeconfig

@@ -6,6 +6,8 @@ KAFKA_LOG4J_VERSION=${BGP_KAFKA_LOG4J_VERSION:-2.25.3}
 KAFKA_PORT=${BGP_KAFKA_PORT:-19092}
 KAFKA_SASL_PORT=${BGP_KAFKA_SASL_PORT:-19093}
 KAFKA_CONTROLLER_PORT=${BGP_KAFKA_CONTROLLER_PORT:-19094}
+# SASL_PLAINTEXT again, on the address pods reach (advertised as that address).
+KAFKA_PODS_PORT=${BGP_KAFKA_PODS_PORT:-19095}
 KAFKA_SCRAM_USER=bgpersist
 KAFKA_SCRAM_PASSWORD=bgpersist-secret
 KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
@@ -122,13 +124,16 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:SASL_PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=$jaas
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$jaas
+listener.name.pods.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.pods.scram-sha-256.sasl.jaas.config=$jaas
+listener.name.pods.scram-sha-512.sasl.jaas.config=$jaas
 log.dirs=$KAFKA_DIR/data
 num.partitions=1
 auto.create.topics.enable=true
@@ -177,6 +182,7 @@ kafka_start() {
     for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT"; do
       kafka_port_open "$p" && fail_part kafka "port $p is held by another process"
     done
+    host_ip_up
     kafka_config
     kafka_format
     # C1 only and the serial GC: on 2 busy cores this halves start-up (about
@@ -204,6 +210,7 @@ kafka_stop() { stop_pid kafka; }
 kafka_env() {
   echo "BGP_KAFKA_PLAINTEXT=127.0.0.1:$KAFKA_PORT"
   echo "BGP_KAFKA_SASL=127.0.0.1:$KAFKA_SASL_PORT"
+  echo "BGP_KAFKA_SASL_FOR_PODS=$RIG_HOST_IP:$KAFKA_PODS_PORT"
   echo "BGP_KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER"
   echo "BGP_KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD"
   echo "BGP_KAFKA_VERSION=$KAFKA_VERSION"

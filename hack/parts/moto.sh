@@ -11,7 +11,10 @@ moto_install() {
 }
 
 moto_start() {
-  spawn moto "$PY_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT"
+  # moto serves one address: all of them, so the tests reach it on 127.0.0.1
+  # and pods on the rig's node (the operator's secret sync) on $RIG_HOST_IP.
+  host_ip_up
+  spawn moto "$PY_VENV/bin/moto_server" -H 0.0.0.0 -p "$MOTO_PORT"
   local i
   for i in $(seq 1 150); do
     moto_health && return 0
@@ -26,6 +29,7 @@ moto_stop() { stop_pid moto; }
 
 moto_env() {
   echo "BGP_AWS_ENDPOINT=http://127.0.0.1:$MOTO_PORT"
+  echo "BGP_AWS_ENDPOINT_FOR_PODS=http://$RIG_HOST_IP:$MOTO_PORT"
   echo "BGP_AWS_REGION=us-east-1"
   echo "BGP_AWS_ACCESS_KEY_ID=testing"
   echo "BGP_AWS_SECRET_ACCESS_KEY=testing"

@@ -53,12 +53,17 @@ postgres_start() {
       >"$RIG_DIR/logs/postgres-initdb.log" 2>&1 || fail_part postgres "initdb failed"
   fi
 
+  # Pods on the rig's node connect from the pod network (trust, as loopback).
+  grep -q '^host all all 198.18.0.0/15 trust' "$PG_DATA/pg_hba.conf" \
+    || echo 'host all all 198.18.0.0/15 trust' >> "$PG_DATA/pg_hba.conf"
+  host_ip_up
+
   # spawn execs through setsid, which cannot run the as_rig_user function:
   # same setpriv prefix here. Durability is off: a test rig wants speed.
   local run_as=()
   if [ "$(id -u)" = 0 ]; then run_as=(setpriv --reuid="$RIG_USER" --regid="$RIG_USER" --init-groups); fi
   spawn postgres "${run_as[@]}" "$PG_BIN/postgres" -D "$PG_DATA" -p "$POSTGRES_PORT" \
-    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$PG_SOCK" \
+    -c listen_addresses=127.0.0.1,$RIG_HOST_IP -c unix_socket_directories="$PG_SOCK" \
     -c fsync=off -c synchronous_commit=off -c full_page_writes=off
   local i
   for i in $(seq 1 150); do
@@ -92,4 +97,5 @@ postgres_stop() {
 
 postgres_env() {
   echo "BGP_POSTGRES_URL=postgres://postgres@127.0.0.1:$POSTGRES_PORT/$PG_DB"
+  echo "BGP_POSTGRES_URL_FOR_PODS=postgres://postgres@$RIG_HOST_IP:$POSTGRES_PORT/$PG_DB"
 }

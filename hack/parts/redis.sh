@@ -25,7 +25,8 @@ redis_spawn() {
   local name=$1 port=$2; shift 2
   mkdir -p "$REDIS_DIR/$name"
   # spawn keeps the process in the foreground of setsid: never daemonize.
-  spawn "$name" redis-server --bind 127.0.0.1 --port "$port" --dir "$REDIS_DIR/$name" \
+  host_ip_up
+  spawn "$name" redis-server --bind 127.0.0.1 "$RIG_HOST_IP" --protected-mode no --port "$port" --dir "$REDIS_DIR/$name" \
     --save "" --appendonly no --daemonize no "$@"
 }
 
@@ -100,5 +101,6 @@ redis_env() {
   local p nodes=()
   for p in "${REDIS_CLUSTER_PORTS[@]}"; do nodes+=("redis://127.0.0.1:$p"); done
   echo "BGP_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+  echo "BGP_REDIS_URL_FOR_PODS=redis://$RIG_HOST_IP:$REDIS_PORT/0"
   echo "BGP_REDIS_CLUSTER_NODES=$(IFS=,; echo "${nodes[*]}")"
 }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
     bgpersist::install_crypto_provider();
@@ -225,6 +225,31 @@ async fn on_bus<S: Sink>(
     }
 }
 
+/// Waits until the bus answers (readiness follows it), logging each new
+/// reason it does not; false when shutdown came first.
+async fn reach_bus<B: Bus>(bus: &B, mut stop: watch::Receiver<bool>) -> bool {
+    let mut last_error: Option<String> = None;
+    loop {
+        match bus.reached().await {
+            Ok(()) => {
+                info!("bus reached");
+                return true;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    warn!(%reason, "bus not reached yet; not ready");
+                    last_error = Some(reason);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
+}
+
 async fn drive<B: Bus, S: Sink>(
     bus: B,
     sink: S,
@@ -239,6 +264,9 @@ async fn drive<B: Bus, S: Sink>(
         max_batch_wait: cfg.max_batch_wait,
         max_backoff: Duration::from_secs(10),
     };
+    if !reach_bus(&bus, stop.clone()).await {
+        return Ok(());
+    }
     ready.store(true, Ordering::SeqCst);
     let totals = Runtime::new(bus, sink, metrics, settings)
         .run(stop)

@@ -275,18 +275,19 @@ async fn apply_all(
     )
     .await?;
     note(report, wrote, "Namespace", &ns);
-    let (_, wrote) = apply::ensure(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        &rendered.service_account,
-        m,
-    )
-    .await?;
-    note(
-        report,
-        wrote,
-        "ServiceAccount",
-        &bp.spec.common_persistence_specs.service_account_name,
-    );
+    let sa_api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+    let sa_name = &bp.spec.common_persistence_specs.service_account_name;
+    // A ServiceAccount that existed before this resource is the user's: taking
+    // it over would add our owner reference, and the garbage collector would
+    // delete it with the resource. Writers use it as it is.
+    let foreign_sa = sa_api
+        .get_opt(sa_name)
+        .await?
+        .is_some_and(|live| !owned_by(&live.metadata, bp));
+    if !foreign_sa {
+        let (_, wrote) = apply::ensure(&sa_api, &rendered.service_account, m).await?;
+        note(report, wrote, "ServiceAccount", sa_name);
+    }
     // Secrets before the Deployments that mount them.
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for s in &rendered.secrets {
@@ -454,6 +455,15 @@ fn writer_index(bp: &BackgroundPersistence, writer: &str) -> usize {
         .iter()
         .position(|w| w.name == writer)
         .unwrap_or_default()
+}
+
+/// Whether `meta` carries an owner reference to `bp`.
+fn owned_by(meta: &kube::api::ObjectMeta, bp: &BackgroundPersistence) -> bool {
+    let uid = bp.metadata.uid.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid)
 }
 
 fn note(report: &mut Report, wrote: bool, kind: &str, name: &str) {

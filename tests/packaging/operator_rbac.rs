@@ -9,7 +9,7 @@
 use crate::cli::{self, kind, kubectl, yaml_docs};
 use crate::support;
 use anyhow::{Context as _, bail};
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use support::cloud::moto;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,22 +142,6 @@ fn can_i(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<bool> {
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-fn moto() -> aws_sdk_secretsmanager::Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(support::rig("moto", "BGP_AWS_ENDPOINT"))
-        .region(Region::new(support::rig("moto", "BGP_AWS_REGION")))
-        .credentials_provider(Credentials::new(
-            support::rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
-            support::rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "rig",
-        ))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
 }
 
 /// The seed example renamed for this run, its SASL secret pointed at `cloud`.

@@ -11,7 +11,6 @@ mod gcp;
 mod leaks;
 mod rotation;
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use bgpersist::crd::{BackgroundPersistence, SecretStatus};
 use bgpersist::operator::controller::{Context, Report, reconcile_once};
 use bgpersist::operator::metrics::Metrics;
@@ -24,28 +23,12 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use support::cloud::{create_aws, moto, put_aws};
 pub use support::kubeclient::install_crd;
 
 /// The seed example, with a short unique name and namespace, merged with `patch`.
 pub fn seed_value(patch: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     support::seed_value("sec", patch)
-}
-
-/// A Secrets Manager client for the rig's moto.
-pub fn moto() -> aws_sdk_secretsmanager::Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(support::rig("moto", "BGP_AWS_ENDPOINT"))
-        .region(Region::new(support::rig("moto", "BGP_AWS_REGION")))
-        .credentials_provider(Credentials::new(
-            support::rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
-            support::rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "rig",
-        ))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
 }
 
 /// Secret settings reading AWS from moto and re-reading on every reconcile.
@@ -55,28 +38,6 @@ pub fn moto_settings() -> SecretSettings {
         Arc::new(support::secrets::InMemory),
     )
     .with_refresh(Duration::ZERO)
-}
-
-/// Creates a cloud secret in moto; returns its VersionId.
-pub async fn create_aws(name: &str, value: &str) -> anyhow::Result<String> {
-    let out = moto()
-        .create_secret()
-        .name(name)
-        .secret_string(value)
-        .send()
-        .await?;
-    Ok(out.version_id().unwrap_or_default().to_string())
-}
-
-/// Puts a new current version of a cloud secret in moto; returns its VersionId.
-pub async fn put_aws(name: &str, value: &str) -> anyhow::Result<String> {
-    let out = moto()
-        .put_secret_value()
-        .secret_id(name)
-        .secret_string(value)
-        .send()
-        .await?;
-    Ok(out.version_id().unwrap_or_default().to_string())
 }
 
 pub struct Fixture {

@@ -90,6 +90,7 @@ pub fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
+pub mod cloud;
 pub mod keda;
 pub mod kubeclient;
 pub mod secrets;

@@ -47,6 +47,7 @@ pub struct KafkaBus {
     dlq_topic: Option<String>,
     /// Messages received while waiting out an outage, served first.
     pending: VecDeque<Envelope>,
+    topic: String,
 }
 
 impl KafkaBus {
@@ -77,6 +78,7 @@ impl KafkaBus {
             producer,
             dlq_topic,
             pending: VecDeque::new(),
+            topic: topic.to_string(),
         })
     }
 }
@@ -135,7 +137,29 @@ pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
     }
 }
 
+/// How long one metadata request may take before `reached` reports failure.
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Bus for KafkaBus {
+    /// A metadata request for the subscribed topic: proves the brokers answer
+    /// and accept this client's credentials. The topic itself may not exist
+    /// yet (it may be auto-created on first produce).
+    async fn reached(&self) -> Result<(), BusError> {
+        let fetch = || {
+            self.consumer
+                .client()
+                .fetch_metadata(Some(&self.topic), REACH_TIMEOUT)
+                .map(|_| ())
+        };
+        // librdkafka's metadata call blocks: keep it off the other tasks'
+        // worker where the runtime has more than one.
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => fetch(),
+            _ => tokio::task::block_in_place(fetch),
+        };
+        result.map_err(BusError::from)
+    }
+
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {
         let max = max.max(1);
         // Messages are gathered in `self.pending`, never in a local: the

@@ -45,6 +45,13 @@ pub enum AckToken {
 
 /// A bus the runtime consumes.
 pub trait Bus: Send {
+    /// Succeeds once the bus has answered for this writer's subscription; the
+    /// writer reports ready only after that. A bus whose `connect` already
+    /// talked to the server keeps this default.
+    fn reached(&self) -> impl Future<Output = Result<(), BusError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Up to `max` messages: waits for the first, then at most `wait` for more.
     fn next_batch(
         &mut self,

@@ -1,0 +1,32 @@
+//! What users run as pods, tested as pods on the rig's node: the image
+//! `hack/image` builds, the operator installed by `helm install`, and the
+//! writer Deployments it renders running as real pods (kubelet, containerd,
+//! the scheduler, the controllers and the garbage collector).
+//!
+//! Needs `hack/rig up` (with the `node` part) and `hack/image`. All tests
+//! share one Helm release of the operator in `bgpersist-system`; `hack/test`
+//! runs this binary after the others and uninstalls the release afterwards,
+//! since that operator reconciles every BackgroundPersistence in the cluster.
+//! Each test has its own resource and target namespace.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+#[path = "../cli/mod.rs"]
+mod cli;
+
+#[allow(dead_code)]
+#[path = "../writers/harness.rs"]
+mod harness;
+
+#[allow(dead_code)]
+#[path = "../writers/offline_harness.rs"]
+mod offline_harness;
+
+mod cluster;
+mod image;
+mod lifecycle;
+mod operator_pod;
+mod readiness;
+mod scaling;
+mod seed;

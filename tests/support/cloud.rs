@@ -1,0 +1,45 @@
+//! The rig's moto as AWS Secrets Manager: a client and the two writes tests
+//! make (create a secret, put a new current version).
+
+use super::rig;
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+
+/// A Secrets Manager client for the rig's moto.
+pub fn moto() -> aws_sdk_secretsmanager::Client {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(rig("moto", "BGP_AWS_ENDPOINT"))
+        .region(Region::new(rig("moto", "BGP_AWS_REGION")))
+        .credentials_provider(Credentials::new(
+            rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
+            rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "rig",
+        ))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+/// Creates a cloud secret in moto; returns its VersionId.
+pub async fn create_aws(name: &str, value: &str) -> anyhow::Result<String> {
+    let out = moto()
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await?;
+    Ok(out.version_id().unwrap_or_default().to_string())
+}
+
+/// Puts a new current version of a cloud secret in moto; returns its VersionId.
+pub async fn put_aws(name: &str, value: &str) -> anyhow::Result<String> {
+    let out = moto()
+        .put_secret_value()
+        .secret_id(name)
+        .secret_string(value)
+        .send()
+        .await?;
+    Ok(out.version_id().unwrap_or_default().to_string())
+}
+
