@@ -200,23 +200,13 @@ node_stop() {
   pkill -KILL -f "containerd-shim-runc-v2 .*-address $NODE_SOCK" 2>/dev/null || true
   local m
   if [ -d "$NODE_DIR" ]; then
-    findmnt -rn -o TARGET | grep "^$NODE_DIR/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    for m in $(findmnt -rn -o TARGET | grep "^$NODE_DIR/" | sort -r || true); do umount -l "$m" 2>/dev/null || true; done
   fi
-  for m in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$m" 2>/dev/null || true; done
+  for m in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}' || true); do ip netns delete "$m" 2>/dev/null || true; done
   ip link delete "$CNI_BRIDGE" 2>/dev/null || true
   rm -rf "$NODE_DIR/cni/ipam"
-  if [ -x "$NODE_BIN_DIR/kube-proxy" ] && command -v iptables >/dev/null; then
-    "$NODE_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
-    local chain
-    for chain in $(iptables -t nat -S 2>/dev/null | awk '/^-N CNI-/ {print $2}'); do
-      iptables -t nat -F "$chain" 2>/dev/null || true
-    done
-    iptables -t nat -S POSTROUTING 2>/dev/null | grep -- '-j CNI-' | sed 's/^-A/-D/' \
-      | while read -r rule; do eval "iptables -t nat $rule" 2>/dev/null || true; done
-    for chain in $(iptables -t nat -S 2>/dev/null | awk '/^-N CNI-/ {print $2}'); do
-      iptables -t nat -X "$chain" 2>/dev/null || true
-    done
-  fi
+  if [ -x "$NODE_BIN_DIR/kube-proxy" ]; then "$NODE_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
+  node_iptables_cleanup
   if [ -f "$NODE_DIR/sysctls.saved" ]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done < "$NODE_DIR/sysctls.saved"
     rm -f "$NODE_DIR/sysctls.saved"
@@ -225,6 +215,23 @@ node_stop() {
   if k8s_health 2>/dev/null; then
     kubectl --kubeconfig "$KUBECONFIG_FILE" delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
+}
+
+# Removes the chains kubelet, kube-proxy and the CNI plugins add (KUBE-*,
+# CNI-*) and the rules that jump to them, in every table.
+node_iptables_cleanup() {
+  command -v iptables >/dev/null || return 0
+  local table rule chain
+  for table in filter nat mangle; do
+    iptables -t "$table" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE|CNI)-' | grep -vE '^-A (KUBE|CNI)-' \
+      | sed 's/^-A/-D/' | while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done || true
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}' || true); do
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}' || true); do
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
 }
 
 node_env() {

@@ -81,8 +81,16 @@ pub async fn operator() -> anyhow::Result<Client> {
             "--values",
             &file,
         ])?;
+        // Only the leader is Ready; the follower stays NotReady by design.
         let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
-        wait_ready(&pods, OPERATOR_SELECTOR, 1, Duration::from_secs(120)).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ready_pods(&pods, OPERATOR_SELECTOR).await?.is_empty() {
+            if Instant::now() > deadline {
+                let all = pods.list(&ListParams::default().labels(OPERATOR_SELECTOR)).await?;
+                bail!("no operator pod Ready within 120 s: {}", describe(&all.items));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         Ok::<(), anyhow::Error>(())
     })
     .await?;

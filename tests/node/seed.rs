@@ -7,9 +7,9 @@ use crate::cluster::{self, writer};
 use crate::harness::{self, dataset, pkeys, redis_entities};
 use crate::offline_harness::PgSchema;
 use crate::support::rig;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;
 
@@ -97,6 +97,17 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
         .as_str()
         .unwrap_or_default()
         .to_string();
+    // The writers' pods must pass the `restricted` Pod Security Standard:
+    // the ReplicaSet controller cannot create them otherwise.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {
+            "name": ns,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+        }}))?,
+    )
+    .await?;
     cluster::apply_bp(&client, &bp).await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
