@@ -147,7 +147,8 @@ k8s_start() {
       --token-auth-file "$K8S_DIR/tokens.csv" --authorization-mode RBAC \
       --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$K8S_DIR/sa.pub" \
       --service-account-signing-key-file "$K8S_DIR/sa.key" --service-cluster-ip-range "$SERVICE_CIDR" \
-      --enable-priority-and-fairness=false --storage-media-type application/json
+      --enable-priority-and-fairness=false --storage-media-type application/json \
+      --kubelet-preferred-address-types InternalIP
   fi
   k8s_kubeconfig
   local i

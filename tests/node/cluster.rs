@@ -86,8 +86,13 @@ pub async fn operator() -> anyhow::Result<Client> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while ready_pods(&pods, OPERATOR_SELECTOR).await?.is_empty() {
             if Instant::now() > deadline {
-                let all = pods.list(&ListParams::default().labels(OPERATOR_SELECTOR)).await?;
-                bail!("no operator pod Ready within 120 s: {}", describe(&all.items));
+                let all = pods
+                    .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+                    .await?;
+                bail!(
+                    "no operator pod Ready within 120 s: {}",
+                    describe(&all.items)
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -121,7 +126,10 @@ pub async fn wait_ready(
 ) -> anyhow::Result<Vec<Pod>> {
     let deadline = Instant::now() + within;
     loop {
-        let all = pods.list(&ListParams::default().labels(selector)).await?.items;
+        let all = pods
+            .list(&ListParams::default().labels(selector))
+            .await?
+            .items;
         let ready: Vec<Pod> = all.iter().filter(|p| is_ready(p)).cloned().collect();
         if ready.len() == n && all.len() == n {
             return Ok(ready);
@@ -146,7 +154,12 @@ pub fn describe(pods: &[Pod]) -> String {
                 .and_then(|s| s.container_statuses.as_ref())
                 .into_iter()
                 .flatten()
-                .map(|c| format!("{}: ready={} restarts={} {:?}", c.name, c.ready, c.restart_count, c.state))
+                .map(|c| {
+                    format!(
+                        "{}: ready={} restarts={} {:?}",
+                        c.name, c.ready, c.restart_count, c.state
+                    )
+                })
                 .collect();
             format!(
                 "{} phase={:?} ready={} [{}] {:?}",
@@ -208,18 +221,21 @@ pub async fn cloud_secrets(prefix: &str, stores: &[(&str, String)]) -> anyhow::R
 /// image for every image field, a standalone Redis; `patch` merged last.
 pub fn seed(prefix: &str, patch: Value) -> anyhow::Result<Value> {
     let image = image();
-    let mut bp = support::seed_value(prefix, json!({
-        "common_persistence_specs": {
-            "bus_writer_image_go": image,
-            "bus_writer_image_python": image,
-            "bus_writer_image_bswl": image,
-            "bus_writer_image_rust": image,
-            "service_account_name": "writers",
-        },
-        "kafka_bootstrap_servers": rig("kafka", "BGP_KAFKA_SASL_FOR_PODS"),
-        "kafka_security_protocol": "SASL_PLAINTEXT",
-        "redis_is_clustered": "0",
-    }))?;
+    let mut bp = support::seed_value(
+        prefix,
+        json!({
+            "common_persistence_specs": {
+                "bus_writer_image_go": image,
+                "bus_writer_image_python": image,
+                "bus_writer_image_bswl": image,
+                "bus_writer_image_rust": image,
+                "service_account_name": "writers",
+            },
+            "kafka_bootstrap_servers": rig("kafka", "BGP_KAFKA_SASL_FOR_PODS"),
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "redis_is_clustered": "0",
+        }),
+    )?;
     support::json_merge(&mut bp["spec"], &patch);
     Ok(bp)
 }

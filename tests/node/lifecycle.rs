@@ -72,7 +72,9 @@ async fn rotating_a_cloud_secret_restarts_exactly_the_pods_that_mount_it() -> an
         let now = cluster::uids(&all);
         if all.len() == 1
             && cluster::is_ready(&all[0])
-            && now.values().all(|u| !online_before.values().any(|b| b == u))
+            && now
+                .values()
+                .all(|u| !online_before.values().any(|b| b == u))
         {
             break;
         }
@@ -106,7 +108,11 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    Ok(api.list(&ListParams::default().labels(selector)).await?.items.len())
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .len())
 }
 
 #[tokio::test]
@@ -146,7 +152,10 @@ async fn deleting_the_resource_collects_what_it_made_but_not_a_preexisting_servi
     let sel = cluster::writer_selector(&name, "online");
     let ready = cluster::wait_ready(&pods, &sel, 1, Duration::from_secs(120)).await?;
     assert_eq!(
-        ready[0].spec.as_ref().and_then(|s| s.service_account_name.as_deref()),
+        ready[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
         Some(sa_name.as_str())
     );
     let sa = sas.get(&sa_name).await?;
@@ -162,10 +171,19 @@ async fn deleting_the_resource_collects_what_it_made_but_not_a_preexisting_servi
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let counts = [
-            ("Deployment", left::<Deployment>(&client, &ns, &selector).await?),
-            ("ReplicaSet", left::<ReplicaSet>(&client, &ns, &selector).await?),
+            (
+                "Deployment",
+                left::<Deployment>(&client, &ns, &selector).await?,
+            ),
+            (
+                "ReplicaSet",
+                left::<ReplicaSet>(&client, &ns, &selector).await?,
+            ),
             ("Pod", left::<Pod>(&client, &ns, &selector).await?),
-            ("PodDisruptionBudget", left::<PodDisruptionBudget>(&client, &ns, &selector).await?),
+            (
+                "PodDisruptionBudget",
+                left::<PodDisruptionBudget>(&client, &ns, &selector).await?,
+            ),
             ("Secret", left::<Secret>(&client, &ns, &selector).await?),
         ];
         if counts.iter().all(|(_, n)| *n == 0) {
@@ -200,7 +218,7 @@ async fn an_eviction_that_would_break_a_writers_pdb_is_refused() -> anyhow::Resu
     cluster::apply_bp(&client, &bp).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let sel = cluster::writer_selector(&name, "online");
-    let ready = cluster::wait_ready(&pods, &sel, 2, Duration::from_secs(120)).await?;
+    cluster::wait_ready(&pods, &sel, 2, Duration::from_secs(120)).await?;
     // The PDB controller has counted both pods healthy.
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -215,13 +233,26 @@ async fn an_eviction_that_would_break_a_writers_pdb_is_refused() -> anyhow::Resu
         if allowed == Some(1) {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "PDB never allowed one disruption: {allowed:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "PDB never allowed one disruption: {allowed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // The pods as they are now: a rollout (the synced secrets' versions reach
+    // the pod template) may have replaced the first ones.
+    let ready = cluster::wait_ready(&pods, &sel, 2, Duration::from_secs(120)).await?;
     // One pod may go (maxUnavailable 1); the second, right after, may not.
     pods.evict(&ready[0].name_any(), &EvictParams::default())
         .await?;
+    // Right after: the replacement pod is not Ready yet, so the budget has
+    // nothing left. (A replacement Ready again restores it: the writers' pods
+    // come up in about a second here.) kube-rs retries 429s by default, which
+    // would wait for exactly that: these two requests go without retries.
+    let mut config = crate::support::kubeclient::config().await?;
+    config.default_retry = false;
+    let pods: Api<Pod> = Api::namespaced(Client::try_from(config)?, &ns);
     let refused = pods
         .evict(&ready[1].name_any(), &EvictParams::default())
         .await;

@@ -41,7 +41,10 @@ async fn a_writer_pod_is_ready_only_after_it_reaches_its_bus() -> anyhow::Result
     patch["kafka_bootstrap_servers"] = json!(format!("{host}:{port}"));
     patch["writers"] = json!([writer("online", "ONLINE_WRITER", 1)]);
     let bp = cluster::seed("ready", patch)?;
-    let name = bp["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = bp["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let ns = bp["spec"]["common_persistence_specs"]["namespace"]
         .as_str()
         .unwrap_or_default()
@@ -53,7 +56,10 @@ async fn a_writer_pod_is_ready_only_after_it_reaches_its_bus() -> anyhow::Result
     // Running with its container started, but not Ready, for 15 s.
     let deadline = Instant::now() + Duration::from_secs(120);
     let running_since = loop {
-        let all = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        let all = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
         let started = all.iter().any(|p| {
             p.status
                 .as_ref()
@@ -71,7 +77,10 @@ async fn a_writer_pod_is_ready_only_after_it_reaches_its_bus() -> anyhow::Result
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     while running_since.elapsed() < Duration::from_secs(15) {
-        let all = pods.list(&ListParams::default().labels(&selector)).await?.items;
+        let all = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
         assert!(
             !all.iter().any(cluster::is_ready),
             "a writer pod is Ready while its bus cannot be reached: {}",
@@ -90,7 +99,10 @@ async fn a_writer_pod_is_ready_only_after_it_reaches_its_bus() -> anyhow::Result
         .and_then(|s| s.container_statuses.as_ref())
         .map(|cs| cs.iter().map(|c| c.restart_count).sum())
         .unwrap_or_default();
-    assert_eq!(restarts, 0, "the writer restarted while waiting for its bus");
+    assert_eq!(
+        restarts, 0,
+        "the writer restarted while waiting for its bus"
+    );
 
     cluster::cleanup(&client, &name, &ns).await;
     Ok(())

@@ -18,13 +18,17 @@ const PARTITIONS: i32 = 6;
 /// ConsumerProtocolAssignment: version, then per topic its name and ids).
 fn assigned_partitions(bytes: &[u8]) -> usize {
     let int = |at: usize, n: usize| -> Option<usize> {
-        bytes.get(at..at + n).map(|b| b.iter().fold(0usize, |a, x| (a << 8) | *x as usize))
+        bytes
+            .get(at..at + n)
+            .map(|b| b.iter().fold(0usize, |a, x| (a << 8) | *x as usize))
     };
     let (mut at, mut total) = (2, 0);
     let Some(topics) = int(at, 4) else { return 0 };
     at += 4;
     for _ in 0..topics {
-        let Some(name_len) = int(at, 2) else { return total };
+        let Some(name_len) = int(at, 2) else {
+            return total;
+        };
         at += 2 + name_len;
         let Some(n) = int(at, 4) else { return total };
         total += n;
@@ -50,8 +54,8 @@ fn group_members(group: &str) -> anyhow::Result<Option<Vec<usize>>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_share_the_partitions_and_scaling_to_one_loses_nothing()
--> anyhow::Result<()> {
+async fn three_replicas_share_the_partitions_and_scaling_to_one_loses_nothing() -> anyhow::Result<()>
+{
     let client = cluster::operator().await?;
     let topic = support::unique("node-scale");
     ensure_topics(&[(&topic, PARTITIONS)]).await?;
@@ -64,7 +68,10 @@ async fn three_replicas_share_the_partitions_and_scaling_to_one_loses_nothing()
     patch["common_persistence_specs"] = json!({"result_bus_online_store_subscription_id": topic});
     patch["writers"] = json!([writer("online", "ONLINE_WRITER", 3)]);
     let mut bp = cluster::seed("scale", patch)?;
-    let name = bp["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = bp["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let ns = bp["spec"]["common_persistence_specs"]["namespace"]
         .as_str()
         .unwrap_or_default()
@@ -104,7 +111,17 @@ async fn three_replicas_share_the_partitions_and_scaling_to_one_loses_nothing()
     tokio::time::sleep(Duration::from_secs(3)).await;
     bp["spec"]["writers"][0]["default_replica_count"] = json!(1);
     cluster::apply_bp(&client, &bp).await?;
+    let sent_when_scaled = paced.sent();
+    assert!(
+        sent_when_scaled < N,
+        "the scale-down must start while producing"
+    );
     cluster::wait_ready(&pods, &sel, 1, Duration::from_secs(120)).await?;
+    // Every message produced before finish() stops the producer.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while paced.sent() < N && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let positions = paced.finish().await?;
     assert_eq!(positions.len() as u64, N);
 
@@ -124,7 +141,11 @@ async fn three_replicas_share_the_partitions_and_scaling_to_one_loses_nothing()
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(present, keys.len(), "results missing from Redis after scaling 3 -> 1");
+    assert_eq!(
+        present,
+        keys.len(),
+        "results missing from Redis after scaling 3 -> 1"
+    );
 
     cluster::cleanup(&client, &name, &ns).await;
     harness::delete_topics(&[&topic]).await?;

@@ -9,11 +9,11 @@
 use crate::cli::{self, kind, kubectl, yaml_docs};
 use crate::support;
 use anyhow::{Context as _, bail};
-use support::cloud::moto;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::cloud::moto;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bgpersist-operator");
 

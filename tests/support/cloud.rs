@@ -42,4 +42,3 @@ pub async fn put_aws(name: &str, value: &str) -> anyhow::Result<String> {
         .await?;
     Ok(out.version_id().unwrap_or_default().to_string())
 }
-
