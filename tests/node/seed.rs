@@ -13,9 +13,6 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;
 
-/// The seed's topics, kept as they are.
-pub const SEED_TOPICS: [&str; 3] = ["result-bus-1", "metrics-bus-1", "dlq-1"];
-
 /// Creates topics that do not exist yet (the seed's are shared by runs).
 pub async fn ensure_topics(names: &[(&str, i32)]) -> anyhow::Result<()> {
     for (name, partitions) in names {
@@ -74,7 +71,17 @@ fn check_process(pod: &Pod) -> anyhow::Result<()> {
 #[tokio::test]
 async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> anyhow::Result<()> {
     let client = cluster::operator().await?;
-    ensure_topics(&SEED_TOPICS.map(|t| (t, 1))).await?;
+    // The seed's topic layout (one result topic for the three result
+    // subscriptions, a metrics bus, a dead-letter topic) under names of this
+    // run's own: the rig has one Kafka for every run and for hack/demo, which
+    // uses the seed's names.
+    let run = crate::support::unique("seed");
+    let (result, metrics, dlq) = (
+        format!("{run}-result-bus"),
+        format!("{run}-metrics-bus"),
+        format!("{run}-dlq"),
+    );
+    ensure_topics(&[(&result, 1), (&metrics, 1), (&dlq, 1)]).await?;
     let schema = PgSchema::create().await?;
     let prefix = crate::support::unique("node-seed");
     let secrets = cluster::cloud_secrets(
@@ -86,8 +93,17 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
         ],
     )
     .await?;
+    let mut patch = secrets;
+    patch["common_persistence_specs"] = json!({
+        "result_bus_metrics_subscription_id": result,
+        "result_bus_offline_store_subscription_id": result,
+        "result_bus_online_store_subscription_id": result,
+        "metrics_bus_subscription_id": metrics,
+        "metrics_bus_topic_id": metrics,
+        "kafka_dlq_topic": dlq,
+    });
     // The seed's two writers keep their own requests; the two added are small.
-    let mut bp = cluster::seed("seed", secrets)?;
+    let mut bp = cluster::seed("seed", patch)?;
     let mut writers = bp["spec"]["writers"]
         .as_array()
         .cloned()
@@ -141,7 +157,7 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
 
     let keys = pkeys("seed", 5);
     let (payloads, expected) = dataset(&keys);
-    harness::produce(SEED_TOPICS[0], &payloads).await?;
+    harness::produce(&result, &payloads).await?;
 
     let redis = harness::standalone().await?;
     harness::eventually("the results in Redis", Duration::from_secs(60), || {
@@ -173,5 +189,6 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
 
     cluster::cleanup(&client, &name, &ns).await;
     schema.drop().await;
+    harness::delete_topics(&[&result, &metrics, &dlq]).await?;
     Ok(())
 }
