@@ -2,7 +2,6 @@
 //! runs, the bus IDs it needs and the store it writes. Admission rules,
 //! validation and rendering all read this one table.
 
-use super::spec::{BackgroundPersistenceSpec, CommonPersistenceSpecs};
 use serde::{Deserialize, Serialize};
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -270,26 +269,6 @@ impl BusField {
         }
     }
 
-    /// The field's value in a spec, when set and not blank.
-    pub fn value(self, spec: &BackgroundPersistenceSpec) -> Option<&str> {
-        let c: &CommonPersistenceSpecs = &spec.common_persistence_specs;
-        let v = match self {
-            F::ResultBusOnlineStoreSubscriptionId => &c.result_bus_online_store_subscription_id,
-            F::ResultBusMetricsSubscriptionId => &c.result_bus_metrics_subscription_id,
-            F::ResultBusOfflineStoreSubscriptionId => &c.result_bus_offline_store_subscription_id,
-            F::MetricsBusSubscriptionId => &c.metrics_bus_subscription_id,
-            F::MetricsBusTopicId => &c.metrics_bus_topic_id,
-            F::BigqueryParquetUploadSubscriptionId => &c.bigquery_parquet_upload_subscription_id,
-            F::BigqueryStreamingWriteSubscriptionId => &c.bigquery_streaming_write_subscription_id,
-            F::BigqueryUploadBucket => &c.bigquery_upload_bucket,
-            F::OperationSubscriptionId => &c.operation_subscription_id,
-            F::UsageBusSubscriptionId => &c.usage_bus_subscription_id,
-            F::VectorBusSubscriptionId => &c.vector_bus_subscription_id,
-            F::ApiServerHost => &spec.api_server_host,
-        };
-        v.as_deref().filter(|s| !s.trim().is_empty())
-    }
-
     /// Every field some writer type requires.
     pub fn all_required() -> Vec<BusField> {
         let mut out: Vec<BusField> = Vec::new();
@@ -320,15 +299,6 @@ impl ImageField {
             ImageField::Python => "common_persistence_specs.bus_writer_image_python",
             ImageField::Bswl => "common_persistence_specs.bus_writer_image_bswl",
         }
-    }
-
-    pub fn value(self, c: &CommonPersistenceSpecs) -> Option<&str> {
-        let v = match self {
-            ImageField::Go => &c.bus_writer_image_go,
-            ImageField::Python => &c.bus_writer_image_python,
-            ImageField::Bswl => &c.bus_writer_image_bswl,
-        };
-        v.as_deref().filter(|s| !s.trim().is_empty())
     }
 
     pub fn used_by(self) -> Vec<WriterType> {

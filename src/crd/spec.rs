@@ -1,4 +1,4 @@
-use super::catalog::{StoreKind, WriterType};
+use super::catalog::{BusField, ImageField, StoreKind, WriterType};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -350,4 +350,48 @@ pub struct ResourceAmounts {
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"512Mi\""))]
     #[schemars(length(max = 32))]
     pub memory: Option<String>,
+}
+
+// The catalog names spec fields; reading them lives beside the spec, so the
+// catalog does not depend on it.
+impl BusField {
+    /// The field's value in a spec, when set and not blank.
+    pub fn value(self, spec: &BackgroundPersistenceSpec) -> Option<&str> {
+        let c: &CommonPersistenceSpecs = &spec.common_persistence_specs;
+        let v = match self {
+            BusField::ResultBusOnlineStoreSubscriptionId => {
+                &c.result_bus_online_store_subscription_id
+            }
+            BusField::ResultBusMetricsSubscriptionId => &c.result_bus_metrics_subscription_id,
+            BusField::ResultBusOfflineStoreSubscriptionId => {
+                &c.result_bus_offline_store_subscription_id
+            }
+            BusField::MetricsBusSubscriptionId => &c.metrics_bus_subscription_id,
+            BusField::MetricsBusTopicId => &c.metrics_bus_topic_id,
+            BusField::BigqueryParquetUploadSubscriptionId => {
+                &c.bigquery_parquet_upload_subscription_id
+            }
+            BusField::BigqueryStreamingWriteSubscriptionId => {
+                &c.bigquery_streaming_write_subscription_id
+            }
+            BusField::BigqueryUploadBucket => &c.bigquery_upload_bucket,
+            BusField::OperationSubscriptionId => &c.operation_subscription_id,
+            BusField::UsageBusSubscriptionId => &c.usage_bus_subscription_id,
+            BusField::VectorBusSubscriptionId => &c.vector_bus_subscription_id,
+            BusField::ApiServerHost => &spec.api_server_host,
+        };
+        v.as_deref().filter(|s| !s.trim().is_empty())
+    }
+}
+
+impl ImageField {
+    /// The image field's value, when set and not blank.
+    pub fn value(self, c: &CommonPersistenceSpecs) -> Option<&str> {
+        let v = match self {
+            ImageField::Go => &c.bus_writer_image_go,
+            ImageField::Python => &c.bus_writer_image_python,
+            ImageField::Bswl => &c.bus_writer_image_bswl,
+        };
+        v.as_deref().filter(|s| !s.trim().is_empty())
+    }
 }

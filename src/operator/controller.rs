@@ -1,6 +1,8 @@
 //! The reconcile loop: read → validate → render → apply → status.
 
+use super::applier::{Applied, Kind};
 use super::keda::{self, Keda};
+use super::reasons;
 use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
 use super::secrets::{self, SecretSettings, SecretsRead};
 use super::status::{self, SecretsOutcome, WriterIssue, WriterOutcome};
@@ -12,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -234,16 +236,16 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
 
     let apply_message = apply_error.as_ref().map(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::compute_with_issues(
-        bp.metadata.generation,
-        bp.status.as_ref(),
+    let new_status = status::compute(status::StatusInputs {
+        generation: bp.metadata.generation,
+        previous: bp.status.as_ref(),
         writers,
-        &checked.problems,
-        &secrets_outcome,
-        &issues,
-        apply_message.as_deref(),
-        &now,
-    );
+        problems: &checked.problems,
+        secrets: &secrets_outcome,
+        issues: &issues,
+        apply_error: apply_message.as_deref(),
+        now: &now,
+    });
     report.status_written = write_status(bp, &name, new_status, ctx).await?;
     match apply_error {
         Some(e) => Err(e),
@@ -268,13 +270,15 @@ async fn apply_all(
     let client = &ctx.client;
     let m = &ctx.metrics;
 
+    let mut applied = Applied::new(&ns);
+
     let (_, wrote) = apply::ensure(
         &Api::<Namespace>::all(client.clone()),
         &rendered.namespace,
         m,
     )
     .await?;
-    note(report, wrote, "Namespace", &ns);
+    applied.record(Kind::Namespace, &ns, wrote);
     let sa_api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
     let sa_name = &bp.spec.common_persistence_specs.service_account_name;
     // A ServiceAccount that existed before this resource is the user's: taking
@@ -286,14 +290,19 @@ async fn apply_all(
         .is_some_and(|live| !owned_by(&live.metadata, bp));
     if !foreign_sa {
         let (_, wrote) = apply::ensure(&sa_api, &rendered.service_account, m).await?;
-        note(report, wrote, "ServiceAccount", sa_name);
+        applied.record(Kind::ServiceAccount, sa_name, wrote);
     }
+    applied.keep(Kind::ServiceAccount, sa_name);
     // Secrets before the Deployments that mount them.
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for s in &rendered.secrets {
         let live = secrets_read.live.get(&s.name);
         let wrote = secrets::ensure(&secret_api, &s.secret, live, m).await?;
-        note(report, wrote, "Secret", &s.name);
+        applied.record(Kind::Secret, &s.name, wrote);
+    }
+    // Synced Secrets a failed read left as they were.
+    for s in &secrets_read.keep {
+        applied.keep(Kind::Secret, s);
     }
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -312,9 +321,6 @@ async fn apply_all(
     };
     let mut outcomes = Vec::new();
     let mut issues = Vec::new();
-    let mut keep_writers = Vec::new();
-    let mut keep_scaled = Vec::new();
-    let mut keep_auth = Vec::new();
     for w in &rendered.writers {
         let deployment = render::deployment_name(&name, &w.name);
         if w.autoscaling.is_some() && !keda_served {
@@ -327,30 +333,27 @@ async fn apply_all(
             };
             outcomes.push(WriterOutcome::refused(&w.name, w.replicas, &[&problem]));
             issues.push(WriterIssue {
-                reason: "KedaNotInstalled",
+                reason: reasons::KEDA_NOT_INSTALLED,
                 problem,
             });
-            keep_writers.push((ns.clone(), deployment));
+            applied.keep_writer(&deployment);
             continue;
         }
         let (live, wrote) = handover::ensure_deployment(&deployments, w, m).await?;
-        note(report, wrote, "Deployment", &deployment);
+        applied.record(Kind::Deployment, &deployment, wrote);
         let (_, wrote) = apply::ensure(&pdbs, &w.pdb, m).await?;
-        note(report, wrote, "PodDisruptionBudget", &deployment);
-        keep_writers.push((ns.clone(), deployment.clone()));
+        applied.record(Kind::PodDisruptionBudget, &deployment, wrote);
         let mut desired = w.replicas;
         let mut scaled_object = None;
         if let Some(a) = &w.autoscaling {
             if let Some(auth) = &a.trigger_authentication {
                 let api = keda::trigger_authentications(client, &ns);
                 let (_, wrote) = apply::ensure(&api, auth, m).await?;
-                note(report, wrote, "TriggerAuthentication", &auth.name_any());
-                keep_auth.push((ns.clone(), auth.name_any()));
+                applied.record(Kind::TriggerAuthentication, &auth.name_any(), wrote);
             }
             let api = keda::scaled_objects(client, &ns);
             let (_, wrote) = apply::ensure(&api, &a.scaled_object, m).await?;
-            note(report, wrote, "ScaledObject", &a.scaled_object.name_any());
-            keep_scaled.push((ns.clone(), a.scaled_object.name_any()));
+            applied.record(Kind::ScaledObject, &a.scaled_object.name_any(), wrote);
             // The autoscaler's count is the one to roll out.
             desired = live
                 .spec
@@ -366,76 +369,14 @@ async fn apply_all(
     // A refused writer keeps what it last had: nothing half-applied, nothing lost.
     for p in &checked.problems {
         if let Some(w) = &p.writer {
-            // Its KEDA objects, when it had any, are named like its Deployment.
-            let key = (ns.clone(), render::deployment_name(&name, w));
-            keep_writers.push(key.clone());
-            keep_scaled.push(key.clone());
-            keep_auth.push(key);
+            applied.keep_writer(&render::deployment_name(&name, w));
         }
     }
     let selector = format!("{LABEL_RESOURCE}={name},{LABEL_MANAGED_BY}={MANAGER}");
-    let m = &ctx.metrics;
-    report.pruned.extend(
-        apply::prune(
-            &Api::<Deployment>::all(client.clone()),
-            &selector,
-            &keep_writers,
-            m,
-        )
-        .await?,
-    );
-    report.pruned.extend(
-        apply::prune(
-            &Api::<PodDisruptionBudget>::all(client.clone()),
-            &selector,
-            &keep_writers,
-            m,
-        )
-        .await?,
-    );
-    if keda_served {
-        // One object of each kind per autoscaled writer, named like its Deployment.
-        for (ar, keep) in [
-            (render::scaled_object::api_resource(), &keep_scaled),
-            (render::trigger_authentication::api_resource(), &keep_auth),
-        ] {
-            let all: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let scoped = |ns: &str| Api::namespaced_with(client.clone(), ns, &ar);
-            report
-                .pruned
-                .extend(apply::prune_with(&all, scoped, &selector, keep, m).await?);
-        }
-    }
-    let keep_sa = vec![(
-        ns.clone(),
-        bp.spec
-            .common_persistence_specs
-            .service_account_name
-            .clone(),
-    )];
-    report.pruned.extend(
-        apply::prune(
-            &Api::<ServiceAccount>::all(client.clone()),
-            &selector,
-            &keep_sa,
-            m,
-        )
-        .await?,
-    );
-    let keep_secrets: Vec<(String, String)> = secrets_read
-        .keep
-        .iter()
-        .map(|s| (ns.clone(), s.clone()))
-        .collect();
-    report.pruned.extend(
-        apply::prune(
-            &Api::<Secret>::all(client.clone()),
-            &selector,
-            &keep_secrets,
-            m,
-        )
-        .await?,
-    );
+    report.applied.extend(applied.written.iter().cloned());
+    report
+        .pruned
+        .extend(applied.prune(client, &selector, keda_served, m).await?);
 
     if !report.applied.is_empty() || !report.pruned.is_empty() {
         let note = format!(
@@ -443,7 +384,7 @@ async fn apply_all(
             list(&report.applied),
             list(&report.pruned)
         );
-        publish(ctx, bp, EventType::Normal, "Applied", &note).await;
+        publish(ctx, bp, EventType::Normal, reasons::APPLIED, &note).await;
     }
     Ok((outcomes, issues))
 }
@@ -464,12 +405,6 @@ fn owned_by(meta: &kube::api::ObjectMeta, bp: &BackgroundPersistence) -> bool {
         .iter()
         .flatten()
         .any(|o| Some(o.uid.as_str()) == uid)
-}
-
-fn note(report: &mut Report, wrote: bool, kind: &str, name: &str) {
-    if wrote {
-        report.applied.push(format!("{kind}/{name}"));
-    }
 }
 
 fn list(items: &[String]) -> String {

@@ -1,3 +1,4 @@
+use super::reasons;
 use thiserror::Error;
 
 /// Errors of one reconcile. The `reason()` label names the category in
@@ -21,12 +22,12 @@ pub enum Error {
 impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "Conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "Forbidden",
-            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "Invalid",
-            Error::Kube(_) => "ApiError",
-            Error::MissingMetadata(_) => "MissingMetadata",
-            Error::Serialize { .. } | Error::Render(_) => "RenderFailed",
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => reasons::CONFLICT,
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => reasons::FORBIDDEN,
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => reasons::INVALID,
+            Error::Kube(_) => reasons::API_ERROR,
+            Error::MissingMetadata(_) => reasons::MISSING_METADATA,
+            Error::Serialize { .. } | Error::Render(_) => reasons::RENDER_FAILED,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The operator: watches BackgroundPersistence resources and reconciles each
 //! through read → validate → render (pure) → apply (server-side apply) → status.
 
+pub mod applier;
 pub mod apply;
 pub mod controller;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod handover;
 pub mod keda;
 pub mod leader;
 pub mod metrics;
+pub mod reasons;
 pub mod render;
 pub mod secrets;
 pub mod status;

@@ -1,6 +1,7 @@
 //! Status: conditions (Ready, Progressing, Degraded) with observedGeneration,
 //! per-writer rollout, written only when something other than time changed.
 
+use super::reasons;
 use super::validate::Problem;
 use crate::crd::{BackgroundPersistenceStatus, SecretStatus, WriterStatus};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -93,63 +94,57 @@ pub struct WriterIssue {
     pub problem: Problem,
 }
 
-/// The status one reconcile leads to. `apply_error` is set when applying failed.
-pub fn compute(
-    generation: Option<i64>,
-    previous: Option<&BackgroundPersistenceStatus>,
-    writers: Vec<WriterOutcome>,
-    problems: &[Problem],
-    apply_error: Option<&str>,
-    now: &Time,
-) -> BackgroundPersistenceStatus {
-    compute_with_secrets(
-        generation,
-        previous,
-        writers,
-        problems,
-        &SecretsOutcome::default(),
-        apply_error,
-        now,
-    )
+/// Everything one reconcile's status is computed from.
+pub struct StatusInputs<'a> {
+    pub generation: Option<i64>,
+    pub previous: Option<&'a BackgroundPersistenceStatus>,
+    pub writers: Vec<WriterOutcome>,
+    /// Validation problems of the spec.
+    pub problems: &'a [Problem],
+    /// Cloud secrets: a secret that could not be synced degrades the
+    /// resource with its own reason (after an apply failure).
+    pub secrets: &'a SecretsOutcome,
+    /// Writers the cluster cannot run: they degrade the resource with their
+    /// own reason (after apply and secret failures, before validation problems).
+    pub issues: &'a [WriterIssue],
+    /// Set when applying failed.
+    pub apply_error: Option<&'a str>,
+    pub now: &'a Time,
 }
 
-/// `compute`, plus the cloud secrets: a secret that could not be synced
-/// degrades the resource with its own reason (after an apply failure).
-pub fn compute_with_secrets(
-    generation: Option<i64>,
-    previous: Option<&BackgroundPersistenceStatus>,
-    writers: Vec<WriterOutcome>,
-    problems: &[Problem],
-    secrets: &SecretsOutcome,
-    apply_error: Option<&str>,
-    now: &Time,
-) -> BackgroundPersistenceStatus {
-    compute_with_issues(
+static NO_SECRETS: SecretsOutcome = SecretsOutcome {
+    applied: Vec::new(),
+    failures: Vec::new(),
+};
+
+impl<'a> StatusInputs<'a> {
+    /// No previous status, writers, problems, secrets, issues or apply error.
+    pub fn new(generation: Option<i64>, now: &'a Time) -> Self {
+        StatusInputs {
+            generation,
+            previous: None,
+            writers: Vec::new(),
+            problems: &[],
+            secrets: &NO_SECRETS,
+            issues: &[],
+            apply_error: None,
+            now,
+        }
+    }
+}
+
+/// The status one reconcile leads to.
+pub fn compute(inputs: StatusInputs<'_>) -> BackgroundPersistenceStatus {
+    let StatusInputs {
         generation,
         previous,
         writers,
         problems,
         secrets,
-        &[],
+        issues,
         apply_error,
         now,
-    )
-}
-
-/// `compute_with_secrets`, plus writers the cluster cannot run: they degrade
-/// the resource with their own reason (after apply and secret failures,
-/// before validation problems).
-#[allow(clippy::too_many_arguments)]
-pub fn compute_with_issues(
-    generation: Option<i64>,
-    previous: Option<&BackgroundPersistenceStatus>,
-    writers: Vec<WriterOutcome>,
-    problems: &[Problem],
-    secrets: &SecretsOutcome,
-    issues: &[WriterIssue],
-    apply_error: Option<&str>,
-    now: &Time,
-) -> BackgroundPersistenceStatus {
+    } = inputs;
     let ready_count = writers.iter().filter(|w| w.rolled_out).count();
     let total = writers.len();
     let rolling: Vec<&str> = writers
@@ -160,7 +155,7 @@ pub fn compute_with_issues(
     let fatal = problems.iter().any(|p| p.writer.is_none());
 
     let (degraded, degraded_reason, degraded_msg) = if let Some(e) = apply_error {
-        (true, "ApplyFailed", e.to_string())
+        (true, reasons::APPLY_FAILED, e.to_string())
     } else if let Some(first) = secrets.failures.first() {
         let messages = secrets.failures.iter().map(|f| f.message.clone());
         let others = issues
@@ -182,9 +177,9 @@ pub fn compute_with_issues(
         (true, first.reason, messages.collect::<Vec<_>>().join("; "))
     } else if !problems.is_empty() {
         let reason = if fatal {
-            "InvalidSpec"
+            reasons::INVALID_SPEC
         } else {
-            "InvalidWriters"
+            reasons::INVALID_WRITERS
         };
         (
             true,
@@ -198,20 +193,20 @@ pub fn compute_with_issues(
     } else {
         (
             false,
-            "AsExpected",
+            reasons::AS_EXPECTED,
             "every writer is valid and applied".to_string(),
         )
     };
     let (progressing, prog_reason, prog_msg) = if rolling.is_empty() {
         (
             false,
-            "RolloutComplete",
+            reasons::ROLLOUT_COMPLETE,
             "no rollout in progress".to_string(),
         )
     } else {
         (
             true,
-            "RollingOut",
+            reasons::ROLLING_OUT,
             format!(
                 "waiting for writers to become ready: {}",
                 rolling.join(", ")
@@ -221,14 +216,14 @@ pub fn compute_with_issues(
     let ready = !degraded && ready_count == total;
     let (ready_reason, ready_msg) = if ready {
         (
-            "AllWritersReady",
+            reasons::ALL_WRITERS_READY,
             format!("{ready_count}/{total} writers ready"),
         )
     } else if degraded {
         (degraded_reason, degraded_msg.clone())
     } else {
         (
-            "WritersNotReady",
+            reasons::WRITERS_NOT_READY,
             format!("{ready_count}/{total} writers ready"),
         )
     };
@@ -327,7 +322,11 @@ mod tests {
     #[test]
     fn ready_when_every_writer_rolled_out() {
         let w = WriterOutcome::applied("w", &deployment(2, 3, 3), "img", "h", 2);
-        let s = compute(Some(7), None, vec![w], &[], None, &t(100));
+        let now = t(100);
+        let s = compute(StatusInputs {
+            writers: vec![w],
+            ..StatusInputs::new(Some(7), &now)
+        });
         let ready = s
             .conditions
             .iter()
@@ -341,7 +340,11 @@ mod tests {
     #[test]
     fn stale_observed_generation_is_still_progressing() {
         let w = WriterOutcome::applied("w", &deployment(1, 4, 3), "img", "h", 1);
-        let s = compute(Some(1), None, vec![w], &[], None, &t(100));
+        let now = t(100);
+        let s = compute(StatusInputs {
+            writers: vec![w],
+            ..StatusInputs::new(Some(1), &now)
+        });
         let by = |ty: &str| {
             s.conditions
                 .iter()
@@ -355,8 +358,16 @@ mod tests {
     #[test]
     fn unchanged_state_keeps_transition_times() {
         let w = || WriterOutcome::applied("w", &deployment(1, 1, 1), "img", "h", 1);
-        let first = compute(Some(1), None, vec![w()], &[], None, &t(100));
-        let second = compute(Some(1), Some(&first), vec![w()], &[], None, &t(200));
+        let (t100, t200) = (t(100), t(200));
+        let first = compute(StatusInputs {
+            writers: vec![w()],
+            ..StatusInputs::new(Some(1), &t100)
+        });
+        let second = compute(StatusInputs {
+            previous: Some(&first),
+            writers: vec![w()],
+            ..StatusInputs::new(Some(1), &t200)
+        });
         assert_eq!(
             first, second,
             "a resync with nothing new must produce an identical status"
@@ -378,16 +389,13 @@ mod tests {
             field: "writers[1].image".into(),
             reason: "no image".into(),
         };
-        let s = compute_with_issues(
-            Some(1),
-            None,
-            vec![WriterOutcome::refused("a", 1, &[&issue.problem])],
-            std::slice::from_ref(&invalid),
-            &SecretsOutcome::default(),
-            std::slice::from_ref(&issue),
-            None,
-            &t(1),
-        );
+        let now = t(1);
+        let s = compute(StatusInputs {
+            writers: vec![WriterOutcome::refused("a", 1, &[&issue.problem])],
+            problems: std::slice::from_ref(&invalid),
+            issues: std::slice::from_ref(&issue),
+            ..StatusInputs::new(Some(1), &now)
+        });
         let d = s
             .conditions
             .iter()
@@ -412,14 +420,12 @@ mod tests {
             field: "writers[0].image".into(),
             reason: "no image".into(),
         };
-        let s = compute(
-            Some(1),
-            None,
-            vec![WriterOutcome::refused("w", 1, &[&p])],
-            std::slice::from_ref(&p),
-            None,
-            &t(1),
-        );
+        let now = t(1);
+        let s = compute(StatusInputs {
+            writers: vec![WriterOutcome::refused("w", 1, &[&p])],
+            problems: std::slice::from_ref(&p),
+            ..StatusInputs::new(Some(1), &now)
+        });
         let d = s
             .conditions
             .iter()

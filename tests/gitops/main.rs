@@ -376,7 +376,11 @@ fn resource(
     problems: &[Problem],
 ) -> Value {
     let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    let st = status::compute(Some(observed), None, writers, problems, None, &now);
+    let st = status::compute(status::StatusInputs {
+        writers,
+        problems,
+        ..status::StatusInputs::new(Some(observed), &now)
+    });
     json!({
         "apiVersion": "bgpersist.dev/v1alpha1",
         "kind": "BackgroundPersistence",

@@ -1,3 +1,4 @@
+use super::names::{deployment_name, kafka_sasl_secret_name, stores_secret_name};
 use super::secret::{self, SecretInputs, Slot};
 use super::{RenderError, labels};
 use crate::contract as c;
@@ -19,16 +20,8 @@ use std::collections::BTreeMap;
 
 /// Annotation on the pod template whose change rolls the writer.
 pub const CONFIG_HASH_ANNOTATION: &str = "bgpersist.dev/config-hash";
-/// Name of the Secret holding the Kafka SASL credentials, synced from the cloud secret.
-pub fn kafka_sasl_secret_name(resource: &str) -> String {
-    format!("{resource}-kafka-sasl")
-}
 /// UID of the non-root user the writer image runs as.
 pub const WRITER_UID: i64 = 65532;
-
-pub fn deployment_name(resource: &str, writer: &str) -> String {
-    format!("{resource}-{writer}")
-}
 
 /// The image a writer runs: its own, else the Rust image (which runs every
 /// type), else the common image its type names in the catalog.
@@ -107,7 +100,7 @@ pub fn render(
         volumes.push(Volume {
             name: "stores".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret::stores_secret_name(resource)),
+                secret_name: Some(stores_secret_name(resource)),
                 items: Some(vec![KeyToPath {
                     key: file.into(),
                     path: file.into(),

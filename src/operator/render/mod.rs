@@ -3,6 +3,7 @@
 
 mod deployment;
 mod labels;
+mod names;
 mod namespace;
 mod pdb;
 pub mod scaled_object;
@@ -10,8 +11,9 @@ pub mod secret;
 mod service_account;
 pub mod trigger_authentication;
 
-pub use deployment::{deployment_name, resolve_image};
+pub use deployment::resolve_image;
 pub use labels::{LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_WRITER, MANAGER, selector};
+pub use names::{deployment_name, kafka_sasl_secret_name, stores_secret_name};
 pub use secret::{RenderedSecret, SecretBytes, SecretEntry, SecretInputs, Slot};
 
 use crate::crd::{BackgroundPersistence, WriterSpec};

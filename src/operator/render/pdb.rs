@@ -1,4 +1,4 @@
-use super::{deployment::deployment_name, labels};
+use super::{labels, names::deployment_name};
 use crate::crd::{BackgroundPersistence, WriterSpec};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};

@@ -37,7 +37,7 @@ pub fn render(
     owner: &OwnerReference,
     authentication: Option<&str>,
 ) -> DynamicObject {
-    let name = deployment::deployment_name(resource, &w.name);
+    let name = super::names::deployment_name(resource, &w.name);
     let mut trigger = match bp.spec.common_persistence_specs.bus_backend {
         BusBackend::Kafka => kafka_trigger(bp, resource, w, auto),
         BusBackend::Pubsub => pubsub_trigger(bp, w, auto),

@@ -3,6 +3,7 @@
 //! stays pure. Values live only in the rendered Secret's `data`: `Debug`
 //! redacts them, and only versions reach a writer's config hash.
 
+use super::names::{kafka_sasl_secret_name, stores_secret_name};
 use super::{RenderError, labels};
 use crate::contract as c;
 use crate::crd::{BackgroundPersistence, BusBackend, StoreKind};
@@ -16,11 +17,6 @@ use std::collections::BTreeMap;
 pub const ANNOTATION_CLOUD_SECRET: &str = "bgpersist.dev/cloud-secret.";
 /// Annotation on a synced Secret giving, per slot, the cloud secret's version.
 pub const ANNOTATION_VERSION: &str = "bgpersist.dev/version.";
-
-/// Name of the Secret holding the store connection URIs.
-pub fn stores_secret_name(resource: &str) -> String {
-    format!("{resource}-stores")
-}
 
 /// One cloud secret a resource can use, and where its value goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,7 +47,7 @@ impl Slot {
     /// The Kubernetes Secret the slot is synced into.
     pub fn secret_name(self, resource: &str) -> String {
         match self {
-            Slot::KafkaSasl => super::deployment::kafka_sasl_secret_name(resource),
+            Slot::KafkaSasl => kafka_sasl_secret_name(resource),
             Slot::StoreUri(_) => stores_secret_name(resource),
         }
     }

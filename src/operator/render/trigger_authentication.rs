@@ -4,7 +4,7 @@
 //! Pub/Sub, KEDA's own GCP Workload Identity (Cloud Monitoring is read by
 //! the KEDA operator, not by the writers).
 
-use super::{deployment, labels, scaled_object};
+use super::{labels, scaled_object};
 use crate::contract as c;
 use crate::crd::{BackgroundPersistence, BusBackend, WriterSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -23,7 +23,7 @@ pub fn api_resource() -> ApiResource {
 
 /// One per autoscaled writer, named like its Deployment.
 pub fn name(resource: &str, writer: &str) -> String {
-    deployment::deployment_name(resource, writer)
+    super::names::deployment_name(resource, writer)
 }
 
 /// The writer's TriggerAuthentication, when its trigger needs credentials.
@@ -38,7 +38,7 @@ pub fn render(
     }
     let spec = match bp.spec.common_persistence_specs.bus_backend {
         BusBackend::Kafka => {
-            let secret = deployment::kafka_sasl_secret_name(resource);
+            let secret = super::names::kafka_sasl_secret_name(resource);
             let key = |parameter: &str, key: &str| json!({"parameter": parameter, "name": secret, "key": key});
             json!({"secretTargetRef": [
                 key("username", c::KAFKA_SASL_USERNAME_FILE),

@@ -12,6 +12,7 @@ pub mod parse;
 pub use aws::AwsSecretsManager;
 pub use gcp::GcpSecretManager;
 
+use super::reasons;
 use super::render::secret::{self, Slot};
 use super::render::{SecretBytes, SecretEntry, SecretInputs};
 use super::status::{SecretIssue, SecretsOutcome};
@@ -55,11 +56,11 @@ impl SecretError {
     /// The Degraded condition's reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            SecretError::NotFound(_) => "SecretNotFound",
-            SecretError::AccessDenied(_) => "SecretAccessDenied",
-            SecretError::Malformed(_) => "SecretMalformed",
-            SecretError::InvalidName(_) => "SecretNameInvalid",
-            SecretError::Unavailable(_) => "SecretUnavailable",
+            SecretError::NotFound(_) => reasons::SECRET_NOT_FOUND,
+            SecretError::AccessDenied(_) => reasons::SECRET_ACCESS_DENIED,
+            SecretError::Malformed(_) => reasons::SECRET_MALFORMED,
+            SecretError::InvalidName(_) => reasons::SECRET_NAME_INVALID,
+            SecretError::Unavailable(_) => reasons::SECRET_UNAVAILABLE,
         }
     }
 }
@@ -406,7 +407,7 @@ mod tests {
 #[cfg(test)]
 mod status_tests {
     use crate::operator::status::{
-        DEGRADED, READY, SecretIssue, SecretsOutcome, compute_with_secrets,
+        DEGRADED, READY, SecretIssue, SecretsOutcome, StatusInputs, compute,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -425,7 +426,10 @@ mod status_tests {
             }],
         };
         let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-        let s = compute_with_secrets(Some(1), None, vec![], &[], &outcome, None, &now);
+        let s = compute(StatusInputs {
+            secrets: &outcome,
+            ..StatusInputs::new(Some(1), &now)
+        });
         let by = |t: &str| {
             s.conditions
                 .iter()
