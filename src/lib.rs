@@ -1,7 +1,5 @@
 //! bgpersist: a Kubernetes operator for background persistence writers, and
 //! the writer runtime those Deployments run.
-#![forbid(unsafe_code)]
-#![deny(warnings)]
 
 pub mod contract;
 pub mod crd;

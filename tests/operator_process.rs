@@ -1,6 +1,9 @@
 //! The real `bgpersist-operator` binary against the rig's API server: probes,
 //! metrics, leader election over a Lease, SIGTERM, and startup errors.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "support/mod.rs"]
 mod support;
 

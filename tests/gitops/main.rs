@@ -6,6 +6,9 @@
 //! Runs with no operator in this binary: an operator writing status would
 //! (rightly) move resourceVersion between the two applies.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

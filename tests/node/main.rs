@@ -9,6 +9,9 @@
 //! since that operator reconciles every BackgroundPersistence in the cluster.
 //! Each test has its own resource and target namespace.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -1,6 +1,9 @@
 //! The operator against the rig's real kube-apiserver: admission, reconcile,
 //! no-op resync, drift, edits, pruning, status and autoscaling with KEDA.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

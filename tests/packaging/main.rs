@@ -3,6 +3,9 @@
 //! by rule, and the real operator binary reconciling the seed example on the
 //! rig's API server with nothing but the chart's ServiceAccount token.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

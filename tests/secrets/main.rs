@@ -2,6 +2,9 @@
 //! Secret Manager through the official client against an in-process fake,
 //! the operator reconciling against the rig's real kube-apiserver.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

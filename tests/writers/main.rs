@@ -1,5 +1,8 @@
 //! Writers end to end on the rig's real buses and stores.
 
+// A test crate: its helpers fail the test by panicking too.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -44,14 +44,22 @@ pub fn resolve_image(bp: &BackgroundPersistence, w: &WriterSpec) -> Result<Strin
         })
 }
 
-/// Returns the Deployment, its image, its config hash and its replicas.
+/// A writer's Deployment and what the status reports about it.
+pub struct WriterDeployment {
+    pub deployment: Deployment,
+    pub image: String,
+    /// The pod template's `bgpersist.dev/config-hash`.
+    pub config_hash: String,
+    pub replicas: i32,
+}
+
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
     w: &WriterSpec,
     owner: &OwnerReference,
     secrets: &SecretInputs,
-) -> Result<(Deployment, String, String, i32), RenderError> {
+) -> Result<WriterDeployment, RenderError> {
     let image = resolve_image(bp, w)?;
     let replicas = replicas(w);
     let sasl = secret::kafka_sasl_wanted(bp);
@@ -216,7 +224,12 @@ pub fn render(
         }),
         ..Default::default()
     };
-    Ok((deployment, image, config_hash, replicas))
+    Ok(WriterDeployment {
+        deployment,
+        image,
+        config_hash,
+        replicas,
+    })
 }
 
 /// The replicas the operator sets; for an autoscaled writer, the count its

@@ -109,8 +109,12 @@ pub fn render_with_secrets(
     let resource = owner.name.clone();
     let mut out = Vec::with_capacity(writers.len());
     for w in writers {
-        let (deployment, image, config_hash, replicas) =
-            deployment::render(bp, &resource, w, &owner, secrets)?;
+        let deployment::WriterDeployment {
+            deployment,
+            image,
+            config_hash,
+            replicas,
+        } = deployment::render(bp, &resource, w, &owner, secrets)?;
         let autoscaling = w.autoscaling.as_ref().map(|auto| {
             let auth = trigger_authentication::render(bp, &resource, w, &owner);
             let auth_name = auth.as_ref().and_then(|a| a.metadata.name.clone());
