@@ -9,18 +9,12 @@
 
 use crate::formats::Message;
 use crate::formats::v1::{Metric, MetricsMessage, metric};
-use crate::writer::pg::{self, PgError};
-use crate::writer::pg_rows::{
-    InsertRows, JsonbText, PgTable, Table, check_text, is_key_conflict, timestamp,
-};
-use crate::writer::sink::{Rejected, Sink, SinkError};
-use deadpool_postgres::Object;
+use crate::writer::pg_rows::{JsonbText, Table, check_text, timestamp};
+use crate::writer::row_sink::{CopyValues, PgRow, RowSink, SqlValue};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::time::SystemTime;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 /// The metrics table. Labels are a JSON object; `kind` is `counter`,
 /// `gauge`, `histogram_sample` or `unspecified`.
@@ -61,9 +55,6 @@ pub const INSERT: &str = "INSERT INTO metrics
                 $6::float8[], $7::timestamptz[]) AS t(k, e, n, l, kd, v, o)
     ON CONFLICT (idempotency_key) DO NOTHING";
 
-/// Concurrent statements are not needed: the runtime writes one batch at a time.
-const POOL_SIZE: usize = 2;
-
 /// One row of the metrics table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {
@@ -77,93 +68,66 @@ pub struct MetricRow {
     pub observed_at: SystemTime,
 }
 
-pub struct MetricsStoreSink {
-    table: PgTable,
-}
+/// The metrics store's sink.
+pub type MetricsStoreSink = RowSink<MetricRow>;
 
-impl MetricsStoreSink {
-    /// Builds the pool; connects (and creates the table) on the first write,
-    /// so a store that is down at start-up is waited out like any outage.
-    pub fn open(uri: &str) -> Result<Self, PgError> {
-        Ok(MetricsStoreSink {
-            table: PgTable::new(pg::pool(uri, POOL_SIZE)?, METRICS_TABLE),
-        })
-    }
-}
+impl PgRow for MetricRow {
+    const TABLE: Table = METRICS_TABLE;
+    const COPY: &'static str = COPY;
+    const COPY_TYPES: &'static [Type] = &COPY_TYPES;
+    const INSERT: &'static str = INSERT;
+    type Values<'a> = MetricValues<'a>;
 
-impl Sink for MetricsStoreSink {
-    type Record = MetricRow;
-
-    // Inserts that skip existing keys commute: two batches may be in
-    // flight (on the pool's two connections) while offsets stay in order.
-    const OVERLAPPING_WRITES: bool = true;
-
-    fn decode(&self, payload: &[u8]) -> Result<Vec<MetricRow>, String> {
+    fn decode(payload: &[u8]) -> Result<Vec<MetricRow>, String> {
         decode(payload)
     }
 
-    async fn write(&self, rows: &[MetricRow]) -> Result<Vec<Rejected>, SinkError> {
-        self.table.write_isolating(rows).await
-    }
-}
-
-impl InsertRows for [MetricRow] {
-    fn row_count(&self) -> usize {
-        self.len()
-    }
-
-    async fn insert(
-        &self,
-        conn: &Object,
-        range: Range<usize>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let rows = &self[range];
-        match copy(conn, rows).await {
-            Err(e) if is_key_conflict(&e) => insert_skipping_existing(conn, rows).await,
-            done => done,
+    fn values(&self) -> MetricValues<'_> {
+        MetricValues {
+            key: &self.idempotency_key[..],
+            labels: JsonbText(&self.labels_json),
+            row: self,
         }
     }
-}
 
-/// All or nothing: a row refused, or a key already stored, fails the COPY.
-async fn copy(conn: &Object, rows: &[MetricRow]) -> Result<(), tokio_postgres::Error> {
-    let writer = BinaryCopyInWriter::new(conn.copy_in(COPY).await?, &COPY_TYPES);
-    let mut writer = std::pin::pin!(writer);
-    for r in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &&r.idempotency_key[..],
-                &r.environment_id,
-                &r.name,
-                &JsonbText(&r.labels_json),
-                &r.kind,
-                &r.value,
-                &r.observed_at,
-            ])
-            .await?;
+    fn columns(rows: &[MetricRow]) -> Vec<Box<dyn ToSql + Send + Sync + '_>> {
+        let text = |f: fn(&MetricRow) -> &str| Box::new(rows.iter().map(f).collect::<Vec<_>>());
+        vec![
+            Box::new(
+                rows.iter()
+                    .map(|r| &r.idempotency_key[..])
+                    .collect::<Vec<_>>(),
+            ),
+            text(|r| &r.environment_id),
+            text(|r| &r.name),
+            text(|r| &r.labels_json),
+            text(|r| &r.kind),
+            Box::new(rows.iter().map(|r| r.value).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|r| r.observed_at).collect::<Vec<_>>()),
+        ]
     }
-    writer.finish().await.map(drop)
 }
 
-async fn insert_skipping_existing(
-    conn: &Object,
-    rows: &[MetricRow],
-) -> Result<(), tokio_postgres::Error> {
-    let keys: Vec<&[u8]> = rows.iter().map(|r| &r.idempotency_key[..]).collect();
-    let envs: Vec<&str> = rows.iter().map(|r| r.environment_id.as_str()).collect();
-    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-    let labels: Vec<&str> = rows.iter().map(|r| r.labels_json.as_str()).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
-    let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
-    let times: Vec<SystemTime> = rows.iter().map(|r| r.observed_at).collect();
-    let statement = conn.prepare_cached(INSERT).await?;
-    conn.execute(
-        &statement,
-        &[&keys, &envs, &names, &labels, &kinds, &values, &times],
-    )
-    .await
-    .map(drop)
+/// A metric row's COPY values: the key as bytes, the labels as jsonb text.
+pub struct MetricValues<'a> {
+    key: &'a [u8],
+    labels: JsonbText<'a>,
+    row: &'a MetricRow,
+}
+
+impl CopyValues for MetricValues<'_> {
+    fn refs(&self) -> Vec<SqlValue<'_>> {
+        let r = self.row;
+        vec![
+            &self.key,
+            &r.environment_id,
+            &r.name,
+            &self.labels,
+            &r.kind,
+            &r.value,
+            &r.observed_at,
+        ]
+    }
 }
 
 /// The stored name of a metric kind.

@@ -13,6 +13,7 @@ pub mod offline;
 pub mod online;
 pub mod pg;
 pub mod pg_rows;
+pub mod row_sink;
 pub mod runtime;
 pub mod sink;
 pub mod usage;

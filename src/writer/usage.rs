@@ -4,17 +4,11 @@
 
 use crate::formats::Message;
 use crate::formats::v1::UsageEvent;
-use crate::writer::pg::{self, PgError};
-use crate::writer::pg_rows::{
-    InsertRows, JsonbText, PgTable, Table, check_text, is_key_conflict, timestamp,
-};
-use crate::writer::sink::{Rejected, Sink, SinkError};
-use deadpool_postgres::Object;
+use crate::writer::pg_rows::{JsonbText, Table, check_text, timestamp};
+use crate::writer::row_sink::{CopyValues, PgRow, RowSink, SqlValue};
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::time::SystemTime;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 pub const USAGE_TABLE: Table = Table {
     name: "usage_events",
@@ -59,8 +53,6 @@ pub const INSERT: &str = "INSERT INTO usage_events
          AS t(i, e, d, k, s, q, u, o, a)
     ON CONFLICT (event_id) DO NOTHING";
 
-const POOL_SIZE: usize = 2;
-
 /// One row of the usage table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
@@ -76,106 +68,64 @@ pub struct UsageRow {
     pub attributes_json: String,
 }
 
-pub struct UsageSink {
-    table: PgTable,
-}
+/// The usage store's sink.
+pub type UsageSink = RowSink<UsageRow>;
 
-impl UsageSink {
-    /// Builds the pool; connects (and creates the table) on the first write.
-    pub fn open(uri: &str) -> Result<Self, PgError> {
-        Ok(UsageSink {
-            table: PgTable::new(pg::pool(uri, POOL_SIZE)?, USAGE_TABLE),
-        })
-    }
-}
+impl PgRow for UsageRow {
+    const TABLE: Table = USAGE_TABLE;
+    const COPY: &'static str = COPY;
+    const COPY_TYPES: &'static [Type] = &COPY_TYPES;
+    const INSERT: &'static str = INSERT;
+    type Values<'a> = UsageValues<'a>;
 
-impl Sink for UsageSink {
-    type Record = UsageRow;
-
-    // Inserts that skip existing event ids commute.
-    const OVERLAPPING_WRITES: bool = true;
-
-    fn decode(&self, payload: &[u8]) -> Result<Vec<UsageRow>, String> {
+    fn decode(payload: &[u8]) -> Result<Vec<UsageRow>, String> {
         decode(payload).map(|r| vec![r])
     }
 
-    async fn write(&self, rows: &[UsageRow]) -> Result<Vec<Rejected>, SinkError> {
-        self.table.write_isolating(rows).await
-    }
-}
-
-impl InsertRows for [UsageRow] {
-    fn row_count(&self) -> usize {
-        self.len()
-    }
-
-    async fn insert(
-        &self,
-        conn: &Object,
-        range: Range<usize>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let rows = &self[range];
-        match copy(conn, rows).await {
-            Err(e) if is_key_conflict(&e) => insert_skipping_existing(conn, rows).await,
-            done => done,
+    fn values(&self) -> UsageValues<'_> {
+        UsageValues {
+            attributes: JsonbText(&self.attributes_json),
+            row: self,
         }
     }
-}
 
-/// All or nothing: a row refused, or an event id already stored, fails the COPY.
-async fn copy(conn: &Object, rows: &[UsageRow]) -> Result<(), tokio_postgres::Error> {
-    let writer = BinaryCopyInWriter::new(conn.copy_in(COPY).await?, &COPY_TYPES);
-    let mut writer = std::pin::pin!(writer);
-    for r in rows {
-        writer
-            .as_mut()
-            .write(&[
-                &r.event_id,
-                &r.environment_id,
-                &r.deployment_id,
-                &r.kind,
-                &r.subject,
-                &r.quantity,
-                &r.unit,
-                &r.occurred_at,
-                &JsonbText(&r.attributes_json),
-            ])
-            .await?;
+    fn columns(rows: &[UsageRow]) -> Vec<Box<dyn ToSql + Send + Sync + '_>> {
+        let text = |f: fn(&UsageRow) -> &str| Box::new(rows.iter().map(f).collect::<Vec<_>>());
+        vec![
+            text(|r| &r.event_id),
+            text(|r| &r.environment_id),
+            text(|r| &r.deployment_id),
+            text(|r| &r.kind),
+            text(|r| &r.subject),
+            Box::new(rows.iter().map(|r| r.quantity).collect::<Vec<_>>()),
+            text(|r| &r.unit),
+            Box::new(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>()),
+            text(|r| &r.attributes_json),
+        ]
     }
-    writer.finish().await.map(drop)
 }
 
-async fn insert_skipping_existing(
-    conn: &Object,
-    rows: &[UsageRow],
-) -> Result<(), tokio_postgres::Error> {
-    let col = |f: fn(&UsageRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-    let ids = col(|r| &r.event_id);
-    let envs = col(|r| &r.environment_id);
-    let deployments = col(|r| &r.deployment_id);
-    let kinds = col(|r| &r.kind);
-    let subjects = col(|r| &r.subject);
-    let quantities: Vec<f64> = rows.iter().map(|r| r.quantity).collect();
-    let units = col(|r| &r.unit);
-    let times: Vec<SystemTime> = rows.iter().map(|r| r.occurred_at).collect();
-    let attributes = col(|r| &r.attributes_json);
-    let statement = conn.prepare_cached(INSERT).await?;
-    conn.execute(
-        &statement,
-        &[
-            &ids,
-            &envs,
-            &deployments,
-            &kinds,
-            &subjects,
-            &quantities,
-            &units,
-            &times,
-            &attributes,
-        ],
-    )
-    .await
-    .map(drop)
+/// A usage row's COPY values: the attributes as jsonb text.
+pub struct UsageValues<'a> {
+    attributes: JsonbText<'a>,
+    row: &'a UsageRow,
+}
+
+impl CopyValues for UsageValues<'_> {
+    fn refs(&self) -> Vec<SqlValue<'_>> {
+        let r = self.row;
+        vec![
+            &r.event_id,
+            &r.environment_id,
+            &r.deployment_id,
+            &r.kind,
+            &r.subject,
+            &r.quantity,
+            &r.unit,
+            &r.occurred_at,
+            &self.attributes,
+        ]
+    }
 }
 
 /// Decodes one usage event; a malformed one is poison.
