@@ -16,6 +16,7 @@ pub mod pg_rows;
 pub mod row_sink;
 pub mod runtime;
 pub mod sink;
+pub mod store_uri;
 pub mod usage;
 pub mod vector;
 

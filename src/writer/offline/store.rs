@@ -10,6 +10,7 @@ use super::{OfflineStore, TableRows};
 use crate::writer::config::{ConfigError, WriterConfig};
 use crate::writer::pg::PgError;
 use crate::writer::sink::{Rejected, SinkError};
+use crate::writer::store_uri::split_scheme;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfflineError {
@@ -39,11 +40,7 @@ pub async fn open_store(cfg: &WriterConfig) -> Result<Store, OfflineError> {
 
 /// Opens the store `uri` names, by scheme.
 pub async fn open_uri(uri: &str, cfg: &WriterConfig) -> Result<Store, OfflineError> {
-    let (scheme, rest) = uri
-        .trim()
-        .split_once("://")
-        .map(|(s, rest)| (s.to_ascii_lowercase(), rest))
-        .unwrap_or_default();
+    let (scheme, rest) = split_scheme(uri);
     let store = match scheme.as_str() {
         "postgres" | "postgresql" => {
             Store::Postgres(PostgresStore::open(&format!("{scheme}://{rest}"))?)

@@ -7,6 +7,7 @@ use crate::formats::Message;
 use crate::formats::v1::{ResultMessage, value::Kind};
 use crate::writer::config::WriterConfig;
 use crate::writer::sink::{Rejected, Sink, SinkError};
+use crate::writer::store_uri::split_scheme;
 
 /// The online store of this run, picked from the URI scheme by [`OnlineSink::open`].
 pub enum OnlineSink {
@@ -19,11 +20,7 @@ impl OnlineSink {
     /// `dynamodb://<table>?region=...` → DynamoDB. Errors are configuration
     /// errors, worded for the operator.
     pub async fn open(uri: &str, cfg: &WriterConfig) -> Result<Self, String> {
-        let scheme = uri
-            .trim()
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase())
-            .unwrap_or_default();
+        let (scheme, _) = split_scheme(uri);
         match scheme.as_str() {
             "redis" | "rediss" => redis::RedisTarget::parse(
                 uri,

@@ -14,6 +14,7 @@ use crate::formats::Message;
 use crate::formats::v1::VectorBatch;
 use crate::writer::config::WriterConfig;
 use crate::writer::sink::{Rejected, Sink, SinkError};
+use crate::writer::store_uri::split_scheme;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -157,11 +158,7 @@ impl VectorSink {
     /// `postgres://` / `postgresql://` → pgvector; `qdrant://`, `qdrants://`,
     /// `http://`, `https://` → Qdrant's REST API. Connects lazily.
     pub fn open(uri: &str, cfg: &WriterConfig) -> Result<Self, VectorError> {
-        let scheme = uri
-            .trim()
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase())
-            .unwrap_or_default();
+        let (scheme, _) = split_scheme(uri);
         match scheme.as_str() {
             "postgres" | "postgresql" => Ok(VectorSink::Pg(pgvector::PgVectorStore::open(
                 uri,
