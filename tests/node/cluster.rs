@@ -252,6 +252,24 @@ pub fn writer(name: &str, kind: &str, replicas: i64) -> Value {
     })
 }
 
+/// A resource's name and its target namespace.
+pub fn names(bp: &Value) -> (String, String) {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        s(&bp["metadata"]["name"]),
+        s(&bp["spec"]["common_persistence_specs"]["namespace"]),
+    )
+}
+
+/// Creates a namespace with `labels` before the operator would.
+pub async fn create_namespace(client: &Client, name: &str, labels: Value) -> anyhow::Result<()> {
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = json!({"metadata": {"name": name, "labels": labels}});
+    nss.create(&Default::default(), &serde_json::from_value(ns)?)
+        .await?;
+    Ok(())
+}
+
 /// Deletes a test's resource and namespace; errors are ignored (cleanup).
 pub async fn cleanup(client: &Client, resource: &str, namespace: &str) {
     let bps: Api<bgpersist::crd::BackgroundPersistence> = Api::all(client.clone());

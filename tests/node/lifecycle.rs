@@ -16,14 +16,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn names(bp: &Value) -> (String, String) {
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    (
-        s(&bp["metadata"]["name"]),
-        s(&bp["spec"]["common_persistence_specs"]["namespace"]),
-    )
-}
-
 async fn ready_uids(
     pods: &Api<Pod>,
     resource: &str,
@@ -51,7 +43,7 @@ async fn rotating_a_cloud_secret_restarts_exactly_the_pods_that_mount_it() -> an
         writer("offline", "OFFLINE_WRITER", 1)
     ]);
     let bp = cluster::seed("rot", patch)?;
-    let (name, ns) = names(&bp);
+    let (name, ns) = cluster::names(&bp);
     cluster::apply_bp(&client, &bp).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     for w in ["online", "offline"] {
@@ -127,19 +119,14 @@ async fn deleting_the_resource_collects_what_it_made_but_not_a_preexisting_servi
     .await?;
     patch["writers"] = json!([writer("online", "ONLINE_WRITER", 1)]);
     let bp = cluster::seed("gc", patch)?;
-    let (name, ns) = names(&bp);
+    let (name, ns) = cluster::names(&bp);
     let sa_name = bp["spec"]["common_persistence_specs"]["service_account_name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
 
     // The namespace and its ServiceAccount exist before the resource does.
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-    )
-    .await?;
+    cluster::create_namespace(&client, &ns, json!({})).await?;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     sas.create(
         &PostParams::default(),
@@ -199,7 +186,7 @@ async fn deleting_the_resource_collects_what_it_made_but_not_a_preexisting_servi
         sas.get_opt(&sa_name).await?.is_some(),
         "the pre-existing ServiceAccount {sa_name} was deleted with the resource"
     );
-    let _ = nss.delete(&ns, &DeleteParams::default()).await;
+    cluster::cleanup(&client, &name, &ns).await;
     Ok(())
 }
 
@@ -214,7 +201,7 @@ async fn an_eviction_that_would_break_a_writers_pdb_is_refused() -> anyhow::Resu
     .await?;
     patch["writers"] = json!([writer("online", "ONLINE_WRITER", 2)]);
     let bp = cluster::seed("pdb", patch)?;
-    let (name, ns) = names(&bp);
+    let (name, ns) = cluster::names(&bp);
     cluster::apply_bp(&client, &bp).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let sel = cluster::writer_selector(&name, "online");

@@ -41,14 +41,7 @@ async fn a_writer_pod_is_ready_only_after_it_reaches_its_bus() -> anyhow::Result
     patch["kafka_bootstrap_servers"] = json!(format!("{host}:{port}"));
     patch["writers"] = json!([writer("online", "ONLINE_WRITER", 1)]);
     let bp = cluster::seed("ready", patch)?;
-    let name = bp["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let ns = bp["spec"]["common_persistence_specs"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (name, ns) = cluster::names(&bp);
     cluster::apply_bp(&client, &bp).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let selector = cluster::writer_selector(&name, "online");

@@ -68,14 +68,7 @@ async fn three_replicas_share_the_partitions_and_scaling_to_one_loses_nothing() 
     patch["common_persistence_specs"] = json!({"result_bus_online_store_subscription_id": topic});
     patch["writers"] = json!([writer("online", "ONLINE_WRITER", 3)]);
     let mut bp = cluster::seed("scale", patch)?;
-    let name = bp["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let ns = bp["spec"]["common_persistence_specs"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (name, ns) = cluster::names(&bp);
     cluster::apply_bp(&client, &bp).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let sel = cluster::writer_selector(&name, "online");

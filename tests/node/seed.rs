@@ -7,9 +7,9 @@ use crate::cluster::{self, writer};
 use crate::harness::{self, dataset, pkeys, redis_entities};
 use crate::offline_harness::PgSchema;
 use crate::support::rig;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::json;
 use std::time::Duration;
 
@@ -111,23 +111,13 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
     writers.push(writer("online-writer", "ONLINE_WRITER", 1));
     writers.push(writer("offline-writer", "OFFLINE_WRITER", 1));
     bp["spec"]["writers"] = json!(writers);
-    let name = bp["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let ns = bp["spec"]["common_persistence_specs"]["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (name, ns) = cluster::names(&bp);
     // The writers' pods must pass the `restricted` Pod Security Standard:
     // the ReplicaSet controller cannot create them otherwise.
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {
-            "name": ns,
-            "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-        }}))?,
+    cluster::create_namespace(
+        &client,
+        &ns,
+        json!({"pod-security.kubernetes.io/enforce": "restricted"}),
     )
     .await?;
     cluster::apply_bp(&client, &bp).await?;

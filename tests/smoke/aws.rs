@@ -1,25 +1,8 @@
-use crate::support::{rig, unique};
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-
-fn secrets_client() -> aws_sdk_secretsmanager::Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(rig("moto", "BGP_AWS_ENDPOINT"))
-        .region(Region::new(rig("moto", "BGP_AWS_REGION")))
-        .credentials_provider(Credentials::new(
-            rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
-            rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "rig",
-        ))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
+use crate::support::unique;
 
 #[tokio::test]
 async fn secretsmanager_create_get_and_missing() -> anyhow::Result<()> {
-    let client = secrets_client();
+    let client = crate::support::cloud::moto();
     let name = unique("smoke/kafka-sasl");
     let value = r#"{"username":"u","password":"p"}"#;
     client

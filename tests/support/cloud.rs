@@ -4,19 +4,24 @@
 use super::rig;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 
+/// The rig's static AWS credentials (moto accepts any).
+pub fn credentials() -> Credentials {
+    Credentials::new(
+        rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
+        rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
+        None,
+        None,
+        "rig",
+    )
+}
+
 /// A Secrets Manager client for the rig's moto.
 pub fn moto() -> aws_sdk_secretsmanager::Client {
     let config = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(rig("moto", "BGP_AWS_ENDPOINT"))
         .region(Region::new(rig("moto", "BGP_AWS_REGION")))
-        .credentials_provider(Credentials::new(
-            rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
-            rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "rig",
-        ))
+        .credentials_provider(credentials())
         .build();
     aws_sdk_secretsmanager::Client::from_conf(config)
 }

@@ -14,7 +14,7 @@
 use crate::harness::*;
 use crate::support::{rig, unique};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, TimeToLiveSpecification,
@@ -35,13 +35,7 @@ fn client() -> Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(rig("moto", "BGP_AWS_REGION")))
         .endpoint_url(rig("moto", "BGP_AWS_ENDPOINT"))
-        .credentials_provider(Credentials::new(
-            rig("moto", "BGP_AWS_ACCESS_KEY_ID"),
-            rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "rig",
-        ))
+        .credentials_provider(crate::support::cloud::credentials())
         .build();
     Client::from_conf(conf)
 }
