@@ -119,7 +119,8 @@ authentication:
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
 serializeImagePulls: false
-resolvConf: /etc/resolv.conf
+# No DNS in pods: everything they use is addressed by IP.
+resolvConf: ""
 evictionHard: {memory.available: "200Mi", nodefs.available: "2%", imagefs.available: "2%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -146,7 +147,11 @@ node_start() {
   host_ip_up
   node_write_config
   node_save_sysctls
-  spawn containerd containerd --config "$NODE_DIR/containerd.toml"
+  # Nothing is ever pulled: an image that is not imported fails at once on
+  # a proxy that does not exist, before any registry name is resolved.
+  spawn containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+    containerd --config "$NODE_DIR/containerd.toml"
+  node_isolate_pods
   local i p
   for i in $(seq 1 100); do node_ctr version >/dev/null 2>&1 && break; sleep 0.2; done
   node_ctr version >/dev/null 2>&1 || fail_part containerd "not answering on $NODE_SOCK"
@@ -207,6 +212,7 @@ node_stop() {
   rm -rf "$NODE_DIR/cni/ipam"
   if [ -x "$NODE_BIN_DIR/kube-proxy" ]; then "$NODE_BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
   node_iptables_cleanup
+  node_unisolate_pods
   if [ -f "$NODE_DIR/sysctls.saved" ]; then
     while IFS= read -r kv; do sysctl -qw "$kv" 2>/dev/null || true; done < "$NODE_DIR/sysctls.saved"
     rm -f "$NODE_DIR/sysctls.saved"
@@ -215,6 +221,22 @@ node_stop() {
   if k8s_health 2>/dev/null; then
     kubectl --kubeconfig "$KUBECONFIG_FILE" delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
+}
+
+# Pods talk to this machine only: whatever they send to an address outside
+# 198.18.0.0/15 (the pod network, the service range, the rig's address) is
+# refused at the bridge instead of being routed off the machine.
+NODE_FORWARD_CHAIN=BGPRIG-PODS-OUT
+node_isolate_pods() {
+  iptables -N "$NODE_FORWARD_CHAIN" 2>/dev/null || iptables -F "$NODE_FORWARD_CHAIN"
+  iptables -A "$NODE_FORWARD_CHAIN" -s "$POD_CIDR" ! -d 198.18.0.0/15 -j REJECT
+  iptables -C FORWARD -j "$NODE_FORWARD_CHAIN" 2>/dev/null || iptables -I FORWARD 1 -j "$NODE_FORWARD_CHAIN"
+}
+
+node_unisolate_pods() {
+  while iptables -D FORWARD -j "$NODE_FORWARD_CHAIN" 2>/dev/null; do :; done
+  iptables -F "$NODE_FORWARD_CHAIN" 2>/dev/null || true
+  iptables -X "$NODE_FORWARD_CHAIN" 2>/dev/null || true
 }
 
 # Removes the chains kubelet, kube-proxy and the CNI plugins add (KUBE-*,

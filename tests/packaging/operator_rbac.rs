@@ -197,7 +197,10 @@ async fn operator_reconciles_the_seed_with_only_the_charts_rbac() -> anyhow::Res
     let bp_name = format!("pkg{id}");
     let target_ns = format!("ns-pkg{id}");
     let cloud = format!("bgp/packaging/{id}");
-    let rendered = cli::helm_template(&release, &release_ns, &[])?;
+    // The test runs the operator process itself, with the pod's env and token;
+    // the rig's node would otherwise run the chart's Deployment as a second
+    // operator, which would take the Lease.
+    let rendered = cli::helm_template(&release, &release_ns, &["--set", "replicaCount=0"])?;
 
     let result = scenario(
         &release,
