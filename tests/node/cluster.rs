@@ -11,10 +11,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-pub const OPERATOR_NS: &str = "bgpersist-system";
-pub const RELEASE: &str = "bgpersist";
-pub const OPERATOR_SELECTOR: &str =
-    "app.kubernetes.io/name=bgpersist,app.kubernetes.io/component=operator";
+/// A release and namespace of the tests' own: `deploy/base` (applied by
+/// tests/gitops) uses `bgpersist-system` and cluster-wide names of `bgpersist`.
+pub const OPERATOR_NS: &str = "bgpersist-node-tests";
+pub const RELEASE: &str = "bgpersist-node-tests";
+pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=bgpersist,\
+    app.kubernetes.io/instance=bgpersist-node-tests,app.kubernetes.io/component=operator";
 /// How often the Helm-installed operator re-reads cloud secrets: short, so
 /// the rotation test sees a rotation within seconds.
 pub const SECRET_REFRESH_SECONDS: u64 = 2;

@@ -4,7 +4,7 @@
 //! the scheduler, the controllers and the garbage collector).
 //!
 //! Needs `hack/rig up` (with the `node` part) and `hack/image`. All tests
-//! share one Helm release of the operator in `bgpersist-system`; `hack/test`
+//! share one Helm release of the operator, `bgpersist-node-tests`; `hack/test`
 //! runs this binary after the others and uninstalls the release afterwards,
 //! since that operator reconciles every BackgroundPersistence in the cluster.
 //! Each test has its own resource and target namespace.
