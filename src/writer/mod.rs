@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config;
 pub mod dlq;
 pub mod feature_metrics;
+pub mod launch;
 pub mod metrics;
 pub mod metrics_store;
 pub mod mirror;
