@@ -18,7 +18,7 @@ use crate::writer::offline::result::ResultDecoder;
 use crate::writer::offline::streaming::StreamingDecoder;
 use crate::writer::offline::{OfflineSink, open_store};
 use crate::writer::online::OnlineSink;
-use crate::writer::runtime::{Runtime, Settings};
+use crate::writer::runtime::{MAX_BACKOFF, Runtime, Settings};
 use crate::writer::sink::Sink;
 use crate::writer::usage::UsageSink;
 use crate::writer::vector::VectorSink;
@@ -216,7 +216,7 @@ async fn drive<B: Bus, S: Sink>(
         writer: cfg.writer_name.clone(),
         max_batch_size: cfg.max_batch_size,
         max_batch_wait: cfg.max_batch_wait,
-        max_backoff: Duration::from_secs(10),
+        max_backoff: MAX_BACKOFF,
     };
     if !reach_bus(&bus, stop.clone()).await {
         return Ok(());

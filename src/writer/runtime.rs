@@ -362,13 +362,23 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     }
 
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<B, S> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(self.settings.max_backoff)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        retry_backoff(self.settings.max_backoff)
     }
+}
+
+/// The longest wait between two retries of a failing store or transaction.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Delays between retries of a failing write: from 100 ms, doubling with
+/// jitter up to `max`, never giving up (nothing is dropped). Every loop that
+/// retries a store or a transaction uses this one.
+pub fn retry_backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::writer::bus::kafka::{client_config, consumer_lag, envelope, next_offs
 use crate::writer::config::WriterConfig;
 use crate::writer::dlq::{self, ErrorClass};
 use crate::writer::metrics::WriterMetrics;
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::writer::runtime::{MAX_BACKOFF, retry_backoff};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -227,7 +227,7 @@ impl ExactlyOnce {
                                 return Err(ExactlyOnceError::Fatal(e));
                             }
                             self.metrics.retries.inc();
-                            let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                            let delay = backoff.next().unwrap_or(MAX_BACKOFF);
                             warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "metrics transaction aborted; retrying the batch");
                             if !self.wait(delay, &mut shutdown).await {
                                 break;
@@ -248,8 +248,13 @@ impl ExactlyOnce {
     /// Receives into `held` until a batch is full or `max_wait` passed since
     /// the first message. False on shutdown.
     async fn gather(&mut self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.resume(&assignment);
+        match self.consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(e) = self.consumer.resume(&assignment) {
+                    warn!(error = %e, "resume before receiving the next batch");
+                }
+            }
+            Err(e) => warn!(error = %e, "assignment, to resume before receiving"),
         }
         while self.held.is_empty() {
             tokio::select! {
@@ -433,8 +438,13 @@ impl ExactlyOnce {
     /// Waits `delay` with the partitions paused, serving the consumer so the
     /// group session lives and rebalances are seen. False on shutdown.
     async fn wait(&mut self, delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&assignment);
+        match self.consumer.assignment() {
+            Ok(assignment) => {
+                if let Err(e) = self.consumer.pause(&assignment) {
+                    warn!(error = %e, "pause while waiting to retry the batch");
+                }
+            }
+            Err(e) => warn!(error = %e, "assignment, to pause while waiting to retry"),
         }
         let deadline = tokio::time::Instant::now() + delay;
         loop {
@@ -464,13 +474,9 @@ impl ExactlyOnce {
     }
 }
 
+/// The runtime's retry delays, capped as the runtime's are.
 fn new_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    retry_backoff(MAX_BACKOFF)
 }
 
 /// Appends `env`, first dropping held messages of its partition at or past
