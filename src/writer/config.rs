@@ -56,6 +56,17 @@ pub struct WriterConfig {
     pub offline_store_db_type: Option<String>,
     pub metadata_provider: Option<String>,
     pub snowflake_storage_integration: Option<String>,
+    /// METRICS_WRITER: `BGP_PUBLISH_ACKS` as set (all, 1 or 0; parsed where used).
+    pub publish_acks: Option<String>,
+    /// METRICS_WRITER: `BGP_PUBLISH_EXACTLY_ONCE` as set (true or false).
+    pub publish_exactly_once: Option<String>,
+    /// The exactly-once transactional id, else derived from the group and
+    /// the pod's `HOSTNAME`.
+    pub transactional_id: Option<String>,
+    pub hostname: Option<String>,
+    /// Endpoint overrides of the warehouses' APIs (anonymous at BigQuery's).
+    pub bigquery_endpoint: Option<String>,
+    pub snowflake_endpoint: Option<String>,
 }
 
 /// librdkafka settings. Secrets (SASL password, SSL keys) come from files.
@@ -92,6 +103,15 @@ pub const ENV_STORES_DIR: &str = "BGP_STORES_DIR";
 pub const ENV_KAFKA_CLIENT_ID_PREFIX: &str = "BGP_KAFKA_CLIENT_ID_PREFIX";
 pub const ENV_KAFKA_GROUP_PREFIX: &str = "BGP_KAFKA_GROUP_PREFIX";
 pub const DEFAULT_STORES_DIR: &str = "/etc/bgpersist/stores";
+pub const ENV_PUBLISH_ACKS: &str = "BGP_PUBLISH_ACKS";
+/// `true` turns METRICS_WRITER's Kafka transactions on.
+pub const ENV_PUBLISH_EXACTLY_ONCE: &str = c::ENV_PUBLISH_EXACTLY_ONCE;
+/// Transactional id; default `<consumer group>.<HOSTNAME>` (the pod name, so
+/// a restarted container fences its previous incarnation).
+pub const ENV_TRANSACTIONAL_ID: &str = "BGP_TRANSACTIONAL_ID";
+pub const ENV_HOSTNAME: &str = "HOSTNAME";
+pub const ENV_BIGQUERY_ENDPOINT: &str = "BGP_BIGQUERY_ENDPOINT";
+pub const ENV_SNOWFLAKE_ENDPOINT: &str = "BGP_SNOWFLAKE_ENDPOINT";
 
 impl WriterConfig {
     /// Reads the process environment.
@@ -203,6 +223,12 @@ impl WriterConfig {
             offline_store_db_type: get(c::ENV_OFFLINE_STORE_DB_TYPE),
             metadata_provider: get(c::ENV_METADATA_PROVIDER),
             snowflake_storage_integration: get(c::ENV_SNOWFLAKE_STORAGE_INTEGRATION),
+            publish_acks: get(ENV_PUBLISH_ACKS),
+            publish_exactly_once: get(ENV_PUBLISH_EXACTLY_ONCE),
+            transactional_id: get(ENV_TRANSACTIONAL_ID),
+            hostname: get(ENV_HOSTNAME),
+            bigquery_endpoint: get(ENV_BIGQUERY_ENDPOINT),
+            snowflake_endpoint: get(ENV_SNOWFLAKE_ENDPOINT),
         })
     }
 

@@ -88,12 +88,8 @@ pub async fn run(
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter
-            if exactly_once::requested(
-                std::env::var(exactly_once::ENV_EXACTLY_ONCE)
-                    .ok()
-                    .as_deref(),
-            )
-            .map_err(|e| RunError::Config(e.to_string()))? =>
+            if exactly_once::requested(cfg.publish_exactly_once.as_deref())
+                .map_err(|e| RunError::Config(e.to_string()))? =>
         {
             let writer =
                 ExactlyOnce::connect(cfg, metrics).map_err(|e| RunError::Config(e.to_string()))?;

@@ -35,11 +35,9 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 use tracing::{info, warn};
 
-/// `true` turns transactions on (Kafka only).
-pub const ENV_EXACTLY_ONCE: &str = crate::contract::ENV_PUBLISH_EXACTLY_ONCE;
-/// Transactional id; default `<consumer group>.<HOSTNAME>` (the pod name, so
-/// a restarted container fences its previous incarnation).
-pub const ENV_TRANSACTIONAL_ID: &str = "BGP_TRANSACTIONAL_ID";
+pub use crate::writer::config::{
+    ENV_PUBLISH_EXACTLY_ONCE as ENV_EXACTLY_ONCE, ENV_TRANSACTIONAL_ID,
+};
 /// Bound on each blocking transactional call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -148,7 +146,7 @@ impl ExactlyOnce {
         if cfg.backend != BusBackend::Kafka {
             return Err(ExactlyOnceError::NotKafka);
         }
-        let acks = std::env::var(ENV_PUBLISH_ACKS).ok();
+        let acks = cfg.publish_acks.clone();
         if !matches!(Acks::parse(acks.as_deref()), Ok(Acks::All)) {
             return Err(ExactlyOnceError::Acks(acks.unwrap_or_default()));
         }
@@ -158,9 +156,9 @@ impl ExactlyOnce {
             .clone()
             .ok_or(ExactlyOnceError::NoDeadLetterTopic)?;
         let id = transactional_id(
-            std::env::var(ENV_TRANSACTIONAL_ID).ok().as_deref(),
+            cfg.transactional_id.as_deref(),
             &cfg.kafka.group_id,
-            std::env::var("HOSTNAME").ok().as_deref(),
+            cfg.hostname.as_deref(),
         )?;
 
         let consumer: StreamConsumer<TxnContext> = client_config(&cfg.kafka)

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// `all` (default; the producer is then idempotent), `1` or `0`.
-pub const ENV_PUBLISH_ACKS: &str = "BGP_PUBLISH_ACKS";
+pub use crate::writer::config::ENV_PUBLISH_ACKS;
 /// Pub/Sub refuses larger messages; refused here rather than failing a whole
 /// publish batch.
 const PUBSUB_MAX_MESSAGE_BYTES: usize = 10_000_000;
@@ -104,7 +104,7 @@ impl Publisher {
         let topic = cfg.publish_topic.clone().ok_or(PublishError::NoTopic)?;
         match cfg.backend {
             BusBackend::Kafka => {
-                let acks = Acks::parse(std::env::var(ENV_PUBLISH_ACKS).ok().as_deref())?;
+                let acks = Acks::parse(cfg.publish_acks.as_deref())?;
                 let config = producer_config(&cfg.kafka, acks);
                 let producer = config.create()?;
                 info!(%topic, acks = acks.as_str(), idempotent = acks == Acks::All, "publishing metrics to kafka");

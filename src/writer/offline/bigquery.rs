@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 /// Endpoint override (a fake or an emulator); requests go without credentials.
-pub const ENV_ENDPOINT: &str = "BGP_BIGQUERY_ENDPOINT";
+pub use crate::writer::config::ENV_BIGQUERY_ENDPOINT as ENV_ENDPOINT;
 pub const DEFAULT_ENDPOINT: &str = "https://bigquery.googleapis.com";
 pub const SCOPE: &str = "https://www.googleapis.com/auth/bigquery";
 /// Rows per insertAll request (BigQuery's recommendation; the hard limit is 50,000).
@@ -129,10 +129,10 @@ pub struct BigQueryStore {
 }
 
 impl BigQueryStore {
-    /// Opens the store of `uri` with ADC, or anonymously at `BGP_BIGQUERY_ENDPOINT`.
-    pub async fn open(uri: &str) -> Result<Self, WarehouseError> {
-        let endpoint = std::env::var(ENV_ENDPOINT).ok().filter(|s| !s.is_empty());
-        let target = BigQueryTarget::parse(uri, endpoint.as_deref())?;
+    /// Opens the store of `uri` with ADC, or anonymously at `endpoint`
+    /// (`BGP_BIGQUERY_ENDPOINT`) when set.
+    pub async fn open(uri: &str, endpoint: Option<&str>) -> Result<Self, WarehouseError> {
+        let target = BigQueryTarget::parse(uri, endpoint)?;
         let auth = match endpoint {
             Some(_) => GoogleAuth::Anonymous,
             None => GoogleAuth::application_default()?,

@@ -31,7 +31,7 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 /// Endpoint override (a fake); credentials become optional.
-pub const ENV_ENDPOINT: &str = "BGP_SNOWFLAKE_ENDPOINT";
+pub use crate::writer::config::ENV_SNOWFLAKE_ENDPOINT as ENV_ENDPOINT;
 /// The statement `timeout` sent with every request, in seconds.
 pub const STATEMENT_TIMEOUT_SECS: u64 = 120;
 /// Rows per MERGE.
@@ -160,10 +160,9 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 }
 
 impl SnowflakeStore {
-    /// Opens the store of `uri`, at `BGP_SNOWFLAKE_ENDPOINT` when set.
-    pub fn open(uri: &str) -> Result<Self, WarehouseError> {
-        let endpoint = std::env::var(ENV_ENDPOINT).ok().filter(|s| !s.is_empty());
-        let (target, auth) = parse_uri(uri, endpoint.as_deref())?;
+    /// Opens the store of `uri`, at `endpoint` (`BGP_SNOWFLAKE_ENDPOINT`) when set.
+    pub fn open(uri: &str, endpoint: Option<&str>) -> Result<Self, WarehouseError> {
+        let (target, auth) = parse_uri(uri, endpoint)?;
         Self::new(target, auth)
     }
 

@@ -45,8 +45,13 @@ pub async fn open_uri(uri: &str, cfg: &WriterConfig) -> Result<Store, OfflineErr
         "postgres" | "postgresql" => {
             Store::Postgres(PostgresStore::open(&format!("{scheme}://{rest}"))?)
         }
-        "bigquery" => Store::BigQuery(BigQueryStore::open(uri).await?),
-        "snowflake" => Store::Snowflake(SnowflakeStore::open(uri)?),
+        "bigquery" => {
+            Store::BigQuery(BigQueryStore::open(uri, cfg.bigquery_endpoint.as_deref()).await?)
+        }
+        "snowflake" => Store::Snowflake(SnowflakeStore::open(
+            uri,
+            cfg.snowflake_endpoint.as_deref(),
+        )?),
         _ => return Err(OfflineError::Scheme(scheme)),
     };
     if let Some(flavour) = &cfg.offline_store_db_type
