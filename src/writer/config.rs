@@ -3,6 +3,7 @@
 
 use crate::contract as c;
 use crate::crd::{BusBackend, WriterType};
+use crate::writer::mirror::{MirrorError, MirrorSettings};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("query mirror: {0}")]
+    Mirror(#[from] MirrorError),
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +70,8 @@ pub struct WriterConfig {
     /// Endpoint overrides of the warehouses' APIs (anonymous at BigQuery's).
     pub bigquery_endpoint: Option<String>,
     pub snowflake_endpoint: Option<String>,
+    /// QUERY_MIRROR_CONSUMER's replay settings (that type only).
+    pub mirror: Option<MirrorSettings>,
 }
 
 /// librdkafka settings. Secrets (SASL password, SSL keys) come from files.
@@ -162,7 +167,7 @@ impl WriterConfig {
             BusBackend::Kafka => kafka_settings(vars, &get, &resource, &writer_name)?,
             BusBackend::Pubsub => KafkaSettings::default(),
         };
-        Ok(WriterConfig {
+        let mut cfg = WriterConfig {
             writer_type,
             writer_name,
             resource,
@@ -229,7 +234,13 @@ impl WriterConfig {
             hostname: get(ENV_HOSTNAME),
             bigquery_endpoint: get(ENV_BIGQUERY_ENDPOINT),
             snowflake_endpoint: get(ENV_SNOWFLAKE_ENDPOINT),
-        })
+            mirror: None,
+        };
+        if cfg.writer_type == WriterType::QueryMirrorConsumer {
+            let host = cfg.api_server_host.as_deref();
+            cfg.mirror = Some(MirrorSettings::from_vars(host, cfg.concurrency, vars)?);
+        }
+        Ok(cfg)
     }
 
     /// A store's connection URI: the file the operator mounted

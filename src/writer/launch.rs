@@ -12,7 +12,7 @@ use crate::writer::feature_metrics::FeatureMetricsSink;
 use crate::writer::feature_metrics::exactly_once::{self, ExactlyOnce};
 use crate::writer::metrics::WriterMetrics;
 use crate::writer::metrics_store::MetricsStoreSink;
-use crate::writer::mirror::{MirrorMetrics, MirrorSettings, MirrorSink};
+use crate::writer::mirror::{MirrorMetrics, MirrorSink};
 use crate::writer::offline::bulk::BulkDecoder;
 use crate::writer::offline::result::ResultDecoder;
 use crate::writer::offline::streaming::StreamingDecoder;
@@ -122,9 +122,9 @@ pub async fn run(
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::QueryMirrorConsumer => {
-            let settings =
-                MirrorSettings::from_env(cfg.api_server_host.as_deref(), cfg.concurrency)
-                    .map_err(|e| RunError::Config(format!("query mirror: {e}")))?;
+            let Some(settings) = cfg.mirror.clone() else {
+                return Err(RunError::Config("query mirror: no settings".into()));
+            };
             let cfg = settings.bounded(cfg);
             let sink = MirrorSink::new(settings, mirror_metrics.unwrap_or_default())
                 .map_err(|e| RunError::Config(format!("query mirror: {e}")))?;

@@ -62,15 +62,6 @@ pub struct MirrorSettings {
 }
 
 impl MirrorSettings {
-    /// Reads the process environment.
-    pub fn from_env(
-        api_server_host: Option<&str>,
-        concurrency: usize,
-    ) -> Result<Self, MirrorError> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        Self::from_vars(api_server_host, concurrency, &vars)
-    }
-
     pub fn from_vars(
         api_server_host: Option<&str>,
         concurrency: usize,
