@@ -19,7 +19,7 @@ mod support;
 mod cli;
 
 #[allow(dead_code)]
-#[path = "../writers/harness.rs"]
+#[path = "../writers/harness/mod.rs"]
 mod harness;
 
 #[allow(dead_code)]

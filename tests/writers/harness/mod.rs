@@ -1,0 +1,16 @@
+//! Starting writer processes and talking to the bus and stores around them,
+//! one module per part; everything is re-exported here.
+
+mod dataset;
+mod kafka;
+mod process;
+mod pubsub;
+mod redis_store;
+mod wait;
+
+pub use dataset::*;
+pub use kafka::*;
+pub use process::*;
+pub use pubsub::*;
+pub use redis_store::*;
+pub use wait::*;
