@@ -15,8 +15,9 @@ use crate::writer::metrics_store::MetricsStoreSink;
 use crate::writer::mirror::{MirrorMetrics, MirrorSink};
 use crate::writer::offline::bulk::BulkDecoder;
 use crate::writer::offline::result::ResultDecoder;
+use crate::writer::offline::sink::Decoder;
 use crate::writer::offline::streaming::StreamingDecoder;
-use crate::writer::offline::{OfflineSink, open_store};
+use crate::writer::offline::{OfflineSink, Store, open_store};
 use crate::writer::online::OnlineSink;
 use crate::writer::runtime::{MAX_BACKOFF, Runtime, Settings};
 use crate::writer::sink::Sink;
@@ -66,25 +67,16 @@ pub async fn run(
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::OfflineWriter => {
-            let store = open_store(cfg)
-                .await
-                .map_err(|e| RunError::Config(e.to_string()))?;
-            let sink = OfflineSink::new(ResultDecoder, store, cfg.query_table_write_drop_ratio);
+            let sink = offline_sink(cfg, ResultDecoder).await?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::OfflineStoreStreamingInsertWriter => {
-            let store = open_store(cfg)
-                .await
-                .map_err(|e| RunError::Config(e.to_string()))?;
-            let sink = OfflineSink::new(StreamingDecoder, store, cfg.query_table_write_drop_ratio);
+            let sink = offline_sink(cfg, StreamingDecoder).await?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::OfflineStoreBulkInsertWriter => {
-            let store = open_store(cfg)
-                .await
-                .map_err(|e| RunError::Config(e.to_string()))?;
             let decoder = BulkDecoder::new(cfg.upload_bucket.as_deref());
-            let sink = OfflineSink::new(decoder, store, cfg.query_table_write_drop_ratio);
+            let sink = offline_sink(cfg, decoder).await?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter
@@ -138,6 +130,22 @@ pub async fn run(
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
     }
+}
+
+/// The offline store of `cfg` behind `decoder` (one of the three offline
+/// writer types' message formats).
+async fn offline_sink<D: Decoder>(
+    cfg: &WriterConfig,
+    decoder: D,
+) -> Result<OfflineSink<D, Store>, RunError> {
+    let store = open_store(cfg)
+        .await
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    Ok(OfflineSink::new(
+        decoder,
+        store,
+        cfg.query_table_write_drop_ratio,
+    ))
 }
 
 /// Connects the configured bus and runs the shared runtime with `sink` on it.

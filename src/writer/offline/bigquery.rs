@@ -176,23 +176,7 @@ impl BigQueryStore {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SinkError::Retriable(format!("BigQuery unreachable: {e}")))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| SinkError::Retriable(format!("BigQuery answer cut short: {e}")))?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect())
-            })
-        };
-        Ok((status, body))
+        super::warehouse::send_json("BigQuery", req).await
     }
 
     async fn load_table(

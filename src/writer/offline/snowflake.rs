@@ -243,23 +243,7 @@ impl SnowflakeStore {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<(StatusCode, Value), SinkError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SinkError::Retriable(format!("Snowflake unreachable: {e}")))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| SinkError::Retriable(format!("Snowflake answer cut short: {e}")))?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect())
-            })
-        };
-        Ok((status, body))
+        super::warehouse::send_json("Snowflake", req).await
     }
 
     /// Follows a statement still running (202) until it ends.

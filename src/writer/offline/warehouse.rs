@@ -3,7 +3,9 @@
 //! requests (by table, then into chunks that keep each entry whole).
 
 use super::TableRows;
+use crate::writer::sink::SinkError;
 use reqwest::StatusCode;
+use serde_json::Value;
 use std::time::Duration;
 
 /// Why a warehouse store could not be opened. Load-time failures are
@@ -90,6 +92,32 @@ pub fn chunks(
         start = cut;
     }
     out
+}
+
+/// Sends `req` to `service` and reads its answer: JSON when it parses, else
+/// the first 300 characters as a string (for the error message). Transport
+/// failures are retriable.
+pub async fn send_json(
+    service: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<(StatusCode, Value), SinkError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| SinkError::Retriable(format!("{service} unreachable: {e}")))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| SinkError::Retriable(format!("{service} answer cut short: {e}")))?;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            Value::String(String::from_utf8_lossy(&bytes).chars().take(300).collect())
+        })
+    };
+    Ok((status, body))
 }
 
 #[cfg(test)]
