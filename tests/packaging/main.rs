@@ -12,6 +12,7 @@ mod support;
 #[path = "../cli/mod.rs"]
 mod cli;
 
+mod crd_fresh;
 mod operator_rbac;
 
 use cli::{helm, helm_template, kind, kubectl, name, repo_path, yaml_docs};

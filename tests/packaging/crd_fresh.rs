@@ -1,8 +1,5 @@
 //! The committed CRD YAML must be exactly what `bgpersist-crdgen` prints.
 
-// A test crate: its helpers fail the test by panicking too.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
-
 #[test]
 fn committed_crd_matches_the_generator() {
     let generated = bgpersist::crd::crd_yaml().unwrap_or_else(|e| panic!("crd yaml: {e}"));
