@@ -85,6 +85,12 @@ apt_need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# buildah with its own storage under the cache (vfs: no overlay mounts),
+# shared by the pause image (hack/parts/node.sh) and hack/image.
+rig_buildah() {
+  buildah --root "$CACHE_DIR/buildah/root" --runroot "$CACHE_DIR/buildah/run" --storage-driver vfs "$@"
+}
+
 # A dedicated virtualenv in the cache for the Python-packaged parts.
 PY_VENV=$CACHE_DIR/venv
 py_need() {

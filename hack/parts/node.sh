@@ -24,11 +24,6 @@ NODE_SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip
 
 node_ctr() { ctr --address "$NODE_SOCK" --namespace k8s.io "$@"; }
 
-# Isolated buildah storage under the cache (vfs: no overlay mounts needed).
-node_buildah() {
-  buildah --root "$CACHE_DIR/buildah/root" --runroot "$CACHE_DIR/buildah/run" --storage-driver vfs "$@"
-}
-
 build_pause_image() {
   [ -f "$PAUSE_ARCHIVE" ] && return 0
   local src
@@ -39,12 +34,12 @@ build_pause_image() {
     || { rm -rf "$w"; die "pause build failed"; }
   strip "$w/pause"
   local c
-  c=$(node_buildah from scratch)
-  node_buildah copy --chmod 0755 "$c" "$w/pause" /pause >/dev/null
-  node_buildah config --entrypoint '["/pause"]' --user 65535:65535 "$c"
-  node_buildah commit -q "$c" "$PAUSE_IMAGE" >/dev/null
-  node_buildah rm "$c" >/dev/null
-  node_buildah push -q "$PAUSE_IMAGE" "docker-archive:$w/pause.tar:$PAUSE_IMAGE" \
+  c=$(rig_buildah from scratch)
+  rig_buildah copy --chmod 0755 "$c" "$w/pause" /pause >/dev/null
+  rig_buildah config --entrypoint '["/pause"]' --user 65535:65535 "$c"
+  rig_buildah commit -q "$c" "$PAUSE_IMAGE" >/dev/null
+  rig_buildah rm "$c" >/dev/null
+  rig_buildah push -q "$PAUSE_IMAGE" "docker-archive:$w/pause.tar:$PAUSE_IMAGE" \
     || { rm -rf "$w"; die "pause image export failed"; }
   mv "$w/pause.tar" "$PAUSE_ARCHIVE"
   rm -rf "$w"

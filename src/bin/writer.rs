@@ -1,7 +1,5 @@
 //! bgpersist-writer: consumes one bus subscription and writes one store,
 //! configured exactly as the operator renders it (env + mounted files).
-// The nested futures of the writer types' runtimes exceed the default query depth.
-#![recursion_limit = "256"]
 
 use bgpersist::crd::WriterType;
 use bgpersist::http;
@@ -29,22 +27,26 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+        Err(e) => {
+            return fail(RunError::Config(format!(
+                "cannot start the async runtime: {e}"
+            )));
+        }
     };
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(RunError::Config(reason)) => fail(&reason),
-        Err(e @ RunError::Runtime(_)) => {
-            error!(reason = ?e, "writer failed");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => fail(e),
     }
 }
 
-/// A configuration error is one line on stderr and exit code 2.
-fn fail(reason: &str) -> ExitCode {
-    eprintln!("bgpersist-writer: {reason}");
-    ExitCode::from(RunError::Config(String::new()).exit_code())
+/// A configuration error is one line on stderr, a runtime failure a log
+/// line; the error's class is the exit code.
+fn fail(e: RunError) -> ExitCode {
+    match &e {
+        RunError::Config(reason) => eprintln!("bgpersist-writer: {reason}"),
+        RunError::Runtime(reason) => error!(%reason, "writer failed"),
+    }
+    ExitCode::from(e.exit_code())
 }
 
 async fn run() -> Result<(), RunError> {
