@@ -21,8 +21,8 @@ mod support;
 use arrow_schema::Schema;
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::{FeatureValue, ResultMessage, Value, value::Kind};
-use bgpersist::writer::offline::postgres::{sql, types};
-use bgpersist::writer::offline::result;
+use bgpersist::writer::stores::offline::postgres::{sql, types};
+use bgpersist::writer::types::offline_writer;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -145,8 +145,8 @@ struct Row {
 
 /// The tables' DDL exactly as the writer creates them, and the rows.
 fn prepare(n: u64) -> anyhow::Result<(Vec<String>, Vec<TableData>)> {
-    let sample = result::decode(&payload(0)).map_err(anyhow::Error::msg)?;
-    let loads = result::loads(&sample).map_err(anyhow::Error::msg)?;
+    let sample = offline_writer::decode(&payload(0)).map_err(anyhow::Error::msg)?;
+    let loads = offline_writer::loads(&sample).map_err(anyhow::Error::msg)?;
     let mut ddl = Vec::new();
     let mut tables = Vec::new();
     for load in &loads {
@@ -189,7 +189,7 @@ fn prepare(n: u64) -> anyhow::Result<(Vec<String>, Vec<TableData>)> {
                 Kind::BoolValue(v) => Box::new(v),
                 Kind::JsonValue(v) => Box::new(v),
             };
-            let table = result::feature_table("user", name);
+            let table = offline_writer::feature_table("user", name);
             if let Some(t) = tables.iter_mut().find(|t| t.table == table) {
                 t.rows.push(Row {
                     observation_id: format!("{i}-{f}"),

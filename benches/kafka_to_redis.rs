@@ -347,7 +347,7 @@ async fn run() -> anyhow::Result<()> {
         .await?;
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(bgpersist::writer::online::redis::NEWER_WINS)
+        .arg(bgpersist::writer::stores::online::redis::NEWER_WINS)
         .query_async(&mut redis)
         .await?;
     let rb_n = (n * 2).max(100_000);

@@ -21,11 +21,11 @@ mod support;
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::{FeatureValue, ResultMessage, UsageEvent, Value, value::Kind};
 use bgpersist::writer::config::KafkaSettings;
-use bgpersist::writer::feature_metrics::publish::{Acks, producer_config};
-use bgpersist::writer::feature_metrics::{self, compute::compute};
-use bgpersist::writer::metrics_store::{self, MetricRow};
-use bgpersist::writer::pg_rows::{InsertRows, JsonbText};
-use bgpersist::writer::usage::{self, UsageRow};
+use bgpersist::writer::stores::postgres::rows::{InsertRows, JsonbText};
+use bgpersist::writer::types::metrics_bus_writer::{self, MetricRow};
+use bgpersist::writer::types::metrics_writer::publish::{Acks, producer_config};
+use bgpersist::writer::types::metrics_writer::{self, compute::compute};
+use bgpersist::writer::types::usage_bus_writer::{self, UsageRow};
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -282,7 +282,7 @@ where
     [R]: InsertRows,
 {
     let (name, uri) = schema(ddl).await?;
-    let pool = bgpersist::writer::pg::pool(&uri, 1)?;
+    let pool = bgpersist::writer::stores::postgres::pool(&uri, 1)?;
     let conn = pool.get().await?;
     let started = Instant::now();
     for start in (0..rows.len()).step_by(batch) {
@@ -394,7 +394,7 @@ async fn metrics_bus(n: u64) -> anyhow::Result<()> {
     let payloads: Vec<Vec<u8>> = (0..n).map(metrics_payload).collect();
     let rows: Vec<MetricRow> = payloads
         .iter()
-        .map(|p| metrics_store::decode(p))
+        .map(|p| metrics_bus_writer::decode(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?
         .into_iter()
@@ -405,7 +405,7 @@ async fn metrics_bus(n: u64) -> anyhow::Result<()> {
         rows.len(),
         rows.len() as f64 / n as f64
     );
-    let ddl = metrics_store::METRICS_TABLE.ddl;
+    let ddl = metrics_bus_writer::METRICS_TABLE.ddl;
     let copy = copy_ceiling(
         ddl,
         "COPY metrics (idempotency_key, environment_id, name, labels, kind, value, observed_at) FROM STDIN BINARY",
@@ -453,11 +453,11 @@ async fn usage_bus(n: u64) -> anyhow::Result<()> {
     let payloads: Vec<Vec<u8>> = (0..n).map(usage_payload).collect();
     let rows: Vec<UsageRow> = payloads
         .iter()
-        .map(|p| usage::decode(p))
+        .map(|p| usage_bus_writer::decode(p))
         .collect::<Result<_, _>>()
         .map_err(anyhow::Error::msg)?;
     println!("usage_bus: USAGE_BUS_WRITER, {n} usage events, {PARTITIONS} partitions");
-    let ddl = usage::USAGE_TABLE.ddl;
+    let ddl = usage_bus_writer::USAGE_TABLE.ddl;
     let copy = copy_ceiling(
         ddl,
         "COPY usage_events (event_id, environment_id, deployment_id, kind, subject, quantity, unit, occurred_at, attributes) FROM STDIN BINARY",
@@ -537,8 +537,8 @@ async fn metrics_writer(n: u64) -> anyhow::Result<()> {
     // The transformation alone: what one core does per second.
     let started = Instant::now();
     for r in &results {
-        let parsed = feature_metrics::parse(r).map_err(anyhow::Error::msg)?;
-        std::hint::black_box(feature_metrics::outgoing(&parsed, TS, false));
+        let parsed = metrics_writer::parse(r).map_err(anyhow::Error::msg)?;
+        std::hint::black_box(metrics_writer::outgoing(&parsed, TS, false));
     }
     let transform = results.len() as f64 / started.elapsed().as_secs_f64();
     println!(

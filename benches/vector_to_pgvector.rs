@@ -20,7 +20,7 @@ mod support;
 
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::{VectorBatch, VectorRecord};
-use bgpersist::writer::vector::decode;
+use bgpersist::writer::types::online_vector_store_writer::decode;
 use common::{WriterProcess, machine, metric};
 use futures::SinkExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

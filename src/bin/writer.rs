@@ -4,9 +4,10 @@
 use bgpersist::crd::WriterType;
 use bgpersist::http;
 use bgpersist::writer::config::WriterConfig;
-use bgpersist::writer::launch::{self, RunError};
-use bgpersist::writer::metrics::WriterMetrics;
-use bgpersist::writer::mirror::MirrorMetrics;
+use bgpersist::writer::error::RunError;
+use bgpersist::writer::runtime::metrics::WriterMetrics;
+use bgpersist::writer::types;
+use bgpersist::writer::types::query_mirror_consumer::MirrorMetrics;
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -80,7 +81,7 @@ async fn run() -> Result<(), RunError> {
         },
     ));
 
-    let result = launch::run(&cfg, metrics, mirror_metrics, ready, stop_rx).await;
+    let result = types::run(&cfg, metrics, mirror_metrics, ready, stop_rx).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     result

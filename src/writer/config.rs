@@ -3,7 +3,7 @@
 
 use crate::contract as c;
 use crate::crd::{BusBackend, WriterType};
-use crate::writer::mirror::{MirrorError, MirrorSettings};
+use crate::writer::types::query_mirror_consumer::{MirrorError, MirrorSettings};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

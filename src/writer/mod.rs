@@ -1,25 +1,15 @@
-//! The writer side: one shared runtime (bus consumer, batching, commit
-//! tracking, dead-lettering, retry, metrics, shutdown) and one small module
-//! per writer type that plugs a sink into it.
+//! The writer side: one shared runtime (`runtime/`: batching, commit
+//! tracking, dead-lettering, retry, metrics, shutdown) over a bus (`bus/`),
+//! the stores (`stores/`, one folder per family) and one small module per
+//! writer type (`types/`, named after the type) that plugs a store into the
+//! runtime.
 
 pub mod bus;
 pub mod config;
-pub mod dlq;
-pub mod feature_metrics;
-pub mod launch;
-pub mod metrics;
-pub mod metrics_store;
-pub mod mirror;
-pub mod offline;
-pub mod online;
-pub mod pg;
-pub mod pg_rows;
-pub mod row_sink;
+pub mod error;
 pub mod runtime;
-pub mod sink;
-pub mod store_uri;
-pub mod usage;
-pub mod vector;
+pub mod stores;
+pub mod types;
 
 pub use config::WriterConfig;
 pub use runtime::Runtime;

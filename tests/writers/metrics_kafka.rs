@@ -9,7 +9,7 @@ use bgpersist::formats::Message;
 use bgpersist::formats::v1::{
     FeatureValue, Metric, MetricsMessage, ResultMessage, Value, metric, value::Kind,
 };
-use bgpersist::writer::feature_metrics::compute::{QUERY_RESULT_DELAY, compute};
+use bgpersist::writer::types::metrics_writer::compute::{QUERY_RESULT_DELAY, compute};
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,7 +73,7 @@ pub fn expected_points(results: &[ResultMessage], skip_features: bool) -> BTreeS
 
 fn point_text(env: &str, p: Metric) -> String {
     let labels: BTreeMap<String, String> = p.labels.into_iter().collect();
-    let kind = bgpersist::writer::metrics_store::kind_name(p.kind);
+    let kind = bgpersist::writer::types::metrics_bus_writer::kind_name(p.kind);
     let value = if p.name == QUERY_RESULT_DELAY {
         "delay".to_string()
     } else {

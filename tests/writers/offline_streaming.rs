@@ -9,7 +9,7 @@ use crate::offline_harness::*;
 use crate::support::unique;
 use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use bgpersist::writer::offline::drop_ratio;
+use bgpersist::writer::stores::offline::drop_ratio;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -19,7 +19,7 @@ mod snowflake_contract;
 mod writer_e2e;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use bgpersist::writer::offline::TableRows;
+use bgpersist::writer::stores::offline::TableRows;
 use std::sync::Arc;
 
 /// 2023-11-14T22:13:20Z

@@ -62,7 +62,7 @@ async fn events_land_once(schema: &Schema) -> anyhow::Result<()> {
     // the writer does not know: the store refuses those rows for good.
     schema
         .client
-        .batch_execute(bgpersist::writer::usage::USAGE_TABLE.ddl)
+        .batch_execute(bgpersist::writer::types::usage_bus_writer::USAGE_TABLE.ddl)
         .await?;
     schema
         .client

@@ -12,7 +12,7 @@ use crate::pg_store::{drained, kafka_letters};
 use crate::support::unique;
 use crate::vector_common::*;
 use crate::vector_fake_qdrant::FakeQdrant;
-use bgpersist::writer::vector::qdrant::ID_NAMESPACE;
+use bgpersist::writer::stores::vector::qdrant::ID_NAMESPACE;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -5,8 +5,8 @@
 
 use super::{AckToken, Bus, BusError, Envelope};
 use crate::writer::config::KafkaSettings;
-use crate::writer::dlq;
-use crate::writer::metrics::WriterMetrics;
+use crate::writer::runtime::dlq;
+use crate::writer::runtime::metrics::WriterMetrics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};

@@ -26,7 +26,7 @@
 
 use super::{AckToken, Bus, BusError, Envelope};
 use crate::writer::config::PubsubSettings;
-use crate::writer::dlq;
+use crate::writer::runtime::dlq;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_pubsub::client::{Publisher, Subscriber};
 use google_cloud_pubsub::model::Message;

@@ -7,10 +7,10 @@ use super::{
     feature_rows, json_feature_rows, query_log_rows, split_inserted_at, text_value_rows,
     with_column,
 };
-use bgpersist::writer::offline::OfflineStore;
-use bgpersist::writer::offline::bigquery::{BigQueryStore, BigQueryTarget, GoogleAuth};
-use bgpersist::writer::offline::warehouse::WarehouseError;
-use bgpersist::writer::sink::SinkError;
+use bgpersist::writer::runtime::sink::SinkError;
+use bgpersist::writer::stores::offline::OfflineStore;
+use bgpersist::writer::stores::offline::bigquery::{BigQueryStore, BigQueryTarget, GoogleAuth};
+use bgpersist::writer::stores::offline::warehouse::WarehouseError;
 use serde_json::{Value, json};
 
 async fn store(fake: &FakeBigQuery, auth: GoogleAuth) -> anyhow::Result<BigQueryStore> {
@@ -27,7 +27,7 @@ fn insert_ids(body: &Value) -> Vec<String> {
         .collect()
 }
 
-fn retriable(result: Result<Vec<bgpersist::writer::sink::Rejected>, SinkError>) -> String {
+fn retriable(result: Result<Vec<bgpersist::writer::runtime::sink::Rejected>, SinkError>) -> String {
     match result {
         Err(SinkError::Retriable(reason)) => reason,
         Ok(r) => format!("unexpected success: {r:?}"),

@@ -10,9 +10,9 @@ use super::{
 };
 use crate::support::unique;
 use base64::Engine;
-use bgpersist::writer::offline::OfflineStore;
-use bgpersist::writer::offline::snowflake::{SnowflakeStore, parse_uri};
-use bgpersist::writer::sink::{Rejected, SinkError};
+use bgpersist::writer::runtime::sink::{Rejected, SinkError};
+use bgpersist::writer::stores::offline::OfflineStore;
+use bgpersist::writer::stores::offline::snowflake::{SnowflakeStore, parse_uri};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::path::PathBuf;

@@ -1,0 +1,390 @@
+//! The loop every writer runs: fetch a batch (by size or time), decode,
+//! write with capped-backoff retry, dead-letter what cannot be written, then
+//! mark the batch done so its offsets can be committed.
+
+pub mod dlq;
+pub mod metrics;
+pub mod sink;
+pub mod start;
+
+use crate::writer::bus::{Bus, BusError, Envelope};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use dlq::ErrorClass;
+use metrics::WriterMetrics;
+use sink::{Rejected, Sink, SinkError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub writer: String,
+    pub max_batch_size: usize,
+    pub max_batch_wait: Duration,
+    /// Longest pause between retries of a failing store.
+    pub max_backoff: Duration,
+}
+
+/// Totals of one run, for tests and the exit log line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub batches: u64,
+    pub consumed: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+}
+
+pub struct Runtime<B: Bus, S: Sink> {
+    bus: B,
+    sink: Arc<S>,
+    metrics: WriterMetrics,
+    settings: Settings,
+    totals: Totals,
+}
+
+/// Why a batch was left unfinished (and uncommitted).
+enum Unfinished {
+    Shutdown,
+}
+
+/// What the write task of a batch returned (or why it did not).
+type Joined = Result<Result<Vec<Rejected>, SinkError>, tokio::task::JoinError>;
+
+/// A batch whose write has started.
+struct InFlight<R> {
+    batch: Vec<Envelope>,
+    records: Arc<Vec<R>>,
+    /// For each record, the index of the message it came from.
+    owner: Vec<usize>,
+    poison: Vec<(usize, ErrorClass, String)>,
+    started: Instant,
+    span: tracing::Span,
+    write: JoinHandle<Result<Vec<Rejected>, SinkError>>,
+}
+
+impl<R> InFlight<R> {
+    async fn join(&mut self) -> Joined {
+        (&mut self.write).await
+    }
+}
+
+enum Step {
+    Written(Joined),
+    Received(Result<Vec<Envelope>, BusError>),
+}
+
+impl<B: Bus, S: Sink> Runtime<B, S> {
+    pub fn new(bus: B, sink: S, metrics: WriterMetrics, settings: Settings) -> Self {
+        Runtime {
+            bus,
+            sink: Arc::new(sink),
+            metrics,
+            settings,
+            totals: Totals::default(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then finishes the batch in hand,
+    /// commits and returns. A batch stuck on a store outage at shutdown is
+    /// left uncommitted and is redelivered to the next consumer.
+    ///
+    /// With a sink that allows overlapping writes, the next batch is received,
+    /// decoded and its write started while the previous write is still in
+    /// flight; batches are still finished (dead-lettered, marked done) one by
+    /// one in the order received, so offsets only ever cover written messages.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Totals, RuntimeError> {
+        let mut in_flight: Option<InFlight<S::Record>> = None;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let next = match in_flight.as_mut() {
+                // Idle bus: finish the batch in flight rather than leaving it
+                // uncommitted until the next message arrives. Both bus
+                // receivers keep partial batches in the bus, so dropping the
+                // receive here loses nothing.
+                Some(flight) => tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    joined = &mut flight.write => Step::Written(joined),
+                    b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
+                },
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
+                },
+            };
+            let batch = match next {
+                Step::Written(joined) => {
+                    if let Some(flight) = in_flight.take() {
+                        match self.finish(flight, joined, &mut shutdown).await {
+                            Ok(()) => continue,
+                            Err(Unfinished::Shutdown) => break,
+                        }
+                    }
+                    continue;
+                }
+                Step::Received(Ok(b)) => b,
+                Step::Received(Err(e)) => {
+                    warn!(error = %e, "bus receive failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let mut flight = self.start(batch);
+            // At most two batches in flight: finish the older one first.
+            if let Some(mut older) = in_flight.take() {
+                let joined = older.join().await;
+                if let Err(Unfinished::Shutdown) = self.finish(older, joined, &mut shutdown).await {
+                    // The newer batch stays uncommitted: it is redelivered.
+                    break;
+                }
+            }
+            if S::OVERLAPPING_WRITES {
+                in_flight = Some(flight);
+            } else {
+                let joined = flight.join().await;
+                if let Err(Unfinished::Shutdown) = self.finish(flight, joined, &mut shutdown).await
+                {
+                    break;
+                }
+            }
+        }
+        // Shutdown: the write in flight was already sent; finish it so its
+        // offsets are committed with the rest.
+        if let Some(mut flight) = in_flight.take() {
+            let joined = flight.join().await;
+            let _ = self.finish(flight, joined, &mut shutdown).await;
+        }
+        self.bus.close().await?;
+        info!(totals = ?self.totals, "writer stopped");
+        Ok(self.totals)
+    }
+
+    /// Decodes `batch` and starts writing its records in a task of its own.
+    fn start(&mut self, batch: Vec<Envelope>) -> InFlight<S::Record> {
+        let started = Instant::now();
+        self.metrics.consumed.inc_by(batch.len() as u64);
+        self.totals.consumed += batch.len() as u64;
+        let span = info_span!("write_batch", writer = %self.settings.writer, messages = batch.len(),
+            traceparent = batch.iter().find_map(|e| e.traceparent.as_deref()).unwrap_or(""));
+
+        let mut records = Vec::new();
+        let mut owner = Vec::new();
+        let mut poison: Vec<(usize, ErrorClass, String)> = Vec::new();
+        for (i, env) in batch.iter().enumerate() {
+            // A decoder bug on one odd message must not crash-loop the writer
+            // on its redelivery: a panic dead-letters that message.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.sink.decode(&env.payload)
+            }))
+            .unwrap_or_else(|_| Err("the decoder panicked on this message".to_string()));
+            match decoded {
+                Ok(rs) => {
+                    owner.extend(std::iter::repeat_n(i, rs.len()));
+                    records.extend(rs);
+                }
+                Err(reason) => poison.push((i, ErrorClass::Decode, reason)),
+            }
+        }
+        let records = Arc::new(records);
+        let write = if records.is_empty() {
+            tokio::spawn(async { Ok(Vec::new()) })
+        } else {
+            let (sink, rs) = (self.sink.clone(), records.clone());
+            tokio::spawn(async move { sink.write(&rs).await }.instrument(span.clone()))
+        };
+        InFlight {
+            batch,
+            records,
+            owner,
+            poison,
+            started,
+            span,
+            write,
+        }
+    }
+
+    /// Waits out a failed write (retrying), dead-letters what cannot be
+    /// written, then marks the batch done so its offsets can be committed.
+    async fn finish(
+        &mut self,
+        flight: InFlight<S::Record>,
+        joined: Joined,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unfinished> {
+        let span = flight.span.clone();
+        self.finish_inner(flight, joined, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn finish_inner(
+        &mut self,
+        flight: InFlight<S::Record>,
+        joined: Joined,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unfinished> {
+        let InFlight {
+            batch,
+            records,
+            owner,
+            mut poison,
+            started,
+            ..
+        } = flight;
+        let first = match joined {
+            Ok(result) => result,
+            // A panicking sink is treated like an outage: retried, never dropped.
+            Err(e) => Err(SinkError::Retriable(format!("write task failed: {e}"))),
+        };
+        let rejected = match first {
+            Ok(rejected) => rejected,
+            Err(failure) => self.write_with_retry(&records, failure, shutdown).await?,
+        };
+        for Rejected { record, reason } in &rejected {
+            let env = owner.get(*record).copied().unwrap_or(0);
+            // One dead letter per message, however many of its records failed.
+            if !poison.iter().any(|(i, _, _)| *i == env) {
+                poison.push((env, ErrorClass::Rejected, reason.clone()));
+            }
+        }
+        for (i, class, reason) in &poison {
+            self.dead_letter_with_retry(&batch[*i], *class, reason, shutdown)
+                .await?;
+        }
+        // Only now, with every message written or dead-lettered, may offsets move.
+        loop {
+            match self.bus.done(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "marking batch done failed; retrying");
+                    self.wait(Duration::from_millis(500), shutdown).await?;
+                }
+            }
+        }
+
+        let written = (records.len() - rejected.len()) as u64;
+        self.metrics.written.inc_by(written);
+        self.metrics.dead_lettered.inc_by(poison.len() as u64);
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.totals.batches += 1;
+        self.totals.written += written;
+        self.totals.dead_lettered += poison.len() as u64;
+        self.metrics
+            .observe_written(batch.iter().filter_map(|e| e.published_ms));
+        Ok(())
+    }
+
+    /// Retries a write that failed with `failure` until it succeeds, pausing
+    /// consumption meanwhile.
+    async fn write_with_retry(
+        &mut self,
+        records: &[S::Record],
+        failure: SinkError,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<Rejected>, Unfinished> {
+        let mut backoff = self.backoff();
+        let mut paused = false;
+        let mut failure = failure;
+        loop {
+            let SinkError::Retriable(reason) = &failure;
+            self.metrics.retries.inc();
+            let delay = backoff.next().unwrap_or(self.settings.max_backoff);
+            warn!(%reason, retry_in_ms = delay.as_millis() as u64, "store write failed; pausing consumption");
+            if !paused {
+                paused = self.bus.pause().is_ok();
+            }
+            self.wait(delay, shutdown).await?;
+            match self.sink.write(records).await {
+                Ok(rejected) => {
+                    if paused && let Err(e) = self.bus.resume() {
+                        warn!(error = %e, "resume after outage");
+                    }
+                    return Ok(rejected);
+                }
+                Err(e) => failure = e,
+            }
+        }
+    }
+
+    async fn dead_letter_with_retry(
+        &mut self,
+        env: &Envelope,
+        class: ErrorClass,
+        reason: &str,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unfinished> {
+        let mut backoff = self.backoff();
+        let mut attempts = 1u32;
+        loop {
+            let headers = dlq::headers(&env.origin, class, reason, &self.settings.writer, attempts);
+            match self.bus.dead_letter(env, &headers).await {
+                Ok(()) => {
+                    warn!(class = class.as_str(), %reason, origin = ?env.origin, "message dead-lettered");
+                    return Ok(());
+                }
+                // Never drop: without a dead letter the message stays uncommitted.
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(self.settings.max_backoff);
+                    warn!(error = %e, "dead-letter publish failed; retrying");
+                    attempts += 1;
+                    self.wait(delay, shutdown).await?;
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` while keeping the bus session alive; stops early on shutdown.
+    async fn wait(
+        &mut self,
+        delay: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Unfinished> {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => Err(Unfinished::Shutdown),
+            _ = self.bus.keep_alive(delay) => Ok(()),
+        }
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<B, S> {
+        retry_backoff(self.settings.max_backoff)
+    }
+}
+
+/// The longest wait between two retries of a failing store or transaction.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Delays between retries of a failing write: from 100 ms, doubling with
+/// jitter up to `max`, never giving up (nothing is dropped). Every loop that
+/// retries a store or a transaction uses this one.
+pub fn retry_backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! The path every writer type's sink takes: connect the configured bus, wait
+//! until it answers (readiness follows), then run the shared runtime.
+
+use crate::crd::BusBackend;
+use crate::writer::bus::Bus;
+use crate::writer::bus::kafka::KafkaBus;
+use crate::writer::bus::pubsub::PubsubBus;
+use crate::writer::config::WriterConfig;
+use crate::writer::error::RunError;
+use crate::writer::runtime::metrics::WriterMetrics;
+use crate::writer::runtime::sink::Sink;
+use crate::writer::runtime::{MAX_BACKOFF, Runtime, Settings};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Connects the configured bus and runs the shared runtime with `sink` on it.
+pub async fn on_bus<S: Sink>(
+    sink: S,
+    metrics: WriterMetrics,
+    cfg: &WriterConfig,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    match cfg.backend {
+        BusBackend::Kafka => {
+            let bus = KafkaBus::connect(
+                &cfg.kafka,
+                &cfg.subscription,
+                cfg.dlq_topic.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| RunError::Config(e.to_string()))?;
+            // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
+            Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
+        }
+        BusBackend::Pubsub => {
+            let bus = PubsubBus::connect(
+                &cfg.pubsub,
+                &cfg.subscription,
+                cfg.dlq_topic.as_deref(),
+                cfg.max_batch_size,
+            )
+            .await
+            .map_err(|e| RunError::Config(e.to_string()))?;
+            // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
+            Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
+        }
+    }
+}
+
+/// Waits until the bus answers (readiness follows it), logging each new
+/// reason it does not; false when shutdown came first.
+async fn reach_bus<B: Bus>(bus: &B, mut stop: watch::Receiver<bool>) -> bool {
+    let mut last_error: Option<String> = None;
+    loop {
+        match bus.reached().await {
+            Ok(()) => {
+                info!("bus reached");
+                return true;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if last_error.as_deref() != Some(reason.as_str()) {
+                    warn!(%reason, "bus not reached yet; not ready");
+                    last_error = Some(reason);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+    }
+}
+
+async fn drive<B: Bus, S: Sink>(
+    bus: B,
+    sink: S,
+    metrics: WriterMetrics,
+    cfg: &WriterConfig,
+    ready: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let settings = Settings {
+        writer: cfg.writer_name.clone(),
+        max_batch_size: cfg.max_batch_size,
+        max_batch_wait: cfg.max_batch_wait,
+        max_backoff: MAX_BACKOFF,
+    };
+    if !reach_bus(&bus, stop.clone()).await {
+        return Ok(());
+    }
+    ready.store(true, Ordering::SeqCst);
+    let totals = Runtime::new(bus, sink, metrics, settings)
+        .run(stop)
+        .await
+        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    info!(?totals, "exiting");
+    Ok(())
+}

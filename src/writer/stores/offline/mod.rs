@@ -1,0 +1,48 @@
+//! The offline stores (Postgres, BigQuery, Snowflake) behind one
+//! [`OfflineStore`] trait, and what the three offline writer types share:
+//! each decodes its bus messages into [`TableRows`] (Arrow record batches
+//! bound for one table) through a [`sink::Decoder`], and [`OfflineSink`]
+//! hands them to the store.
+
+pub mod bigquery;
+pub mod bigquery_rows;
+pub mod json_rows;
+pub mod snowflake;
+pub mod snowflake_auth;
+pub mod snowflake_sql;
+pub mod warehouse;
+
+pub mod drop_ratio;
+pub mod ident;
+pub mod parquet;
+pub mod postgres;
+pub mod sink;
+pub mod store;
+
+pub use sink::OfflineSink;
+pub use store::{OfflineError, Store, open_store};
+
+use crate::writer::runtime::sink::{Rejected, SinkError};
+use arrow_array::RecordBatch;
+use std::future::Future;
+
+/// Rows for one table of the offline store, as Arrow columns.
+#[derive(Debug, Clone)]
+pub struct TableRows {
+    /// Destination table (`query_log` or a per-feature table).
+    pub table: String,
+    pub batch: RecordBatch,
+    /// Producer-chosen key: a load with a key already loaded adds no rows.
+    pub idempotency_key: Option<String>,
+}
+
+/// A destination warehouse. `load` is idempotent: replaying the same rows
+/// (same observation ids / idempotency keys) adds nothing.
+pub trait OfflineStore: Send + Sync + 'static {
+    /// Loads every entry; a returned [`Rejected`] names the index in `rows`
+    /// the store refused for good (e.g. a type it cannot coerce).
+    fn load(
+        &self,
+        rows: &[TableRows],
+    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+}

@@ -1,0 +1,136 @@
+//! Which module runs each writer type: one folder per `bus_subscriber_type`
+//! (the catalog's row, `crd/catalog.rs`), and [`run`], the one table from
+//! `BGP_WRITER_TYPE` to the sink it opens. Every sink then takes the same
+//! path (`runtime::start`). The binary only wires signals and HTTP.
+
+pub mod metrics_bus_writer;
+pub mod metrics_writer;
+pub mod offline_store_bulk_insert_writer;
+pub mod offline_store_streaming_insert_writer;
+pub mod offline_writer;
+pub mod online_vector_store_writer;
+pub mod online_writer;
+pub mod query_mirror_consumer;
+pub mod usage_bus_writer;
+
+use crate::crd::WriterType;
+use crate::writer::config::WriterConfig;
+use crate::writer::error::RunError;
+use crate::writer::runtime::metrics::WriterMetrics;
+use crate::writer::runtime::start::on_bus;
+use crate::writer::stores::offline::sink::Decoder;
+use crate::writer::stores::offline::{OfflineSink, Store, open_store};
+use metrics_bus_writer::MetricsStoreSink;
+use metrics_writer::FeatureMetricsSink;
+use metrics_writer::exactly_once::{self, ExactlyOnce};
+use offline_store_bulk_insert_writer::BulkDecoder;
+use offline_store_streaming_insert_writer::StreamingDecoder;
+use offline_writer::ResultDecoder;
+use online_vector_store_writer::VectorSink;
+use online_writer::OnlineSink;
+use query_mirror_consumer::{MirrorMetrics, MirrorSink};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
+use usage_bus_writer::UsageSink;
+
+/// Opens `cfg.writer_type`'s sink and runs it until `stop` (or a failure).
+/// `ready` turns true once the bus has answered.
+pub async fn run(
+    cfg: &WriterConfig,
+    metrics: WriterMetrics,
+    mirror_metrics: Option<MirrorMetrics>,
+    ready: Arc<AtomicBool>,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    match cfg.writer_type {
+        WriterType::OnlineWriter => {
+            let uri = cfg
+                .store_uri("online_store")
+                .map_err(|e| RunError::Config(format!("online store: {e}")))?;
+            let sink = OnlineSink::open(&uri, cfg)
+                .await
+                .map_err(RunError::Config)?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::OfflineWriter => {
+            let sink = offline_sink(cfg, ResultDecoder).await?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::OfflineStoreStreamingInsertWriter => {
+            let sink = offline_sink(cfg, StreamingDecoder).await?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::OfflineStoreBulkInsertWriter => {
+            let decoder = BulkDecoder::new(cfg.upload_bucket.as_deref());
+            let sink = offline_sink(cfg, decoder).await?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter
+            if exactly_once::requested(cfg.publish_exactly_once.as_deref())
+                .map_err(|e| RunError::Config(e.to_string()))? =>
+        {
+            let writer =
+                ExactlyOnce::connect(cfg, metrics).map_err(|e| RunError::Config(e.to_string()))?;
+            ready.store(true, Ordering::SeqCst);
+            writer
+                .run(stop_rx)
+                .await
+                .map_err(|e| RunError::Runtime(e.to_string()))
+        }
+        WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter => {
+            let sink = FeatureMetricsSink::open(cfg)
+                .await
+                .map_err(|e| RunError::Config(e.to_string()))?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::MetricsBusWriter | WriterType::GoMetricsBusWriter => {
+            let uri = cfg
+                .store_uri("metrics_store")
+                .map_err(|e| RunError::Config(format!("metrics store: {e}")))?;
+            let sink = MetricsStoreSink::open(&uri)
+                .map_err(|e| RunError::Config(format!("metrics store: {e}")))?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::UsageBusWriter => {
+            let uri = cfg
+                .store_uri("usage_store")
+                .map_err(|e| RunError::Config(format!("usage store: {e}")))?;
+            let sink =
+                UsageSink::open(&uri).map_err(|e| RunError::Config(format!("usage store: {e}")))?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+        WriterType::QueryMirrorConsumer => {
+            let Some(settings) = cfg.mirror.clone() else {
+                return Err(RunError::Config("query mirror: no settings".into()));
+            };
+            let cfg = settings.bounded(cfg);
+            let sink = MirrorSink::new(settings, mirror_metrics.unwrap_or_default())
+                .map_err(|e| RunError::Config(format!("query mirror: {e}")))?;
+            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+        }
+        WriterType::OnlineVectorStoreWriter => {
+            let uri = cfg
+                .store_uri("vector_store")
+                .map_err(|e| RunError::Config(format!("vector store: {e}")))?;
+            let sink = VectorSink::open(&uri, cfg).map_err(|e| RunError::Config(e.to_string()))?;
+            on_bus(sink, metrics, cfg, ready, stop_rx).await
+        }
+    }
+}
+
+/// The offline store of `cfg` behind `decoder` (one of the three offline
+/// writer types' message formats).
+async fn offline_sink<D: Decoder>(
+    cfg: &WriterConfig,
+    decoder: D,
+) -> Result<OfflineSink<D, Store>, RunError> {
+    let store = open_store(cfg)
+        .await
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    Ok(OfflineSink::new(
+        decoder,
+        store,
+        cfg.query_table_write_drop_ratio,
+    ))
+}

@@ -1,0 +1,364 @@
+//! OFFLINE_STORE_BULK_INSERT_WRITER: `BulkInsertMessage`s point at parquet
+//! objects (`s3://bucket/key`, `gs://bucket/key`); the objects are fetched
+//! while the batch is written (decode is synchronous and does no I/O).
+//!
+//! Object stores are configured from the environment like the cloud SDKs:
+//! `AWS_REGION`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` or the pod's web
+//! identity, `AWS_ENDPOINT_URL` (+ `AWS_ALLOW_HTTP=true`) for an S3-compatible
+//! endpoint; `GOOGLE_APPLICATION_CREDENTIALS`/workload identity and
+//! `GOOGLE_BASE_URL` for GCS. A missing object is refused for good
+//! (dead-lettered with the reason); an unreachable store is retried.
+
+use crate::formats::Message;
+use crate::formats::v1::BulkInsertMessage;
+use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
+use crate::writer::stores::offline::{TableRows, ident, parquet};
+use futures::StreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::path::Path;
+use object_store::{ClientConfigKey, GetOptions, ObjectStore, RetryConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Objects fetched at once.
+const FETCH_CONCURRENCY: usize = 4;
+/// Largest object loaded: it is held in memory, decoded, while it is copied.
+pub const MAX_OBJECT_BYTES: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    S3,
+    Gcs,
+}
+
+impl Scheme {
+    fn prefix(self) -> &'static str {
+        match self {
+            Scheme::S3 => "s3",
+            Scheme::Gcs => "gs",
+        }
+    }
+}
+
+/// A decoded bulk-insert message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectRef {
+    pub uri: String,
+    pub scheme: Scheme,
+    pub bucket: String,
+    pub key: String,
+    pub table: String,
+    /// Rows the producer says the object holds; 0: unchecked.
+    pub row_count: i64,
+    pub idempotency_key: Option<String>,
+}
+
+/// Splits `s3://bucket/key` or `gs://bucket/key`.
+pub fn parse_uri(uri: &str) -> Result<(Scheme, String, String), String> {
+    let (scheme, rest) = uri
+        .split_once("://")
+        .ok_or_else(|| format!("uri {uri:?} is not s3://bucket/key or gs://bucket/key"))?;
+    let scheme = match scheme {
+        "s3" | "s3a" => Scheme::S3,
+        "gs" => Scheme::Gcs,
+        other => return Err(format!("uri {uri:?}: scheme {other:?} is not s3 or gs")),
+    };
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() || key.is_empty() {
+        return Err(format!("uri {uri:?} names no bucket or no object key"));
+    }
+    Path::parse(key).map_err(|e| format!("uri {uri:?}: object key is not valid: {e}"))?;
+    Ok((scheme, bucket.to_string(), key.to_string()))
+}
+
+/// Decodes bulk-insert messages and fetches their objects.
+pub struct BulkDecoder {
+    /// `bigquery_upload_bucket`: when set, objects must live in it.
+    upload_bucket: Option<(Option<Scheme>, String)>,
+    stores: Mutex<HashMap<(Scheme, String), Arc<dyn ObjectStore>>>,
+}
+
+impl BulkDecoder {
+    /// `upload_bucket` is `bucket`, `s3://bucket` or `gs://bucket`.
+    pub fn new(upload_bucket: Option<&str>) -> Self {
+        let upload_bucket = upload_bucket
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| match b.split_once("://") {
+                Some((s, rest)) => (
+                    parse_uri(&format!("{s}://{rest}/x")).ok().map(|p| p.0),
+                    rest.trim_end_matches('/').to_string(),
+                ),
+                None => (None, b.trim_end_matches('/').to_string()),
+            });
+        BulkDecoder {
+            upload_bucket,
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn decode(&self, payload: &[u8]) -> Result<Vec<ObjectRef>, String> {
+        let msg = BulkInsertMessage::decode(payload)
+            .map_err(|e| format!("not a bgpersist.bus.v1.BulkInsertMessage: {e}"))?;
+        ident::check_table(&msg.table)?;
+        let (scheme, bucket, key) = parse_uri(&msg.uri)?;
+        if let Some((want_scheme, want_bucket)) = &self.upload_bucket
+            && (*want_bucket != bucket || want_scheme.is_some_and(|s| s != scheme))
+        {
+            return Err(format!(
+                "uri {:?} is outside the upload bucket {want_bucket:?}",
+                msg.uri
+            ));
+        }
+        Ok(vec![ObjectRef {
+            uri: msg.uri,
+            scheme,
+            bucket,
+            key,
+            table: msg.table,
+            row_count: msg.row_count,
+            idempotency_key: (!msg.idempotency_key.is_empty()).then_some(msg.idempotency_key),
+        }])
+    }
+
+    fn store(&self, scheme: Scheme, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+        let id = (scheme, bucket.to_string());
+        if let Some(s) = self.stores.lock().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(s);
+        }
+        let store = open_bucket(scheme, bucket)?;
+        if let Ok(mut m) = self.stores.lock() {
+            m.insert(id, store.clone());
+        }
+        Ok(store)
+    }
+
+    async fn fetch(&self, obj: &ObjectRef) -> Result<TableRows, Fetch> {
+        let store = self
+            .store(obj.scheme, &obj.bucket)
+            .map_err(Fetch::Unavailable)?;
+        let path = Path::parse(&obj.key).map_err(|e| Fetch::Refused(e.to_string()))?;
+        let got = store
+            .get_opts(&path, GetOptions::default())
+            .await
+            .map_err(|e| classify(&obj.uri, e))?;
+        if got.meta.size > MAX_OBJECT_BYTES {
+            return Err(Fetch::Refused(format!(
+                "{}: object is {} bytes; the writer loads objects up to {MAX_OBJECT_BYTES} bytes",
+                obj.uri, got.meta.size
+            )));
+        }
+        let version = got
+            .meta
+            .e_tag
+            .clone()
+            .unwrap_or_else(|| format!("{}@{}", got.meta.size, got.meta.last_modified));
+        let bytes = got.bytes().await.map_err(|e| classify(&obj.uri, e))?;
+        let batch =
+            parquet::read(bytes).map_err(|e| Fetch::Refused(format!("{}: {e}", obj.uri)))?;
+        if obj.row_count > 0 && obj.row_count as usize != batch.num_rows() {
+            return Err(Fetch::Refused(format!(
+                "{}: the message says {} rows, the object holds {}",
+                obj.uri,
+                obj.row_count,
+                batch.num_rows()
+            )));
+        }
+        Ok(TableRows {
+            table: obj.table.clone(),
+            batch,
+            // Without a producer key, the object's version identifies the load.
+            idempotency_key: Some(
+                obj.idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| format!("object:{}#{version}", obj.uri)),
+            ),
+        })
+    }
+}
+
+/// Why an object could not be turned into rows.
+#[derive(Debug)]
+enum Fetch {
+    /// Missing, unreadable or not parquet: dead-letter.
+    Refused(String),
+    /// The object store cannot be reached or refused our credentials: retry.
+    Unavailable(String),
+}
+
+fn classify(uri: &str, e: object_store::Error) -> Fetch {
+    match e {
+        object_store::Error::NotFound { .. } => Fetch::Refused(format!("object {uri} not found")),
+        object_store::Error::InvalidPath { .. } => {
+            Fetch::Refused(format!("object {uri}: invalid path: {e}"))
+        }
+        other => Fetch::Unavailable(format!("object store for {uri}: {other}")),
+    }
+}
+
+/// An object store client for one bucket, from the environment, with short
+/// timeouts and few retries: the writer's own backoff handles outages.
+fn open_bucket(scheme: Scheme, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    let retry = RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let store: Arc<dyn ObjectStore> = match scheme {
+        Scheme::S3 => Arc::new(
+            AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    "5s",
+                )
+                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
+                .build()
+                .map_err(|e| format!("S3 client for bucket {bucket:?}: {e}"))?,
+        ),
+        Scheme::Gcs => Arc::new(
+            GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry)
+                .with_config(
+                    GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    "5s",
+                )
+                .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), "120s")
+                .build()
+                .map_err(|e| format!("GCS client for bucket {bucket:?}: {e}"))?,
+        ),
+    };
+    Ok(store)
+}
+
+impl Decoder for BulkDecoder {
+    type Item = ObjectRef;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<ObjectRef>, String> {
+        BulkDecoder::decode(self, payload)
+    }
+
+    async fn prepare(&self, items: &[ObjectRef]) -> Result<Prepared, SinkError> {
+        let fetches: Vec<_> = items.iter().map(|obj| self.fetch(obj)).collect();
+        let fetched: Vec<Result<TableRows, Fetch>> = futures::stream::iter(fetches)
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+        let mut prepared = Prepared::default();
+        for (i, result) in fetched.into_iter().enumerate() {
+            match result {
+                Ok(rows) if rows.batch.num_rows() == 0 => {}
+                Ok(rows) => prepared.loads.push(Load {
+                    rows,
+                    origin: Origin::Item(i),
+                }),
+                Err(Fetch::Refused(reason)) => {
+                    prepared.rejected.push(Rejected { record: i, reason })
+                }
+                Err(Fetch::Unavailable(reason)) => return Err(SinkError::Retriable(reason)),
+            }
+        }
+        Ok(prepared)
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(uri: &str, table: &str) -> Vec<u8> {
+        BulkInsertMessage {
+            uri: uri.into(),
+            table: table.into(),
+            row_count: 3,
+            idempotency_key: String::new(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn uris_name_a_scheme_bucket_and_key() {
+        assert_eq!(
+            parse_uri("s3://up/day=1/part-0.parquet"),
+            Ok((Scheme::S3, "up".into(), "day=1/part-0.parquet".into()))
+        );
+        assert_eq!(parse_uri("gs://up/a.parquet").map(|p| p.0), Ok(Scheme::Gcs));
+        for bad in [
+            "up/a.parquet",
+            "http://up/a",
+            "s3://up",
+            "s3:///a",
+            "s3://up/a//b",
+        ] {
+            assert!(parse_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn objects_outside_the_upload_bucket_are_refused() -> Result<(), String> {
+        let d = BulkDecoder::new(Some("s3://uploads"));
+        let ok = d.decode(&message("s3://uploads/a.parquet", "events"))?;
+        assert_eq!(ok[0].bucket, "uploads");
+        assert_eq!(ok[0].idempotency_key, None);
+        let err = d
+            .decode(&message("s3://other/a.parquet", "events"))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("outside the upload bucket"), "{err}");
+        let err = d
+            .decode(&message("gs://uploads/a.parquet", "events"))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("outside the upload bucket"), "{err}");
+        let any = BulkDecoder::new(Some("uploads"));
+        assert!(
+            any.decode(&message("gs://uploads/a.parquet", "events"))
+                .is_ok()
+        );
+        let unset = BulkDecoder::new(None);
+        assert!(unset.decode(&message("gs://x/a.parquet", "events")).is_ok());
+        let err = unset
+            .decode(&message("s3://x/a", "drop table"))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("table name"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_retriable() -> Result<(), String> {
+        // A closed local port: nothing leaves the machine.
+        let d = BulkDecoder::new(None);
+        let store = AmazonS3Builder::new()
+            .with_bucket_name("b")
+            .with_region("us-east-1")
+            .with_endpoint("http://127.0.0.1:1")
+            .with_allow_http(true)
+            .with_access_key_id("x")
+            .with_secret_access_key("y")
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
+            .build()
+            .map_err(|e| e.to_string())?;
+        if let Ok(mut m) = d.stores.lock() {
+            m.insert((Scheme::S3, "b".into()), Arc::new(store));
+        }
+        let obj = d.decode(&message("s3://b/a.parquet", "events"))?;
+        let result = d.prepare(&obj).await;
+        assert!(matches!(result, Err(SinkError::Retriable(_))), "{result:?}");
+        Ok(())
+    }
+}

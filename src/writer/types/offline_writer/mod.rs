@@ -1,0 +1,505 @@
+//! OFFLINE_WRITER: result-bus `ResultMessage`s into one table per feature.
+//!
+//! Table `<namespace>__<feature>`, columns `observation_id` (unique),
+//! `pkey`, `value` (typed by the value's kind), `observed_at`,
+//! `resolver_fqn`, `deployment_id` (the store adds `inserted_at`). A batch's
+//! rows are merged into one load per (table, value kind).
+
+use crate::formats::Message;
+use crate::formats::v1::{ResultMessage, value::Kind};
+use crate::writer::runtime::sink::SinkError;
+use crate::writer::stores::offline::TableRows;
+use crate::writer::stores::offline::ident;
+use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
+use arrow_array::builder::{BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
+use arrow_array::{ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use arrow_schema::extension::EXTENSION_TYPE_NAME_KEY;
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Earliest and latest timestamps every offline store holds:
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z, in microseconds.
+pub const MIN_MICROS: i64 = -62_135_596_800_000_000;
+pub const MAX_MICROS: i64 = 253_402_300_799_999_999;
+/// Canonical Arrow extension name for JSON text.
+pub const ARROW_JSON: &str = "arrow.json";
+
+/// Decodes `ResultMessage`s.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResultDecoder;
+
+/// The rows of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultItem {
+    pub rows: Vec<FeatureRow>,
+}
+
+/// One observation bound for its feature table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub table: String,
+    pub observation_id: String,
+    pub pkey: String,
+    pub value: FeatureCell,
+    pub observed_at_micros: Option<i64>,
+    pub resolver_fqn: Option<String>,
+    pub deployment_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureCell {
+    Int(i64),
+    Double(f64),
+    Text(String),
+    Bool(bool),
+    /// Compact JSON text.
+    Json(String),
+}
+
+impl FeatureCell {
+    fn kind(&self) -> u8 {
+        match self {
+            FeatureCell::Int(_) => 0,
+            FeatureCell::Double(_) => 1,
+            FeatureCell::Text(_) => 2,
+            FeatureCell::Bool(_) => 3,
+            FeatureCell::Json(_) => 4,
+        }
+    }
+}
+
+/// The table of a feature.
+pub fn feature_table(namespace: &str, feature: &str) -> String {
+    format!("{namespace}__{feature}")
+}
+
+/// An observation id for values sent without one: a hash of what identifies
+/// the observation, so a replay derives the same id.
+pub fn derived_observation_id(
+    operation_id: &str,
+    namespace: &str,
+    feature: &str,
+    pkey: &str,
+    observed_at_micros: i64,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [operation_id, namespace, feature, pkey] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    h.update(observed_at_micros.to_be_bytes());
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("derived:{hex}")
+}
+
+fn no_nul(what: &str, s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        Err(format!("{what} contains a NUL character"))
+    } else {
+        Ok(())
+    }
+}
+
+fn optional(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Decodes one message; any malformed value makes the whole message poison.
+pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
+    let msg = ResultMessage::decode(payload)
+        .map_err(|e| format!("not a bgpersist.bus.v1.ResultMessage: {e}"))?;
+    no_nul("operation_id", &msg.operation_id)?;
+    no_nul("deployment_id", &msg.deployment_id)?;
+    let mut rows = Vec::with_capacity(msg.values.len());
+    for (i, v) in msg.values.into_iter().enumerate() {
+        let at = |e: String| format!("values[{i}]: {e}");
+        if v.namespace.is_empty() || v.feature.is_empty() || v.pkey.is_empty() {
+            return Err(at("namespace, feature and pkey must all be set".into()));
+        }
+        let table = feature_table(&v.namespace, &v.feature);
+        ident::check_table(&table).map_err(at)?;
+        for (what, s) in [
+            ("pkey", &v.pkey),
+            ("observation_id", &v.observation_id),
+            ("resolver_fqn", &v.resolver_fqn),
+        ] {
+            no_nul(what, s).map_err(at)?;
+        }
+        let value = match v.value.and_then(|v| v.kind) {
+            None => return Err(at(format!("{table}: no value"))),
+            Some(Kind::DoubleValue(d)) if !d.is_finite() => {
+                return Err(at(format!("{table}: {d} is not a finite number")));
+            }
+            Some(Kind::DoubleValue(d)) => FeatureCell::Double(d),
+            Some(Kind::IntValue(n)) => FeatureCell::Int(n),
+            Some(Kind::StringValue(s)) => {
+                no_nul("string_value", &s).map_err(at)?;
+                FeatureCell::Text(s)
+            }
+            Some(Kind::BoolValue(b)) => FeatureCell::Bool(b),
+            Some(Kind::JsonValue(j)) => {
+                let parsed: serde_json::Value = serde_json::from_str(&j)
+                    .map_err(|e| at(format!("json_value is not JSON: {e}")))?;
+                let text = parsed.to_string();
+                // jsonb cannot hold U+0000.
+                if text.contains("\\u0000") {
+                    return Err(at("json_value contains a NUL character".into()));
+                }
+                FeatureCell::Json(text)
+            }
+        };
+        // Unset (0) falls back to when the message was produced.
+        let observed = [v.observed_at_micros, msg.produced_at_micros]
+            .into_iter()
+            .find(|t| *t != 0);
+        if let Some(t) = observed
+            && !(MIN_MICROS..=MAX_MICROS).contains(&t)
+        {
+            return Err(at(format!(
+                "observed_at_micros {t} is outside years 1 to 9999"
+            )));
+        }
+        let observation_id = if v.observation_id.is_empty() {
+            derived_observation_id(
+                &msg.operation_id,
+                &v.namespace,
+                &v.feature,
+                &v.pkey,
+                // The time stored, so values that fall back to the message's
+                // time still get ids of their own.
+                observed.unwrap_or(0),
+            )
+        } else {
+            v.observation_id
+        };
+        rows.push(FeatureRow {
+            table,
+            observation_id,
+            pkey: v.pkey,
+            value,
+            observed_at_micros: observed,
+            resolver_fqn: optional(v.resolver_fqn),
+            deployment_id: optional(msg.deployment_id.clone()),
+        });
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![ResultItem { rows }])
+}
+
+/// Builds one load per (table, value kind), rows in item order.
+pub fn loads(items: &[ResultItem]) -> Result<Vec<Load>, String> {
+    let mut order: Vec<(&str, u8)> = Vec::new();
+    let mut groups: HashMap<(&str, u8), Vec<(usize, &FeatureRow)>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        for row in &item.rows {
+            let key = (row.table.as_str(), row.value.kind());
+            groups
+                .entry(key)
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push((i, row));
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for key in order {
+        let rows = groups.remove(&key).unwrap_or_default();
+        let batch = feature_batch(&rows).map_err(|e| format!("{}: {e}", key.0))?;
+        out.push(Load {
+            rows: TableRows {
+                table: key.0.to_string(),
+                batch,
+                idempotency_key: None,
+            },
+            origin: Origin::Rows(rows.iter().map(|(i, _)| *i).collect()),
+        });
+    }
+    Ok(out)
+}
+
+/// The Arrow batch of rows that share a table and a value kind.
+fn feature_batch(rows: &[(usize, &FeatureRow)]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let n = rows.len();
+    let text = |f: &dyn Fn(&FeatureRow) -> Option<&str>| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(n, n * 16);
+        for (_, r) in rows {
+            b.append_option(f(r));
+        }
+        Arc::new(b.finish())
+    };
+    let (value_field, value): (Field, ArrayRef) = match rows.first().map(|(_, r)| &r.value) {
+        Some(FeatureCell::Int(_)) => {
+            let mut b = Int64Builder::with_capacity(n);
+            for (_, r) in rows {
+                b.append_option(match r.value {
+                    FeatureCell::Int(v) => Some(v),
+                    _ => None,
+                });
+            }
+            (
+                Field::new("value", DataType::Int64, true),
+                Arc::new(b.finish()),
+            )
+        }
+        Some(FeatureCell::Double(_)) => {
+            let mut b = Float64Builder::with_capacity(n);
+            for (_, r) in rows {
+                b.append_option(match r.value {
+                    FeatureCell::Double(v) => Some(v),
+                    _ => None,
+                });
+            }
+            (
+                Field::new("value", DataType::Float64, true),
+                Arc::new(b.finish()),
+            )
+        }
+        Some(FeatureCell::Bool(_)) => {
+            let mut b = BooleanBuilder::with_capacity(n);
+            for (_, r) in rows {
+                b.append_option(match r.value {
+                    FeatureCell::Bool(v) => Some(v),
+                    _ => None,
+                });
+            }
+            (
+                Field::new("value", DataType::Boolean, true),
+                Arc::new(b.finish()),
+            )
+        }
+        Some(FeatureCell::Json(_)) => (
+            Field::new("value", DataType::Utf8, true).with_metadata(HashMap::from([(
+                EXTENSION_TYPE_NAME_KEY.to_string(),
+                ARROW_JSON.to_string(),
+            )])),
+            text(&|r| match &r.value {
+                FeatureCell::Json(s) => Some(s),
+                _ => None,
+            }),
+        ),
+        Some(FeatureCell::Text(_)) | None => (
+            Field::new("value", DataType::Utf8, true),
+            text(&|r| match &r.value {
+                FeatureCell::Text(s) => Some(s),
+                _ => None,
+            }),
+        ),
+    };
+    let observed: TimestampMicrosecondArray = rows
+        .iter()
+        .map(|(_, r)| r.observed_at_micros)
+        .collect::<TimestampMicrosecondArray>()
+        .with_timezone("UTC");
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Schema::new(vec![
+        Field::new("observation_id", DataType::Utf8, false),
+        Field::new("pkey", DataType::Utf8, false),
+        value_field,
+        Field::new("observed_at", utc, true),
+        Field::new("resolver_fqn", DataType::Utf8, true),
+        Field::new("deployment_id", DataType::Utf8, true),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            text(&|r| Some(&r.observation_id)),
+            text(&|r| Some(&r.pkey)),
+            value,
+            Arc::new(observed),
+            text(&|r| r.resolver_fqn.as_deref()),
+            text(&|r| r.deployment_id.as_deref()),
+        ],
+    )
+}
+
+impl Decoder for ResultDecoder {
+    type Item = ResultItem;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<ResultItem>, String> {
+        decode(payload)
+    }
+
+    async fn prepare(&self, items: &[ResultItem]) -> Result<Prepared, SinkError> {
+        // Decoded rows always fit their schema; a failure here is a bug, not
+        // bad input, so it must not dead-letter the batch: retry and report.
+        let loads = loads(items).map_err(SinkError::Retriable)?;
+        Ok(Prepared {
+            loads,
+            rejected: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::v1::{FeatureValue, Value};
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+
+    fn fv(ns: &str, feature: &str, pkey: &str, kind: Option<Kind>) -> FeatureValue {
+        FeatureValue {
+            namespace: ns.into(),
+            feature: feature.into(),
+            pkey: pkey.into(),
+            value: kind.map(|k| Value { kind: Some(k) }),
+            observed_at_micros: 1_700_000_000_000_000,
+            observation_id: format!("obs-{ns}-{feature}-{pkey}"),
+            ..Default::default()
+        }
+    }
+
+    fn message(values: Vec<FeatureValue>) -> Vec<u8> {
+        ResultMessage {
+            operation_id: "op-1".into(),
+            deployment_id: "dep-1".into(),
+            values,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn values_become_typed_rows_of_their_feature_table() -> Result<(), String> {
+        let items = decode(&message(vec![
+            fv("user", "age", "1", Some(Kind::IntValue(42))),
+            fv("user", "score", "1", Some(Kind::DoubleValue(0.5))),
+            fv("user", "tags", "1", Some(Kind::JsonValue("[1, 2]".into()))),
+        ]))?;
+        let rows = &items[0].rows;
+        assert_eq!(rows[0].table, "user__age");
+        assert_eq!(rows[0].value, FeatureCell::Int(42));
+        assert_eq!(rows[2].value, FeatureCell::Json("[1,2]".into()));
+        assert_eq!(rows[0].deployment_id.as_deref(), Some("dep-1"));
+        assert_eq!(rows[0].resolver_fqn, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_merges_into_one_load_per_table_and_kind() -> Result<(), String> {
+        let a = decode(&message(vec![
+            fv("user", "age", "1", Some(Kind::IntValue(1))),
+            fv("user", "score", "1", Some(Kind::DoubleValue(1.5))),
+        ]))?;
+        let b = decode(&message(vec![
+            fv("user", "age", "2", Some(Kind::IntValue(2))),
+            fv("user", "age", "3", Some(Kind::DoubleValue(3.0))),
+        ]))?;
+        let items: Vec<ResultItem> = a.into_iter().chain(b).collect();
+        let loads = loads(&items)?;
+        let shape: Vec<(&str, usize, &Origin)> = loads
+            .iter()
+            .map(|l| (l.rows.table.as_str(), l.rows.batch.num_rows(), &l.origin))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("user__age", 2, &Origin::Rows(vec![0, 1])),
+                ("user__score", 1, &Origin::Rows(vec![0])),
+                ("user__age", 1, &Origin::Rows(vec![1])),
+            ]
+        );
+        let ages = loads[0].rows.batch.column(2).as_primitive::<Int64Type>();
+        assert_eq!(ages.values().to_vec(), [1, 2]);
+        let doubles = loads[2].rows.batch.column(2).as_primitive::<Float64Type>();
+        assert_eq!(doubles.values().to_vec(), [3.0]);
+        let schema = loads[0].rows.batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "observation_id",
+                "pkey",
+                "value",
+                "observed_at",
+                "resolver_fqn",
+                "deployment_id"
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn json_values_carry_the_arrow_json_extension() -> Result<(), String> {
+        let items = decode(&message(vec![fv(
+            "user",
+            "tags",
+            "1",
+            Some(Kind::JsonValue("{\"a\": 1}".into())),
+        )]))?;
+        let loads = loads(&items)?;
+        let schema = loads[0].rows.batch.schema();
+        assert_eq!(schema.field(2).extension_type_name(), Some(ARROW_JSON));
+        Ok(())
+    }
+
+    #[test]
+    fn missing_observation_ids_are_derived_deterministically() -> Result<(), String> {
+        let mut v = fv("user", "age", "1", Some(Kind::IntValue(1)));
+        v.observation_id.clear();
+        let first = decode(&message(vec![v.clone()]))?;
+        let again = decode(&message(vec![v]))?;
+        assert_eq!(first, again);
+        assert!(first[0].rows[0].observation_id.starts_with("derived:"));
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_garbage_hostile_names_and_bad_values() {
+        assert!(decode(b"\xff\xff\xff not protobuf").is_err());
+        let far = {
+            let mut v = fv("user", "x", "1", Some(Kind::IntValue(1)));
+            v.observed_at_micros = i64::MAX;
+            v
+        };
+        for (bad, why) in [
+            (
+                fv("", "age", "1", Some(Kind::IntValue(1))),
+                "must all be set",
+            ),
+            (fv("user", "age", "1", None), "no value"),
+            (
+                fv("user", "x", "1", Some(Kind::DoubleValue(f64::NAN))),
+                "finite",
+            ),
+            (
+                fv("user", "x", "1", Some(Kind::JsonValue("{no".into()))),
+                "not JSON",
+            ),
+            (
+                fv(
+                    "user",
+                    "x",
+                    "1",
+                    Some(Kind::JsonValue("\"\\u0000\"".into())),
+                ),
+                "NUL",
+            ),
+            (
+                fv("user", "x", "1", Some(Kind::StringValue("a\0".into()))),
+                "NUL",
+            ),
+            (fv("us\"er", "x", "1", Some(Kind::IntValue(1))), "refused"),
+            (
+                fv("user", "x; DROP TABLE y", "1", Some(Kind::IntValue(1))),
+                "refused",
+            ),
+            (
+                fv("bgpersist", "loads", "1", Some(Kind::IntValue(1))),
+                "reserved",
+            ),
+            (far, "outside years"),
+        ] {
+            let err = decode(&message(vec![bad.clone()]))
+                .err()
+                .unwrap_or_default();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+}
