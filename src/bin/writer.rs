@@ -4,7 +4,7 @@
 use bgpersist::crd::WriterType;
 use bgpersist::http;
 use bgpersist::writer::config::WriterConfig;
-use bgpersist::writer::error::RunError;
+use bgpersist::writer::error::WriterError;
 use bgpersist::writer::runtime::metrics::WriterMetrics;
 use bgpersist::writer::types;
 use bgpersist::writer::types::query_mirror_consumer::MirrorMetrics;
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            return fail(RunError::Config(format!(
+            return fail(WriterError::Config(format!(
                 "cannot start the async runtime: {e}"
             )));
         }
@@ -40,18 +40,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// A configuration error is one line on stderr, a runtime failure a log
-/// line; the error's class is the exit code.
-fn fail(e: RunError) -> ExitCode {
+/// A configuration error is one line on stderr, any other a log line; the
+/// error decides the exit code.
+fn fail(e: WriterError) -> ExitCode {
     match &e {
-        RunError::Config(reason) => eprintln!("bgpersist-writer: {reason}"),
-        RunError::Runtime(reason) => error!(%reason, "writer failed"),
+        WriterError::Config(reason) => eprintln!("bgpersist-writer: {reason}"),
+        other => error!(
+            class = other.label(),
+            reason = other.reason(),
+            "writer failed"
+        ),
     }
     ExitCode::from(e.exit_code())
 }
 
-async fn run() -> Result<(), RunError> {
-    let cfg = WriterConfig::from_env().map_err(|e| RunError::Config(e.to_string()))?;
+async fn run() -> Result<(), WriterError> {
+    let cfg = WriterConfig::from_env().map_err(|e| WriterError::Config(e.to_string()))?;
     let mut registry = Registry::default();
     let metrics = WriterMetrics::register(&mut registry);
     // Registered before the registry is served; only the mirror has its own.
@@ -60,11 +64,13 @@ async fn run() -> Result<(), RunError> {
     let ready = Arc::new(AtomicBool::new(false));
     let listener = http::bind(cfg.http_addr)
         .await
-        .map_err(|e| RunError::Config(e.to_string()))?;
+        .map_err(|e| WriterError::Config(e.to_string()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut term = signal(SignalKind::terminate()).map_err(|e| RunError::Config(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| RunError::Config(e.to_string()))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| WriterError::Config(e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| WriterError::Config(e.to_string()))?;
     let signals = stop_tx.clone();
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

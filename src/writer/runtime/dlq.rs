@@ -1,6 +1,9 @@
 //! The dead-letter format: the original message bytes unchanged, with the
 //! reason in headers (Kafka) or attributes (Pub/Sub). Documented in
-//! docs/bus-formats.md.
+//! docs/bus-formats.md. The class header is the error's label
+//! (`decode`, `rejected`).
+
+use crate::writer::error::WriterError;
 
 pub const H_ORIGINAL_TOPIC: &str = "bgp-dlq-original-topic";
 pub const H_ORIGINAL_PARTITION: &str = "bgp-dlq-original-partition";
@@ -13,29 +16,10 @@ pub const H_ATTEMPTS: &str = "bgp-dlq-attempts";
 pub const H_TIME: &str = "bgp-dlq-time";
 pub const H_FORMAT_VERSION: &str = "bgp-dlq-version";
 
-/// Why a message is dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The bytes are not a valid message of the bus's format.
-    Decode,
-    /// The store refused the record for good.
-    Rejected,
-}
-
-impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Decode => "decode",
-            ErrorClass::Rejected => "rejected",
-        }
-    }
-}
-
 /// The headers of one dead letter, in order.
 pub fn headers(
     origin: &[(&'static str, String)],
-    class: ErrorClass,
-    message: &str,
+    error: &WriterError,
     writer: &str,
     attempts: u32,
 ) -> Vec<(&'static str, String)> {
@@ -45,9 +29,9 @@ pub fn headers(
         .unwrap_or(0);
     let mut h: Vec<(&'static str, String)> = origin.to_vec();
     h.extend([
-        (H_ERROR_CLASS, class.as_str().to_string()),
+        (H_ERROR_CLASS, error.label().to_string()),
         // Bounded: a header is no place for a megabyte of error text.
-        (H_ERROR_MESSAGE, message.chars().take(1024).collect()),
+        (H_ERROR_MESSAGE, error.reason().chars().take(1024).collect()),
         (H_WRITER, writer.to_string()),
         (H_ATTEMPTS, attempts.to_string()),
         (H_TIME, now.to_string()),

@@ -1,13 +1,25 @@
 //! Prometheus metrics of a writer.
 
+use crate::writer::error::WriterError;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// The `class` label of `bgpersist_writer_errors_total`: a [`WriterError`]'s label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub class: &'static str,
+}
+
 #[derive(Clone)]
 pub struct WriterMetrics {
+    /// Failures by class: dead letters (decode, rejected), retried writes
+    /// (retriable), and the fatal error that stopped the writer (config, runtime).
+    pub errors: Family<ErrorLabels, Counter>,
     pub consumed: Counter,
     pub written: Counter,
     pub dead_lettered: Counter,
@@ -21,6 +33,7 @@ pub struct WriterMetrics {
 impl Default for WriterMetrics {
     fn default() -> Self {
         Self {
+            errors: Family::default(),
             consumed: Counter::default(),
             written: Counter::default(),
             dead_lettered: Counter::default(),
@@ -52,9 +65,22 @@ impl WriterMetrics {
         }
     }
 
+    pub fn count_error(&self, error: &WriterError) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                class: error.label(),
+            })
+            .inc();
+    }
+
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("bgpersist_writer");
+        r.register(
+            "errors",
+            "Writer failures by class (decode, rejected, retriable, config, runtime)",
+            m.errors.clone(),
+        );
         r.register(
             "messages_consumed",
             "Bus messages received",

@@ -8,21 +8,15 @@ pub mod sink;
 pub mod start;
 
 use crate::writer::bus::{Bus, BusError, Envelope};
+use crate::writer::error::Class;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use dlq::ErrorClass;
 use metrics::WriterMetrics;
-use sink::{Rejected, Sink, SinkError};
+use sink::{Rejected, Sink, WriterError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Bus(#[from] BusError),
-}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -53,10 +47,12 @@ pub struct Runtime<B: Bus, S: Sink> {
 /// Why a batch was left unfinished (and uncommitted).
 enum Unfinished {
     Shutdown,
+    /// A fatal error: the writer stops; the batch is redelivered.
+    Fatal(WriterError),
 }
 
 /// What the write task of a batch returned (or why it did not).
-type Joined = Result<Result<Vec<Rejected>, SinkError>, tokio::task::JoinError>;
+type Joined = Result<Result<Vec<Rejected>, WriterError>, tokio::task::JoinError>;
 
 /// A batch whose write has started.
 struct InFlight<R> {
@@ -64,10 +60,11 @@ struct InFlight<R> {
     records: Arc<Vec<R>>,
     /// For each record, the index of the message it came from.
     owner: Vec<usize>,
-    poison: Vec<(usize, ErrorClass, String)>,
+    /// Messages to dead-letter (by index in `batch`) with why.
+    poison: Vec<(usize, WriterError)>,
     started: Instant,
     span: tracing::Span,
-    write: JoinHandle<Result<Vec<Rejected>, SinkError>>,
+    write: JoinHandle<Result<Vec<Rejected>, WriterError>>,
 }
 
 impl<R> InFlight<R> {
@@ -100,10 +97,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     /// decoded and its write started while the previous write is still in
     /// flight; batches are still finished (dead-lettered, marked done) one by
     /// one in the order received, so offsets only ever cover written messages.
-    pub async fn run(
-        mut self,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Result<Totals, RuntimeError> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<Totals, WriterError> {
         let mut in_flight: Option<InFlight<S::Record>> = None;
         loop {
             if *shutdown.borrow() {
@@ -132,6 +126,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                         match self.finish(flight, joined, &mut shutdown).await {
                             Ok(()) => continue,
                             Err(Unfinished::Shutdown) => break,
+                            Err(Unfinished::Fatal(e)) => return self.stop_fatal(e).await,
                         }
                     }
                     continue;
@@ -152,18 +147,21 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             // At most two batches in flight: finish the older one first.
             if let Some(mut older) = in_flight.take() {
                 let joined = older.join().await;
-                if let Err(Unfinished::Shutdown) = self.finish(older, joined, &mut shutdown).await {
+                match self.finish(older, joined, &mut shutdown).await {
+                    Ok(()) => {}
                     // The newer batch stays uncommitted: it is redelivered.
-                    break;
+                    Err(Unfinished::Shutdown) => break,
+                    Err(Unfinished::Fatal(e)) => return self.stop_fatal(e).await,
                 }
             }
             if S::OVERLAPPING_WRITES {
                 in_flight = Some(flight);
             } else {
                 let joined = flight.join().await;
-                if let Err(Unfinished::Shutdown) = self.finish(flight, joined, &mut shutdown).await
-                {
-                    break;
+                match self.finish(flight, joined, &mut shutdown).await {
+                    Ok(()) => {}
+                    Err(Unfinished::Shutdown) => break,
+                    Err(Unfinished::Fatal(e)) => return self.stop_fatal(e).await,
                 }
             }
         }
@@ -171,11 +169,25 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         // offsets are committed with the rest.
         if let Some(mut flight) = in_flight.take() {
             let joined = flight.join().await;
-            let _ = self.finish(flight, joined, &mut shutdown).await;
+            if let Err(Unfinished::Fatal(e)) = self.finish(flight, joined, &mut shutdown).await {
+                return self.stop_fatal(e).await;
+            }
         }
-        self.bus.close().await?;
+        self.bus
+            .close()
+            .await
+            .map_err(|e| WriterError::Runtime(e.to_string()))?;
         info!(totals = ?self.totals, "writer stopped");
         Ok(self.totals)
+    }
+
+    /// Leaves the bus (committing what was done) and returns `e`.
+    async fn stop_fatal(mut self, e: WriterError) -> Result<Totals, WriterError> {
+        self.metrics.count_error(&e);
+        if let Err(close) = self.bus.close().await {
+            warn!(error = %close, "leaving the bus after a fatal error");
+        }
+        Err(e)
     }
 
     /// Decodes `batch` and starts writing its records in a task of its own.
@@ -188,24 +200,33 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
 
         let mut records = Vec::new();
         let mut owner = Vec::new();
-        let mut poison: Vec<(usize, ErrorClass, String)> = Vec::new();
+        let mut poison: Vec<(usize, WriterError)> = Vec::new();
+        let mut fatal = None;
         for (i, env) in batch.iter().enumerate() {
             // A decoder bug on one odd message must not crash-loop the writer
             // on its redelivery: a panic dead-letters that message.
             let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.sink.decode(&env.payload)
             }))
-            .unwrap_or_else(|_| Err("the decoder panicked on this message".to_string()));
+            .unwrap_or_else(|_| {
+                Err(WriterError::Decode(
+                    "the decoder panicked on this message".to_string(),
+                ))
+            });
             match decoded {
                 Ok(rs) => {
                     owner.extend(std::iter::repeat_n(i, rs.len()));
                     records.extend(rs);
                 }
-                Err(reason) => poison.push((i, ErrorClass::Decode, reason)),
+                Err(e) if e.class() == Class::Poison => poison.push((i, e)),
+                // Not about this message: nothing of the batch is written.
+                Err(e) => fatal = Some(e),
             }
         }
         let records = Arc::new(records);
-        let write = if records.is_empty() {
+        let write = if let Some(e) = fatal {
+            tokio::spawn(async move { Err(e) })
+        } else if records.is_empty() {
             tokio::spawn(async { Ok(Vec::new()) })
         } else {
             let (sink, rs) = (self.sink.clone(), records.clone());
@@ -253,7 +274,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let first = match joined {
             Ok(result) => result,
             // A panicking sink is treated like an outage: retried, never dropped.
-            Err(e) => Err(SinkError::Retriable(format!("write task failed: {e}"))),
+            Err(e) => Err(WriterError::Retriable(format!("write task failed: {e}"))),
         };
         let rejected = match first {
             Ok(rejected) => rejected,
@@ -262,12 +283,12 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         for Rejected { record, reason } in &rejected {
             let env = owner.get(*record).copied().unwrap_or(0);
             // One dead letter per message, however many of its records failed.
-            if !poison.iter().any(|(i, _, _)| *i == env) {
-                poison.push((env, ErrorClass::Rejected, reason.clone()));
+            if !poison.iter().any(|(i, _)| *i == env) {
+                poison.push((env, WriterError::Rejected(reason.clone())));
             }
         }
-        for (i, class, reason) in &poison {
-            self.dead_letter_with_retry(&batch[*i], *class, reason, shutdown)
+        for (i, error) in &poison {
+            self.dead_letter_with_retry(&batch[*i], error, shutdown)
                 .await?;
         }
         // Only now, with every message written or dead-lettered, may offsets move.
@@ -300,14 +321,26 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     async fn write_with_retry(
         &mut self,
         records: &[S::Record],
-        failure: SinkError,
+        failure: WriterError,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Vec<Rejected>, Unfinished> {
         let mut backoff = self.backoff();
         let mut paused = false;
         let mut failure = failure;
         loop {
-            let SinkError::Retriable(reason) = &failure;
+            match failure.class() {
+                Class::Retriable => {}
+                Class::Poison => {
+                    self.resume_if(paused);
+                    return Ok(reject_all(records.len(), failure.reason()));
+                }
+                Class::Fatal => {
+                    self.resume_if(paused);
+                    return Err(Unfinished::Fatal(failure));
+                }
+            }
+            let reason = failure.reason();
+            self.metrics.count_error(&failure);
             self.metrics.retries.inc();
             let delay = backoff.next().unwrap_or(self.settings.max_backoff);
             warn!(%reason, retry_in_ms = delay.as_millis() as u64, "store write failed; pausing consumption");
@@ -317,9 +350,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             self.wait(delay, shutdown).await?;
             match self.sink.write(records).await {
                 Ok(rejected) => {
-                    if paused && let Err(e) = self.bus.resume() {
-                        warn!(error = %e, "resume after outage");
-                    }
+                    self.resume_if(paused);
                     return Ok(rejected);
                 }
                 Err(e) => failure = e,
@@ -327,20 +358,27 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         }
     }
 
+    fn resume_if(&mut self, paused: bool) {
+        if paused && let Err(e) = self.bus.resume() {
+            warn!(error = %e, "resume after outage");
+        }
+    }
+
     async fn dead_letter_with_retry(
         &mut self,
         env: &Envelope,
-        class: ErrorClass,
-        reason: &str,
+        error: &WriterError,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Unfinished> {
         let mut backoff = self.backoff();
         let mut attempts = 1u32;
+        let reason = error.reason();
         loop {
-            let headers = dlq::headers(&env.origin, class, reason, &self.settings.writer, attempts);
+            let headers = dlq::headers(&env.origin, error, &self.settings.writer, attempts);
             match self.bus.dead_letter(env, &headers).await {
                 Ok(()) => {
-                    warn!(class = class.as_str(), %reason, origin = ?env.origin, "message dead-lettered");
+                    self.metrics.count_error(error);
+                    warn!(class = error.label(), %reason, origin = ?env.origin, "message dead-lettered");
                     return Ok(());
                 }
                 // Never drop: without a dead letter the message stays uncommitted.
@@ -369,6 +407,16 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<B, S> {
         retry_backoff(self.settings.max_backoff)
     }
+}
+
+/// Every record of a batch refused with `reason`.
+fn reject_all(records: usize, reason: &str) -> Vec<Rejected> {
+    (0..records)
+        .map(|record| Rejected {
+            record,
+            reason: reason.to_string(),
+        })
+        .collect()
 }
 
 /// The longest wait between two retries of a failing store or transaction.

@@ -2,14 +2,7 @@
 
 use std::future::Future;
 
-/// Why a write did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The store is unreachable, overloaded or refused our credentials for
-    /// now: the runtime pauses and retries with capped backoff, never drops.
-    #[error("store unavailable: {0}")]
-    Retriable(String),
-}
+pub use crate::writer::error::WriterError;
 
 /// A record the store refused for good (wrong type, too large): it goes to the
 /// dead-letter topic with the reason and the stream goes on.
@@ -31,14 +24,17 @@ pub trait Sink: Send + Sync + 'static {
     /// done strictly in batch order.
     const OVERLAPPING_WRITES: bool = false;
 
-    /// Decodes one bus message into records. An error makes the message
-    /// poison: dead-lettered with the error, never retried.
-    fn decode(&self, payload: &[u8]) -> Result<Vec<Self::Record>, String>;
+    /// Decodes one bus message into records. A poison error
+    /// (`WriterError::Decode`) dead-letters the message, never retried; a
+    /// fatal one stops the writer.
+    fn decode(&self, payload: &[u8]) -> Result<Vec<Self::Record>, WriterError>;
 
     /// Writes durably (or reports why not). Idempotent: the runtime may
-    /// replay a batch after a crash.
+    /// replay a batch after a crash. A retriable error is retried until it
+    /// succeeds; a poison one dead-letters every message of the batch; a
+    /// fatal one stops the writer with the batch uncommitted.
     fn write(
         &self,
         records: &[Self::Record],
-    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Rejected>, WriterError>> + Send;
 }

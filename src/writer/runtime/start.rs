@@ -6,7 +6,7 @@ use crate::writer::bus::Bus;
 use crate::writer::bus::kafka::KafkaBus;
 use crate::writer::bus::pubsub::PubsubBus;
 use crate::writer::config::WriterConfig;
-use crate::writer::error::RunError;
+use crate::writer::error::WriterError;
 use crate::writer::runtime::metrics::WriterMetrics;
 use crate::writer::runtime::sink::Sink;
 use crate::writer::runtime::{MAX_BACKOFF, Runtime, Settings};
@@ -23,7 +23,7 @@ pub async fn on_bus<S: Sink>(
     cfg: &WriterConfig,
     ready: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+) -> Result<(), WriterError> {
     match cfg.backend {
         BusBackend::Kafka => {
             let bus = KafkaBus::connect(
@@ -32,7 +32,7 @@ pub async fn on_bus<S: Sink>(
                 cfg.dlq_topic.clone(),
                 metrics.clone(),
             )
-            .map_err(|e| RunError::Config(e.to_string()))?;
+            .map_err(|e| WriterError::Config(e.to_string()))?;
             // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
             Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
         }
@@ -44,7 +44,7 @@ pub async fn on_bus<S: Sink>(
                 cfg.max_batch_size,
             )
             .await
-            .map_err(|e| RunError::Config(e.to_string()))?;
+            .map_err(|e| WriterError::Config(e.to_string()))?;
             // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
             Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
         }
@@ -83,7 +83,7 @@ async fn drive<B: Bus, S: Sink>(
     cfg: &WriterConfig,
     ready: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+) -> Result<(), WriterError> {
     let settings = Settings {
         writer: cfg.writer_name.clone(),
         max_batch_size: cfg.max_batch_size,
@@ -94,10 +94,7 @@ async fn drive<B: Bus, S: Sink>(
         return Ok(());
     }
     ready.store(true, Ordering::SeqCst);
-    let totals = Runtime::new(bus, sink, metrics, settings)
-        .run(stop)
-        .await
-        .map_err(|e| RunError::Runtime(e.to_string()))?;
+    let totals = Runtime::new(bus, sink, metrics, settings).run(stop).await?;
     info!(?totals, "exiting");
     Ok(())
 }

@@ -84,13 +84,15 @@ impl<const OVERLAP: bool> Sink for Arc<SlowSink<OVERLAP>> {
     type Record = u64;
     const OVERLAPPING_WRITES: bool = OVERLAP;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<u64>, String> {
+    fn decode(&self, payload: &[u8]) -> Result<Vec<u64>, WriterError> {
         assert_ne!(payload, b"panic", "a decoder bug");
-        let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
-        text.parse().map(|n| vec![n]).map_err(|e| format!("{e}"))
+        let text = std::str::from_utf8(payload).map_err(|e| WriterError::Decode(e.to_string()))?;
+        text.parse()
+            .map(|n| vec![n])
+            .map_err(|e| WriterError::Decode(format!("{e}")))
     }
 
-    async fn write(&self, records: &[u64]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[u64]) -> Result<Vec<Rejected>, WriterError> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_at_once.fetch_max(now, Ordering::SeqCst);
         let ms = records.iter().copied().max().unwrap_or(0);
@@ -228,4 +230,59 @@ async fn a_decoder_panic_dead_letters_that_message_and_the_rest_flows() {
     let _ = stop_tx.send(true);
     let totals = run.await.ok().and_then(Result::ok);
     assert_eq!(totals.map(|t| (t.written, t.dead_lettered)), Some((2, 1)));
+}
+
+/// Fails each write with the next scripted error, then succeeds.
+struct FailingSink {
+    failures: Mutex<std::collections::VecDeque<WriterError>>,
+}
+
+impl Sink for Arc<FailingSink> {
+    type Record = u64;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<u64>, WriterError> {
+        Ok(vec![payload.len() as u64])
+    }
+
+    async fn write(&self, _: &[u64]) -> Result<Vec<Rejected>, WriterError> {
+        let next = self.failures.lock().ok().and_then(|mut f| f.pop_front());
+        next.map_or(Ok(Vec::new()), Err)
+    }
+}
+
+fn failing(errors: Vec<WriterError>) -> Arc<FailingSink> {
+    Arc::new(FailingSink {
+        failures: Mutex::new(errors.into()),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_error_class_decides_retry_dead_letter_or_stop() {
+    // Retriable: retried until it succeeds, then done; nothing dead-lettered.
+    let sink = failing(vec![WriterError::Retriable("down".into()); 2]);
+    let (rt, done) = runtime(vec![vec![envelope(1, "a")]], sink);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 1).await;
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| (t.written, t.dead_lettered)), Some((1, 0)));
+
+    // Poison from a write: every message of the batch is dead-lettered, then done.
+    let sink = failing(vec![WriterError::Rejected("never".into())]);
+    let (rt, done) = runtime(vec![vec![envelope(1, "a"), envelope(2, "b")]], sink);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 1).await;
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| (t.written, t.dead_lettered)), Some((0, 2)));
+
+    // Fatal: the runtime stops with the error and the batch is not done.
+    let sink = failing(vec![WriterError::Config("bad password".into())]);
+    let (rt, done) = runtime(vec![vec![envelope(1, "a")]], sink);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let result = rt.run(stop_rx).await;
+    assert_eq!(result, Err(WriterError::Config("bad password".into())));
+    assert!(done_offsets(&done).is_empty());
 }

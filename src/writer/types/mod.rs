@@ -15,7 +15,7 @@ pub mod usage_bus_writer;
 
 use crate::crd::WriterType;
 use crate::writer::config::WriterConfig;
-use crate::writer::error::RunError;
+use crate::writer::error::WriterError;
 use crate::writer::runtime::metrics::WriterMetrics;
 use crate::writer::runtime::start::on_bus;
 use crate::writer::stores::offline::sink::Decoder;
@@ -42,15 +42,15 @@ pub async fn run(
     mirror_metrics: Option<MirrorMetrics>,
     ready: Arc<AtomicBool>,
     stop_rx: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+) -> Result<(), WriterError> {
     match cfg.writer_type {
         WriterType::OnlineWriter => {
             let uri = cfg
                 .store_uri("online_store")
-                .map_err(|e| RunError::Config(format!("online store: {e}")))?;
+                .map_err(|e| WriterError::config("online store", e))?;
             let sink = OnlineSink::open(&uri, cfg)
                 .await
-                .map_err(RunError::Config)?;
+                .map_err(WriterError::Config)?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::OfflineWriter => {
@@ -68,52 +68,52 @@ pub async fn run(
         }
         WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter
             if exactly_once::requested(cfg.publish_exactly_once.as_deref())
-                .map_err(|e| RunError::Config(e.to_string()))? =>
+                .map_err(|e| WriterError::Config(e.to_string()))? =>
         {
-            let writer =
-                ExactlyOnce::connect(cfg, metrics).map_err(|e| RunError::Config(e.to_string()))?;
+            let writer = ExactlyOnce::connect(cfg, metrics)
+                .map_err(|e| WriterError::Config(e.to_string()))?;
             ready.store(true, Ordering::SeqCst);
             writer
                 .run(stop_rx)
                 .await
-                .map_err(|e| RunError::Runtime(e.to_string()))
+                .map_err(|e| WriterError::Runtime(e.to_string()))
         }
         WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter => {
             let sink = FeatureMetricsSink::open(cfg)
                 .await
-                .map_err(|e| RunError::Config(e.to_string()))?;
+                .map_err(|e| WriterError::Config(e.to_string()))?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::MetricsBusWriter | WriterType::GoMetricsBusWriter => {
             let uri = cfg
                 .store_uri("metrics_store")
-                .map_err(|e| RunError::Config(format!("metrics store: {e}")))?;
+                .map_err(|e| WriterError::config("metrics store", e))?;
             let sink = MetricsStoreSink::open(&uri)
-                .map_err(|e| RunError::Config(format!("metrics store: {e}")))?;
+                .map_err(|e| WriterError::config("metrics store", e))?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::UsageBusWriter => {
             let uri = cfg
                 .store_uri("usage_store")
-                .map_err(|e| RunError::Config(format!("usage store: {e}")))?;
-            let sink =
-                UsageSink::open(&uri).map_err(|e| RunError::Config(format!("usage store: {e}")))?;
+                .map_err(|e| WriterError::config("usage store", e))?;
+            let sink = UsageSink::open(&uri).map_err(|e| WriterError::config("usage store", e))?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
         WriterType::QueryMirrorConsumer => {
             let Some(settings) = cfg.mirror.clone() else {
-                return Err(RunError::Config("query mirror: no settings".into()));
+                return Err(WriterError::Config("query mirror: no settings".into()));
             };
             let cfg = settings.bounded(cfg);
             let sink = MirrorSink::new(settings, mirror_metrics.unwrap_or_default())
-                .map_err(|e| RunError::Config(format!("query mirror: {e}")))?;
+                .map_err(|e| WriterError::config("query mirror", e))?;
             on_bus(sink, metrics, &cfg, ready, stop_rx).await
         }
         WriterType::OnlineVectorStoreWriter => {
             let uri = cfg
                 .store_uri("vector_store")
-                .map_err(|e| RunError::Config(format!("vector store: {e}")))?;
-            let sink = VectorSink::open(&uri, cfg).map_err(|e| RunError::Config(e.to_string()))?;
+                .map_err(|e| WriterError::config("vector store", e))?;
+            let sink =
+                VectorSink::open(&uri, cfg).map_err(|e| WriterError::Config(e.to_string()))?;
             on_bus(sink, metrics, cfg, ready, stop_rx).await
         }
     }
@@ -124,10 +124,10 @@ pub async fn run(
 async fn offline_sink<D: Decoder>(
     cfg: &WriterConfig,
     decoder: D,
-) -> Result<OfflineSink<D, Store>, RunError> {
+) -> Result<OfflineSink<D, Store>, WriterError> {
     let store = open_store(cfg)
         .await
-        .map_err(|e| RunError::Config(e.to_string()))?;
+        .map_err(|e| WriterError::Config(e.to_string()))?;
     Ok(OfflineSink::new(
         decoder,
         store,

@@ -7,7 +7,7 @@ use super::{
     feature_rows, json_feature_rows, query_log_rows, split_inserted_at, text_value_rows,
     with_column,
 };
-use bgpersist::writer::runtime::sink::SinkError;
+use bgpersist::writer::runtime::sink::WriterError;
 use bgpersist::writer::stores::offline::OfflineStore;
 use bgpersist::writer::stores::offline::bigquery::{BigQueryStore, BigQueryTarget, GoogleAuth};
 use bgpersist::writer::stores::offline::warehouse::WarehouseError;
@@ -27,9 +27,12 @@ fn insert_ids(body: &Value) -> Vec<String> {
         .collect()
 }
 
-fn retriable(result: Result<Vec<bgpersist::writer::runtime::sink::Rejected>, SinkError>) -> String {
+fn retriable(
+    result: Result<Vec<bgpersist::writer::runtime::sink::Rejected>, WriterError>,
+) -> String {
     match result {
-        Err(SinkError::Retriable(reason)) => reason,
+        Err(WriterError::Retriable(reason)) => reason,
+        Err(other) => format!("unexpected {} error: {other}", other.label()),
         Ok(r) => format!("unexpected success: {r:?}"),
     }
 }

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::support::unique;
 use base64::Engine;
-use bgpersist::writer::runtime::sink::{Rejected, SinkError};
+use bgpersist::writer::runtime::sink::{Rejected, WriterError};
 use bgpersist::writer::stores::offline::OfflineStore;
 use bgpersist::writer::stores::offline::snowflake::{SnowflakeStore, parse_uri};
 use serde_json::{Value, json};
@@ -25,9 +25,10 @@ fn store(fake: &FakeSnowflake, params: &str) -> anyhow::Result<SnowflakeStore> {
     Ok(SnowflakeStore::new(target, auth)?)
 }
 
-fn retriable(result: Result<Vec<Rejected>, SinkError>) -> String {
+fn retriable(result: Result<Vec<Rejected>, WriterError>) -> String {
     match result {
-        Err(SinkError::Retriable(reason)) => reason,
+        Err(WriterError::Retriable(reason)) => reason,
+        Err(other) => format!("unexpected {} error: {other}", other.label()),
         Ok(r) => format!("unexpected success: {r:?}"),
     }
 }

@@ -17,7 +17,7 @@ use super::bigquery_rows::{BqType, Pending, encode, field, field_names, missing,
 use super::json_rows;
 use super::warehouse::{self, WarehouseError};
 use super::{OfflineStore, TableRows};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use google_cloud_auth::credentials::{AccessTokenCredentials, Builder as CredentialsBuilder};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -107,13 +107,13 @@ impl GoogleAuth {
             .map_err(|e| WarehouseError::Credentials(e.to_string()))
     }
 
-    async fn bearer(&self) -> Result<Option<String>, SinkError> {
+    async fn bearer(&self) -> Result<Option<String>, WriterError> {
         match self {
             GoogleAuth::Anonymous => Ok(None),
             // The library caches the token and refreshes it before it expires.
             GoogleAuth::Credentials(c) => {
                 c.access_token().await.map(|t| Some(t.token)).map_err(|e| {
-                    SinkError::Retriable(format!("cannot obtain a Google access token: {e}"))
+                    WriterError::Retriable(format!("cannot obtain a Google access token: {e}"))
                 })
             }
         }
@@ -168,7 +168,7 @@ impl BigQueryStore {
         method: Method,
         url: url::Url,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), SinkError> {
+    ) -> Result<(StatusCode, Value), WriterError> {
         let mut req = self.http.request(method, url);
         if let Some(token) = self.auth.bearer().await? {
             req = req.bearer_auth(token);
@@ -185,7 +185,7 @@ impl BigQueryStore {
         rows: &[TableRows],
         members: &[usize],
         rejected: &mut Vec<Rejected>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), WriterError> {
         let now = json_rows::now_text();
         let mut encoded = Vec::new();
         for &i in members {
@@ -244,7 +244,7 @@ impl BigQueryStore {
         &self,
         table: &str,
         wanted: &[(String, BqType)],
-    ) -> Result<Result<(), String>, SinkError> {
+    ) -> Result<Result<(), String>, WriterError> {
         let cached = self.tables.lock().await.get(table).cloned();
         let fields = match cached {
             Some(f) if missing(&f, wanted).is_empty() => return Ok(Ok(())),
@@ -276,7 +276,7 @@ impl BigQueryStore {
     }
 
     /// `tables.get`: the table's fields, or `None` when it does not exist.
-    async fn get_table(&self, table: &str) -> Result<Option<Vec<Value>>, SinkError> {
+    async fn get_table(&self, table: &str) -> Result<Option<Vec<Value>>, WriterError> {
         let (status, body) = self
             .call(Method::GET, self.target.url(&["tables", table]), None)
             .await?;
@@ -292,7 +292,7 @@ impl BigQueryStore {
         &self,
         table: &str,
         wanted: &[(String, BqType)],
-    ) -> Result<Result<Vec<Value>, String>, SinkError> {
+    ) -> Result<Result<Vec<Value>, String>, WriterError> {
         let fields: Vec<Value> = wanted.iter().map(|(n, t)| field(n, *t)).collect();
         let mut resource = json!({
             "tableReference": {
@@ -320,11 +320,11 @@ impl BigQueryStore {
             // Another writer created it first.
             StatusCode::CONFLICT => match self.get_table(table).await? {
                 Some(f) => Ok(Ok(f)),
-                None => Err(SinkError::Retriable(format!(
+                None => Err(WriterError::Retriable(format!(
                     "BigQuery table {table} exists and does not: retrying"
                 ))),
             },
-            StatusCode::NOT_FOUND => Err(SinkError::Retriable(self.target.missing_dataset())),
+            StatusCode::NOT_FOUND => Err(WriterError::Retriable(self.target.missing_dataset())),
             s if warehouse::worth_retrying(s) => {
                 Err(retriable(&format!("creating table {table}"), s, &body))
             }
@@ -342,7 +342,7 @@ impl BigQueryStore {
         table: &str,
         mut fields: Vec<Value>,
         new: &[(String, BqType)],
-    ) -> Result<Result<Vec<Value>, String>, SinkError> {
+    ) -> Result<Result<Vec<Value>, String>, WriterError> {
         fields.extend(new.iter().map(|(n, t)| field(n, *t)));
         let patch = json!({ "schema": { "fields": fields } });
         let (status, body) = self
@@ -359,7 +359,7 @@ impl BigQueryStore {
             }
             StatusCode::NOT_FOUND => {
                 self.tables.lock().await.remove(table);
-                Err(SinkError::Retriable(format!(
+                Err(WriterError::Retriable(format!(
                     "BigQuery table {table} vanished while adding columns"
                 )))
             }
@@ -380,7 +380,7 @@ impl BigQueryStore {
         table: &str,
         pending: Vec<Pending>,
         rejected: &mut Vec<Rejected>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), WriterError> {
         let sizes: Vec<(usize, usize)> = pending.iter().map(|p| (p.entry, p.size)).collect();
         let mut work: VecDeque<Vec<&Pending>> = warehouse::chunks(&sizes, MAX_ROWS, MAX_BYTES)
             .into_iter()
@@ -452,7 +452,7 @@ impl BigQueryStore {
         table: &str,
         chunk: &[&Pending],
         resp: &Value,
-    ) -> Result<BTreeMap<usize, String>, SinkError> {
+    ) -> Result<BTreeMap<usize, String>, WriterError> {
         let Some(errors) = resp
             .get("insertErrors")
             .and_then(Value::as_array)
@@ -482,7 +482,7 @@ impl BigQueryStore {
                 }
                 if message.starts_with("no such field") {
                     self.tables.lock().await.remove(table);
-                    return Err(SinkError::Retriable(format!(
+                    return Err(WriterError::Retriable(format!(
                         "BigQuery table {table} does not accept a column yet ({message}); retrying once its schema has settled"
                     )));
                 }
@@ -491,7 +491,7 @@ impl BigQueryStore {
             }
         }
         if bad.is_empty() {
-            return Err(SinkError::Retriable(format!(
+            return Err(WriterError::Retriable(format!(
                 "BigQuery insertAll into {table} reported errors without an invalid row: {resp}"
             )));
         }
@@ -500,7 +500,7 @@ impl BigQueryStore {
 }
 
 impl OfflineStore for BigQueryStore {
-    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, SinkError> {
+    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, WriterError> {
         let mut rejected = Vec::new();
         for (table, members) in warehouse::by_table(rows) {
             self.load_table(&table, rows, &members, &mut rejected)
@@ -524,8 +524,8 @@ fn error_text(status: StatusCode, body: &Value) -> String {
     format!("HTTP {} {reason}: {message}", status.as_u16())
 }
 
-fn retriable(doing: &str, status: StatusCode, body: &Value) -> SinkError {
-    SinkError::Retriable(format!("BigQuery {doing}: {}", error_text(status, body)))
+fn retriable(doing: &str, status: StatusCode, body: &Value) -> WriterError {
+    WriterError::Retriable(format!("BigQuery {doing}: {}", error_text(status, body)))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub mod store;
 pub use sink::OfflineSink;
 pub use store::{OfflineError, Store, open_store};
 
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use arrow_array::RecordBatch;
 use std::future::Future;
 
@@ -44,5 +44,5 @@ pub trait OfflineStore: Send + Sync + 'static {
     fn load(
         &self,
         rows: &[TableRows],
-    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Rejected>, WriterError>> + Send;
 }

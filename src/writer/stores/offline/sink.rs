@@ -9,7 +9,7 @@
 
 use super::drop_ratio::{self, QUERY_LOG};
 use super::{OfflineStore, TableRows};
-use crate::writer::runtime::sink::{Rejected, Sink, SinkError};
+use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use arrow_select::filter::filter_record_batch;
 use std::future::Future;
 
@@ -23,11 +23,11 @@ pub trait Decoder: Send + Sync + 'static {
 
     /// Turns one batch of items into loads. Items refused for good (a missing
     /// object) are returned as rejected; an unreachable dependency fails the
-    /// whole batch with [`SinkError::Retriable`].
+    /// whole batch with [`WriterError::Retriable`].
     fn prepare(
         &self,
         items: &[Self::Item],
-    ) -> impl Future<Output = Result<Prepared, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Prepared, WriterError>> + Send;
 }
 
 /// The loads of one batch, and the items that cannot be loaded at all.
@@ -103,7 +103,7 @@ impl<D: Decoder, S: OfflineStore> OfflineSink<D, S> {
     }
 
     /// Loads everything; returns the refused items.
-    async fn load(&self, loads: Vec<Load>) -> Result<Vec<Rejected>, SinkError> {
+    async fn load(&self, loads: Vec<Load>) -> Result<Vec<Rejected>, WriterError> {
         let mut refused = Vec::new();
         let mut retry = Vec::new();
         for (load, reason) in self.load_once(&loads).await? {
@@ -131,7 +131,10 @@ impl<D: Decoder, S: OfflineStore> OfflineSink<D, S> {
         Ok(refused)
     }
 
-    async fn load_once<'a>(&self, loads: &'a [Load]) -> Result<Vec<(&'a Load, String)>, SinkError> {
+    async fn load_once<'a>(
+        &self,
+        loads: &'a [Load],
+    ) -> Result<Vec<(&'a Load, String)>, WriterError> {
         if loads.is_empty() {
             return Ok(Vec::new());
         }
@@ -177,11 +180,11 @@ impl<D: Decoder, S: OfflineStore> Sink for OfflineSink<D, S> {
     // prepared and loaded while the previous transaction commits.
     const OVERLAPPING_WRITES: bool = true;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<D::Item>, String> {
-        self.decoder.decode(payload)
+    fn decode(&self, payload: &[u8]) -> Result<Vec<D::Item>, WriterError> {
+        self.decoder.decode(payload).map_err(WriterError::Decode)
     }
 
-    async fn write(&self, records: &[D::Item]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[D::Item]) -> Result<Vec<Rejected>, WriterError> {
         let Prepared {
             loads,
             mut rejected,
@@ -208,7 +211,7 @@ mod tests {
     }
 
     impl OfflineStore for PickyStore {
-        async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, SinkError> {
+        async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, WriterError> {
             if let Ok(mut calls) = self.calls.lock() {
                 calls.push(rows.iter().map(|r| r.batch.num_rows()).collect());
             }
@@ -238,7 +241,7 @@ mod tests {
         fn decode(&self, _: &[u8]) -> Result<Vec<Vec<i64>>, String> {
             Ok(vec![])
         }
-        async fn prepare(&self, items: &[Vec<i64>]) -> Result<Prepared, SinkError> {
+        async fn prepare(&self, items: &[Vec<i64>]) -> Result<Prepared, WriterError> {
             let values: Vec<i64> = items.iter().flatten().copied().collect();
             let owners = items
                 .iter()
@@ -247,7 +250,7 @@ mod tests {
                 .collect();
             let batch =
                 RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(values)) as _)])
-                    .map_err(|e| SinkError::Retriable(e.to_string()))?;
+                    .map_err(|e| WriterError::Retriable(e.to_string()))?;
             Ok(Prepared {
                 loads: vec![Load {
                     rows: TableRows {
@@ -263,7 +266,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_merged_load_is_retried_per_item() -> Result<(), SinkError> {
+    async fn a_refused_merged_load_is_retried_per_item() -> Result<(), WriterError> {
         let sink = OfflineSink::new(Numbers, PickyStore::default(), 0.0);
         let items = vec![vec![1, 2], vec![3, -4, 5], vec![6], vec![-7]];
         let rejected = sink.write(&items).await?;
@@ -280,14 +283,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn query_log_rows_are_sampled_and_others_untouched() -> Result<(), SinkError> {
-        let batch = |table: &str| -> Result<Load, SinkError> {
+    async fn query_log_rows_are_sampled_and_others_untouched() -> Result<(), WriterError> {
+        let batch = |table: &str| -> Result<Load, WriterError> {
             let ids = StringArray::from(vec!["a", "b", "c"]);
             Ok(Load {
                 rows: TableRows {
                     table: table.into(),
                     batch: RecordBatch::try_from_iter([("operation_id", Arc::new(ids) as _)])
-                        .map_err(|e| SinkError::Retriable(e.to_string()))?,
+                        .map_err(|e| WriterError::Retriable(e.to_string()))?,
                     idempotency_key: None,
                 },
                 origin: Origin::Rows(vec![0, 1, 1]),

@@ -19,7 +19,7 @@ use super::snowflake_auth::{KeyPairJwt, SnowflakeAuth, TokenKind, TokenSource};
 use super::snowflake_sql::{Column, Encoded, encode, ident, is_data_error, merge_statement};
 use super::warehouse::{self, WarehouseError};
 use super::{OfflineStore, TableRows};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use base64::Engine;
 use reqwest::header::ACCEPT;
 use reqwest::{Method, StatusCode};
@@ -175,7 +175,11 @@ impl SnowflakeStore {
         })
     }
 
-    fn request(&self, method: Method, url: url::Url) -> Result<reqwest::RequestBuilder, SinkError> {
+    fn request(
+        &self,
+        method: Method,
+        url: url::Url,
+    ) -> Result<reqwest::RequestBuilder, WriterError> {
         let mut req = self
             .http
             .request(method, url)
@@ -201,7 +205,11 @@ impl SnowflakeStore {
     /// Runs one statement to its end. A request whose answer is lost (no
     /// answer, 502/503/504) is resubmitted with the same `requestId` and
     /// `retry=true`, which Snowflake does not execute twice.
-    async fn execute(&self, statement: &str, bindings: Option<Value>) -> Result<Answer, SinkError> {
+    async fn execute(
+        &self,
+        statement: &str,
+        bindings: Option<Value>,
+    ) -> Result<Answer, WriterError> {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut body = json!({
             "statement": statement,
@@ -242,12 +250,12 @@ impl SnowflakeStore {
         }
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(StatusCode, Value), SinkError> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(StatusCode, Value), WriterError> {
         super::warehouse::send_json("Snowflake", req).await
     }
 
     /// Follows a statement still running (202) until it ends.
-    async fn settle(&self, mut status: StatusCode, mut body: Value) -> Result<Answer, SinkError> {
+    async fn settle(&self, mut status: StatusCode, mut body: Value) -> Result<Answer, WriterError> {
         let deadline = Instant::now() + Duration::from_secs(STATEMENT_TIMEOUT_SECS + 30);
         let mut wait = Duration::from_millis(100);
         loop {
@@ -261,7 +269,7 @@ impl SnowflakeStore {
                 }
                 StatusCode::ACCEPTED => {}
                 s => {
-                    return Err(SinkError::Retriable(format!(
+                    return Err(WriterError::Retriable(format!(
                         "Snowflake statement: {}",
                         status_text(s, &body)
                     )));
@@ -269,7 +277,7 @@ impl SnowflakeStore {
             }
             let handle = text_field(&body, "statementHandle");
             if handle.is_empty() || Instant::now() > deadline {
-                return Err(SinkError::Retriable(format!(
+                return Err(WriterError::Retriable(format!(
                     "Snowflake statement {handle:?} did not finish in time"
                 )));
             }
@@ -282,10 +290,10 @@ impl SnowflakeStore {
 
     /// Runs DDL or a catalog query; any failure is worth retrying (privileges
     /// being granted, a warehouse resuming), never a reason to drop rows.
-    async fn must(&self, statement: &str, bindings: Option<Value>) -> Result<Value, SinkError> {
+    async fn must(&self, statement: &str, bindings: Option<Value>) -> Result<Value, WriterError> {
         match self.execute(statement, bindings).await? {
             Answer::Done(v) => Ok(v),
-            Answer::Failed { text, .. } => Err(SinkError::Retriable(format!(
+            Answer::Failed { text, .. } => Err(WriterError::Retriable(format!(
                 "Snowflake refused {:?}: {text}",
                 statement.chars().take(80).collect::<String>()
             ))),
@@ -293,7 +301,7 @@ impl SnowflakeStore {
     }
 
     /// Creates the table if needed and adds missing columns.
-    async fn ensure_table(&self, table: &str, columns: &[Column]) -> Result<(), SinkError> {
+    async fn ensure_table(&self, table: &str, columns: &[Column]) -> Result<(), WriterError> {
         let cached = self.tables.lock().await.get(table).cloned();
         let mut have = match cached {
             Some(have) => have,
@@ -335,7 +343,7 @@ impl SnowflakeStore {
         Ok(())
     }
 
-    async fn columns_of(&self, table: &str) -> Result<HashSet<String>, SinkError> {
+    async fn columns_of(&self, table: &str) -> Result<HashSet<String>, WriterError> {
         let result = self
             .must(
                 "SELECT COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = CURRENT_SCHEMA() AND TABLE_NAME = ?",
@@ -358,7 +366,7 @@ impl SnowflakeStore {
         rows: &[TableRows],
         members: &[usize],
         rejected: &mut Vec<Rejected>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), WriterError> {
         let now = json_rows::now_text();
         let mut encoded = Vec::new();
         for &i in members {
@@ -403,7 +411,7 @@ impl SnowflakeStore {
         columns: &[Column],
         group: &[&Encoded],
         rejected: &mut Vec<Rejected>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), WriterError> {
         let statement = merge_statement(table, key_column, columns);
         let flat: Vec<(usize, &String, &JsonRow)> = group
             .iter()
@@ -457,7 +465,7 @@ impl SnowflakeStore {
                     if sql_state.starts_with("42") {
                         self.tables.lock().await.remove(table);
                     }
-                    return Err(SinkError::Retriable(format!(
+                    return Err(WriterError::Retriable(format!(
                         "Snowflake MERGE into {table}: {text}"
                     )));
                 }
@@ -468,7 +476,7 @@ impl SnowflakeStore {
 }
 
 impl OfflineStore for SnowflakeStore {
-    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, SinkError> {
+    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, WriterError> {
         let mut rejected = Vec::new();
         for (table, members) in warehouse::by_table(rows) {
             self.load_table(&table, rows, &members, &mut rejected)

@@ -11,7 +11,7 @@
 //! - None: only with the endpoint override (local fakes).
 
 use super::warehouse::WarehouseError;
-use crate::writer::runtime::sink::SinkError;
+use crate::writer::runtime::sink::WriterError;
 use base64::Engine;
 use rustls::SignatureScheme;
 use rustls::pki_types::pem::PemObject;
@@ -75,20 +75,20 @@ pub enum SnowflakeAuth {
 
 impl SnowflakeAuth {
     /// The bearer token and its type for the next request, if any.
-    pub fn bearer(&self) -> Result<Option<(String, TokenKind)>, SinkError> {
+    pub fn bearer(&self) -> Result<Option<(String, TokenKind)>, WriterError> {
         match self {
             SnowflakeAuth::Anonymous => Ok(None),
             SnowflakeAuth::KeyPair(jwt) => jwt
                 .token(SystemTime::now())
                 .map(|t| Some((t, TokenKind::KeyPairJwt)))
-                .map_err(SinkError::Retriable),
+                .map_err(WriterError::Retriable),
             SnowflakeAuth::Token { source, kind } => {
                 let token = match source {
                     TokenSource::Inline(t) => t.clone(),
                     // A missing file may be a secret being rotated: retry, never drop.
                     TokenSource::File(path) => std::fs::read_to_string(path)
                         .map_err(|e| {
-                            SinkError::Retriable(format!(
+                            WriterError::Retriable(format!(
                                 "Snowflake token file {}: {e}",
                                 path.display()
                             ))

@@ -8,7 +8,7 @@ use super::snowflake::SnowflakeStore;
 use super::warehouse::WarehouseError;
 use super::{OfflineStore, TableRows};
 use crate::writer::config::{ConfigError, WriterConfig};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::postgres::PgError;
 use crate::writer::stores::uri::split_scheme;
 
@@ -65,7 +65,7 @@ pub async fn open_uri(uri: &str, cfg: &WriterConfig) -> Result<Store, OfflineErr
 }
 
 impl OfflineStore for Store {
-    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, SinkError> {
+    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, WriterError> {
         match self {
             Store::Postgres(s) => s.load(rows).await,
             Store::BigQuery(s) => s.load(rows).await,

@@ -3,13 +3,13 @@
 //! requests (by table, then into chunks that keep each entry whole).
 
 use super::TableRows;
-use crate::writer::runtime::sink::SinkError;
+use crate::writer::runtime::sink::WriterError;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
 /// Why a warehouse store could not be opened. Load-time failures are
-/// [`crate::writer::runtime::sink::SinkError`]s or rejections instead.
+/// [`crate::writer::runtime::sink::WriterError`]s or rejections instead.
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
     /// The URI is never echoed whole: it may carry a token or a key.
@@ -100,16 +100,16 @@ pub fn chunks(
 pub async fn send_json(
     service: &str,
     req: reqwest::RequestBuilder,
-) -> Result<(StatusCode, Value), SinkError> {
+) -> Result<(StatusCode, Value), WriterError> {
     let resp = req
         .send()
         .await
-        .map_err(|e| SinkError::Retriable(format!("{service} unreachable: {e}")))?;
+        .map_err(|e| WriterError::Retriable(format!("{service} unreachable: {e}")))?;
     let status = resp.status();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| SinkError::Retriable(format!("{service} answer cut short: {e}")))?;
+        .map_err(|e| WriterError::Retriable(format!("{service} answer cut short: {e}")))?;
     let body = if bytes.is_empty() {
         Value::Null
     } else {

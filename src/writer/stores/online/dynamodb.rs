@@ -22,7 +22,7 @@
 //! DynamoDB itself, atomically.
 
 use super::{OnlineRecord, OnlineStore};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
@@ -165,7 +165,7 @@ impl DynamoStore {
     /// Fails (retriably) until the table exists with `__id__`/`__ns__` string
     /// keys: writing to a table of another shape would turn every record into
     /// a validation error and dead-letter the whole stream.
-    async fn verify_table(&self) -> Result<(), SinkError> {
+    async fn verify_table(&self) -> Result<(), WriterError> {
         self.verified
             .get_or_try_init(|| async {
                 let out = self
@@ -188,7 +188,7 @@ impl DynamoStore {
             })
             .await
             .map(|_| ())
-            .map_err(SinkError::Retriable)
+            .map_err(WriterError::Retriable)
     }
 
     /// One conditional UpdateItem setting `features` (and `exp`) together.
@@ -230,7 +230,7 @@ impl DynamoStore {
         ns: &str,
         mut pending: Vec<&'f Feature>,
         mut exp: Option<i64>,
-    ) -> Result<(Vec<&'f Feature>, Option<i64>, Vec<Rejected>), SinkError> {
+    ) -> Result<(Vec<&'f Feature>, Option<i64>, Vec<Rejected>), WriterError> {
         for _ in 0..COMBINED_ATTEMPTS {
             if pending.is_empty() && exp.is_none() {
                 break;
@@ -262,13 +262,17 @@ impl DynamoStore {
                     debug!(pkey, ns, %reason, "combined update refused; writing features one by one");
                     break;
                 }
-                Err(Failure::Unavailable(e)) => return Err(SinkError::Retriable(e)),
+                Err(Failure::Unavailable(e)) => return Err(WriterError::Retriable(e)),
             }
         }
         Ok((pending, exp, Vec::new()))
     }
 
-    async fn write_entity(&self, entity: Entity<'_>, now: i64) -> Result<Vec<Rejected>, SinkError> {
+    async fn write_entity(
+        &self,
+        entity: Entity<'_>,
+        now: i64,
+    ) -> Result<Vec<Rejected>, WriterError> {
         let exp = (entity.ttl > 0).then(|| now.saturating_add(entity.ttl));
         let mut first = Vec::new();
         let mut one_by_one = Vec::new();
@@ -312,7 +316,7 @@ impl DynamoStore {
                     record: f.record,
                     reason,
                 }),
-                Err(Failure::Unavailable(e)) => return Err(SinkError::Retriable(e)),
+                Err(Failure::Unavailable(e)) => return Err(WriterError::Retriable(e)),
             }
         }
         if let Some(e) = exp_left {
@@ -322,7 +326,7 @@ impl DynamoStore {
                 Err(Failure::Rejected(reason)) => {
                     warn!(pkey = entity.pkey, ns = entity.ns, %reason, "could not extend __exp__")
                 }
-                Err(Failure::Unavailable(e)) => return Err(SinkError::Retriable(e)),
+                Err(Failure::Unavailable(e)) => return Err(WriterError::Retriable(e)),
             }
         }
         Ok(rejected)
@@ -685,7 +689,7 @@ impl Expr {
 }
 
 impl OnlineStore for DynamoStore {
-    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, WriterError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }

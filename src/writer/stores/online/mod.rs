@@ -5,7 +5,7 @@ pub mod dynamodb;
 pub mod redis;
 
 use crate::writer::config::WriterConfig;
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::uri::split_scheme;
 use std::future::Future;
 
@@ -28,7 +28,7 @@ pub trait OnlineStore: Send + Sync {
     fn write(
         &self,
         records: &[OnlineRecord],
-    ) -> impl Future<Output = Result<Vec<Rejected>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Rejected>, WriterError>> + Send;
 }
 
 /// The online store of this run, picked from the URI scheme by [`Store::open`].
@@ -63,7 +63,7 @@ impl Store {
 }
 
 impl OnlineStore for Store {
-    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, WriterError> {
         match self {
             Store::Redis(s) => s.write(records).await,
             Store::Dynamo(s) => s.write(records).await,

@@ -8,7 +8,7 @@
 //! idempotent and their order does not matter.
 
 use super::{OnlineRecord, OnlineStore};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -190,11 +190,11 @@ fn classify(e: &RedisError) -> Option<String> {
 }
 
 impl OnlineStore for RedisStore {
-    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, WriterError> {
         let conn = self
             .conn()
             .await
-            .map_err(|e| SinkError::Retriable(e.to_string()))?;
+            .map_err(|e| WriterError::Retriable(e.to_string()))?;
         // One script call per entity. On a standalone server the calls go out
         // as pipelines (one socket write and one read per PIPELINE calls); on a
         // cluster one by one, each routed by its key. All concurrently on the
@@ -263,7 +263,7 @@ impl OnlineStore for RedisStore {
             // further wave of calls would wait out its own reconnect cycle,
             // holding the batch (and shutdown) for minutes. The script is
             // idempotent: retrying the whole batch is safe.
-            let outcome = outcome.map_err(|e| SinkError::Retriable(e.to_string()))?;
+            let outcome = outcome.map_err(|e| WriterError::Retriable(e.to_string()))?;
             for ((_, idx), result) in part.iter().zip(outcome) {
                 if let Err(e) = result {
                     match classify(&e) {
@@ -271,7 +271,7 @@ impl OnlineStore for RedisStore {
                             record,
                             reason: reason.clone(),
                         })),
-                        None => return Err(SinkError::Retriable(e.to_string())),
+                        None => return Err(WriterError::Retriable(e.to_string())),
                     }
                 }
             }

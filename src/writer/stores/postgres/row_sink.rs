@@ -5,7 +5,7 @@
 //! before (a replay) falls back to one INSERT of the rows as arrays that
 //! skips existing keys. Both are idempotent, so two batches may be in flight.
 
-use crate::writer::runtime::sink::{Rejected, Sink, SinkError};
+use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use crate::writer::stores::postgres::rows::{InsertRows, PgTable, Table, is_key_conflict};
 use crate::writer::stores::postgres::{self as pg, PgError};
 use deadpool_postgres::Object;
@@ -74,11 +74,11 @@ impl<R: PgRow> Sink for RowSink<R> {
     // flight (on the pool's two connections) while offsets stay in order.
     const OVERLAPPING_WRITES: bool = true;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<R>, String> {
-        R::decode(payload)
+    fn decode(&self, payload: &[u8]) -> Result<Vec<R>, WriterError> {
+        R::decode(payload).map_err(WriterError::Decode)
     }
 
-    async fn write(&self, rows: &[R]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, rows: &[R]) -> Result<Vec<Rejected>, WriterError> {
         self.table.write_isolating(rows).await
     }
 }

@@ -3,7 +3,7 @@
 //! when Postgres refuses a batch for its data the refused rows are found by
 //! bisection so the rest still lands.
 
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::postgres as pg;
 use deadpool_postgres::{Object, Pool};
 use std::future::Future;
@@ -56,9 +56,9 @@ impl PgTable {
 
     /// A connection, with the table in place. Every failure is retriable: a
     /// missing privilege or an unreachable server are fixed outside the writer.
-    pub async fn connection(&self) -> Result<Object, SinkError> {
+    pub async fn connection(&self) -> Result<Object, WriterError> {
         let conn = self.pool.get().await.map_err(|e| {
-            SinkError::Retriable(format!("postgres connection: {}", pg_error_text(&e)))
+            WriterError::Retriable(format!("postgres connection: {}", pg_error_text(&e)))
         })?;
         // Concurrent first writes may both create: the DDL is IF NOT EXISTS
         // under an advisory lock.
@@ -72,12 +72,12 @@ impl PgTable {
     /// Inserts every row; rows Postgres refuses for their data (a
     /// constraint, a value it cannot store) are isolated by bisection and
     /// returned as [`Rejected`], everything else is written. Any retriable
-    /// failure aborts with [`SinkError::Retriable`]: statements are
+    /// failure aborts with [`WriterError::Retriable`]: statements are
     /// idempotent, so the runtime's retry of the whole batch is safe.
     pub async fn write_isolating<R: InsertRows + ?Sized>(
         &self,
         rows: &R,
-    ) -> Result<Vec<Rejected>, SinkError> {
+    ) -> Result<Vec<Rejected>, WriterError> {
         let mut conn = self.connection().await?;
         let mut rejected = Vec::new();
         let mut todo = Vec::with_capacity(8);
@@ -92,7 +92,7 @@ impl PgTable {
                     if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
                         self.ready.store(false, Ordering::Release);
                     }
-                    return Err(SinkError::Retriable(format!(
+                    return Err(WriterError::Retriable(format!(
                         "postgres {}: {}",
                         self.table.name,
                         pg_error_text(&e)
@@ -111,7 +111,7 @@ impl PgTable {
                 Err(_) => {
                     // The connection may still be running the statement: close it.
                     drop(Object::take(conn));
-                    return Err(SinkError::Retriable(format!(
+                    return Err(WriterError::Retriable(format!(
                         "postgres {}: no answer within {STATEMENT_TIMEOUT:?}",
                         self.table.name
                     )));
@@ -159,9 +159,9 @@ impl ToSql for JsonbText<'_> {
 /// Creates the table unless it exists. The check comes first so that a
 /// writer without CREATE privilege works on a table made ahead of time; the
 /// advisory lock keeps concurrent replicas from racing on the catalog.
-async fn create_table(conn: &Object, table: &Table) -> Result<(), SinkError> {
+async fn create_table(conn: &Object, table: &Table) -> Result<(), WriterError> {
     let fail = |e: tokio_postgres::Error| {
-        SinkError::Retriable(format!(
+        WriterError::Retriable(format!(
             "creating table {}: {}",
             table.name,
             pg_error_text(&e)

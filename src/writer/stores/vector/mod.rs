@@ -11,7 +11,7 @@ pub mod pgvector;
 pub mod qdrant;
 
 use crate::writer::config::WriterConfig;
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::uri::split_scheme;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -116,7 +116,7 @@ impl Store {
     }
 
     /// Writes a batch: one task per collection, up to the store's concurrency.
-    pub async fn write(&self, records: &[VectorPoint]) -> Result<Vec<Rejected>, SinkError> {
+    pub async fn write(&self, records: &[VectorPoint]) -> Result<Vec<Rejected>, WriterError> {
         let mut by_collection: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
             by_collection
@@ -125,7 +125,7 @@ impl Store {
                 .push(i);
         }
         // Boxed: the generic per-store futures are otherwise not provably Send.
-        let writes: Vec<futures::future::BoxFuture<'_, Result<Vec<Rejected>, SinkError>>> =
+        let writes: Vec<futures::future::BoxFuture<'_, Result<Vec<Rejected>, WriterError>>> =
             by_collection
                 .into_iter()
                 .map(|(c, idx)| match self {
@@ -153,9 +153,9 @@ impl Store {
     }
 }
 
-fn retriable(e: StoreError) -> Result<String, SinkError> {
+fn retriable(e: StoreError) -> Result<String, WriterError> {
     match e {
-        StoreError::Retriable(reason) => Err(SinkError::Retriable(reason)),
+        StoreError::Retriable(reason) => Err(WriterError::Retriable(reason)),
         StoreError::Refused(reason) => Ok(reason),
     }
 }
@@ -168,7 +168,7 @@ pub async fn write_collection<S: VectorStore>(
     collection: &str,
     records: &[VectorPoint],
     idx: Vec<usize>,
-) -> Result<Vec<Rejected>, SinkError> {
+) -> Result<Vec<Rejected>, WriterError> {
     let wanted = records[idx[0]].embedding.len();
     let mut dim = match store.dimension(collection, wanted).await {
         Ok(d) => d,
@@ -267,7 +267,7 @@ async fn refresh<S: VectorStore>(
     collection: &str,
     wanted: usize,
     cached: usize,
-) -> Result<Refreshed, SinkError> {
+) -> Result<Refreshed, WriterError> {
     store.forget(collection);
     Ok(match store.dimension(collection, wanted).await {
         Ok(d) if d == cached => Refreshed::Same,

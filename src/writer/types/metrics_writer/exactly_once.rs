@@ -18,7 +18,8 @@ use crate::crd::BusBackend;
 use crate::writer::bus::Envelope;
 use crate::writer::bus::kafka::{client_config, consumer_lag, envelope, next_offsets_by_partition};
 use crate::writer::config::WriterConfig;
-use crate::writer::runtime::dlq::{self, ErrorClass};
+use crate::writer::error::WriterError;
+use crate::writer::runtime::dlq;
 use crate::writer::runtime::metrics::WriterMetrics;
 use crate::writer::runtime::{MAX_BACKOFF, retry_backoff};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -321,10 +322,10 @@ impl ExactlyOnce {
         for i in 0..n {
             let Some(env) = self.held.get(i) else { break };
             let poison = match self.refused.get(&key(env)) {
-                Some(reason) => Err((ErrorClass::Rejected, reason.clone())),
+                Some(reason) => Err(WriterError::Rejected(reason.clone())),
                 None => parse(&env.payload)
                     .map(|r| outgoing(&r, consumed_at, self.skip_feature_metrics))
-                    .map_err(|reason| (ErrorClass::Decode, reason)),
+                    .map_err(WriterError::Decode),
             };
             let (is_metrics, delivery) = match poison {
                 Ok(out) => match self.send_metrics(&out).await {
@@ -336,9 +337,9 @@ impl ExactlyOnce {
                     }
                     Err(e) => return Err(Attempt::Failed(e)),
                 },
-                Err((class, reason)) => {
-                    let headers = dlq::headers(&env.origin, class, &reason, &self.writer, 1);
-                    warn!(class = class.as_str(), %reason, origin = ?env.origin, "message dead-lettered in the transaction");
+                Err(error) => {
+                    let headers = dlq::headers(&env.origin, &error, &self.writer, 1);
+                    warn!(class = error.label(), reason = error.reason(), origin = ?env.origin, "message dead-lettered in the transaction");
                     (
                         false,
                         self.send_dead_letter(env, &headers)

@@ -11,7 +11,7 @@ pub mod publish;
 use crate::formats::Message;
 use crate::formats::v1::ResultMessage;
 use crate::writer::config::WriterConfig;
-use crate::writer::runtime::sink::{Rejected, Sink, SinkError};
+use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use publish::{Outgoing, PublishError, Publisher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,14 +44,14 @@ impl Sink for FeatureMetricsSink {
     // spread that work over two cores.
     const OVERLAPPING_WRITES: bool = true;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<Received>, String> {
+    fn decode(&self, payload: &[u8]) -> Result<Vec<Received>, WriterError> {
         Ok(vec![Received {
-            result: parse(payload)?,
+            result: parse(payload).map_err(WriterError::Decode)?,
             consumed_at_micros: now_micros(),
         }])
     }
 
-    async fn write(&self, records: &[Received]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[Received]) -> Result<Vec<Rejected>, WriterError> {
         let messages: Vec<Outgoing> = records
             .iter()
             .map(|r| outgoing(&r.result, r.consumed_at_micros, self.skip_feature_metrics))

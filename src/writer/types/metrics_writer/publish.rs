@@ -11,7 +11,7 @@
 use crate::crd::BusBackend;
 use crate::writer::bus::pubsub::resource_path;
 use crate::writer::config::{KafkaSettings, WriterConfig};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -136,7 +136,7 @@ impl Publisher {
     /// Publishes every message and waits until the broker has each. A
     /// message the broker refuses for good (too large) is returned as
     /// rejected; any other failure is retriable.
-    pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<Vec<Rejected>, SinkError> {
+    pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<Vec<Rejected>, WriterError> {
         match self {
             Publisher::Kafka(p) => p.publish_all(msgs).await,
             Publisher::Pubsub(p) => p.publish_all(msgs).await,
@@ -199,7 +199,7 @@ impl KafkaPublisher {
         }
     }
 
-    async fn publish_all(&self, msgs: &[Outgoing]) -> Result<Vec<Rejected>, SinkError> {
+    async fn publish_all(&self, msgs: &[Outgoing]) -> Result<Vec<Rejected>, WriterError> {
         let producer = self.producer();
         let mut rejected = Vec::new();
         let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(msgs.len());
@@ -240,7 +240,7 @@ impl KafkaPublisher {
         }
         if let Some(e) = failure {
             self.renew_if_fatal(&producer);
-            return Err(SinkError::Retriable(format!(
+            return Err(WriterError::Retriable(format!(
                 "publishing to kafka topic {}: {e}",
                 self.topic
             )));
@@ -256,7 +256,7 @@ pub struct PubsubPublisher {
 }
 
 impl PubsubPublisher {
-    async fn publish_all(&self, msgs: &[Outgoing]) -> Result<Vec<Rejected>, SinkError> {
+    async fn publish_all(&self, msgs: &[Outgoing]) -> Result<Vec<Rejected>, WriterError> {
         use google_cloud_pubsub::model::Message;
         let mut rejected = Vec::new();
         let mut pending = Vec::with_capacity(msgs.len());
@@ -283,7 +283,7 @@ impl PubsubPublisher {
             }
         }
         match failure {
-            Some(e) => Err(SinkError::Retriable(format!(
+            Some(e) => Err(WriterError::Retriable(format!(
                 "publishing to {}: {e}",
                 self.topic
             ))),

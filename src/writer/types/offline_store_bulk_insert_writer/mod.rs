@@ -11,7 +11,7 @@
 
 use crate::formats::Message;
 use crate::formats::v1::BulkInsertMessage;
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
 use crate::writer::stores::offline::{TableRows, ident, parquet};
 use futures::StreamExt;
@@ -243,7 +243,7 @@ impl Decoder for BulkDecoder {
         BulkDecoder::decode(self, payload)
     }
 
-    async fn prepare(&self, items: &[ObjectRef]) -> Result<Prepared, SinkError> {
+    async fn prepare(&self, items: &[ObjectRef]) -> Result<Prepared, WriterError> {
         let fetches: Vec<_> = items.iter().map(|obj| self.fetch(obj)).collect();
         let fetched: Vec<Result<TableRows, Fetch>> = futures::stream::iter(fetches)
             .buffered(FETCH_CONCURRENCY)
@@ -260,7 +260,7 @@ impl Decoder for BulkDecoder {
                 Err(Fetch::Refused(reason)) => {
                     prepared.rejected.push(Rejected { record: i, reason })
                 }
-                Err(Fetch::Unavailable(reason)) => return Err(SinkError::Retriable(reason)),
+                Err(Fetch::Unavailable(reason)) => return Err(WriterError::Retriable(reason)),
             }
         }
         Ok(prepared)
@@ -358,7 +358,10 @@ mod tests {
         }
         let obj = d.decode(&message("s3://b/a.parquet", "events"))?;
         let result = d.prepare(&obj).await;
-        assert!(matches!(result, Err(SinkError::Retriable(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(WriterError::Retriable(_))),
+            "{result:?}"
+        );
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::formats::Message;
 use crate::formats::v1::StreamingInsertMessage;
-use crate::writer::runtime::sink::SinkError;
+use crate::writer::runtime::sink::WriterError;
 use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
 use crate::writer::stores::offline::{TableRows, ident, parquet};
 use bytes::Bytes;
@@ -54,7 +54,7 @@ impl Decoder for StreamingDecoder {
         decode(payload)
     }
 
-    async fn prepare(&self, items: &[TableRows]) -> Result<Prepared, SinkError> {
+    async fn prepare(&self, items: &[TableRows]) -> Result<Prepared, WriterError> {
         Ok(Prepared {
             loads: items
                 .iter()

@@ -7,7 +7,7 @@
 
 use crate::formats::Message;
 use crate::formats::v1::{ResultMessage, value::Kind};
-use crate::writer::runtime::sink::SinkError;
+use crate::writer::runtime::sink::WriterError;
 use crate::writer::stores::offline::TableRows;
 use crate::writer::stores::offline::ident;
 use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
@@ -325,10 +325,10 @@ impl Decoder for ResultDecoder {
         decode(payload)
     }
 
-    async fn prepare(&self, items: &[ResultItem]) -> Result<Prepared, SinkError> {
+    async fn prepare(&self, items: &[ResultItem]) -> Result<Prepared, WriterError> {
         // Decoded rows always fit their schema; a failure here is a bug, not
         // bad input, so it must not dead-letter the batch: retry and report.
-        let loads = loads(items).map_err(SinkError::Retriable)?;
+        let loads = loads(items).map_err(WriterError::Retriable)?;
         Ok(Prepared {
             loads,
             rejected: Vec::new(),

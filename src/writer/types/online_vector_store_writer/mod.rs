@@ -4,7 +4,7 @@
 use crate::formats::Message;
 use crate::formats::v1::VectorBatch;
 use crate::writer::config::WriterConfig;
-use crate::writer::runtime::sink::{Rejected, Sink, SinkError};
+use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use crate::writer::stores::vector::{
     MAX_DIMENSIONS, RESERVED_PREFIX, Store, VectorError, VectorPoint, valid_collection,
 };
@@ -23,11 +23,11 @@ impl VectorSink {
 impl Sink for VectorSink {
     type Record = VectorPoint;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<VectorPoint>, String> {
-        decode(payload)
+    fn decode(&self, payload: &[u8]) -> Result<Vec<VectorPoint>, WriterError> {
+        decode(payload).map_err(WriterError::Decode)
     }
 
-    async fn write(&self, records: &[VectorPoint]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[VectorPoint]) -> Result<Vec<Rejected>, WriterError> {
         self.0.write(records).await
     }
 }

@@ -4,7 +4,7 @@
 use crate::formats::Message;
 use crate::formats::v1::{ResultMessage, value::Kind};
 use crate::writer::config::WriterConfig;
-use crate::writer::runtime::sink::{Rejected, Sink, SinkError};
+use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use crate::writer::stores::online::{OnlineRecord, OnlineStore, Store};
 
 /// The result-bus writer: decodes [`ResultMessage`]s, upserts into [`Store`].
@@ -22,11 +22,11 @@ impl Sink for OnlineSink {
     /// Newer-wins upserts commute: two batches may be written at once.
     const OVERLAPPING_WRITES: bool = true;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<OnlineRecord>, String> {
-        decode(payload)
+    fn decode(&self, payload: &[u8]) -> Result<Vec<OnlineRecord>, WriterError> {
+        decode(payload).map_err(WriterError::Decode)
     }
 
-    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[OnlineRecord]) -> Result<Vec<Rejected>, WriterError> {
         self.0.write(records).await
     }
 }

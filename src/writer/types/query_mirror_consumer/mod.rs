@@ -13,7 +13,7 @@ pub mod settings;
 
 use crate::formats::Message;
 use crate::formats::v1::QueryLogEntry;
-use crate::writer::runtime::sink::{Rejected, Sink, SinkError};
+use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -247,11 +247,11 @@ fn worth_retrying(status: reqwest::StatusCode) -> bool {
 impl Sink for MirrorSink {
     type Record = Replay;
 
-    fn decode(&self, payload: &[u8]) -> Result<Vec<Replay>, String> {
-        decode(payload)
+    fn decode(&self, payload: &[u8]) -> Result<Vec<Replay>, WriterError> {
+        decode(payload).map_err(WriterError::Decode)
     }
 
-    async fn write(&self, records: &[Replay]) -> Result<Vec<Rejected>, SinkError> {
+    async fn write(&self, records: &[Replay]) -> Result<Vec<Rejected>, WriterError> {
         let done = self.answered().clone();
         let todo: Vec<(usize, u64)> = records
             .iter()
@@ -279,7 +279,7 @@ impl Sink for MirrorSink {
             }
         }
         if let Some(first) = exhausted.first() {
-            return Err(SinkError::Retriable(format!(
+            return Err(WriterError::Retriable(format!(
                 "{} of {} replays unanswered (the rest will not be sent again); {first}",
                 exhausted.len(),
                 records.len()

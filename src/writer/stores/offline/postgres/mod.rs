@@ -19,7 +19,7 @@ pub mod sql;
 pub mod types;
 
 use super::{OfflineStore, TableRows, ident};
-use crate::writer::runtime::sink::{Rejected, SinkError};
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::postgres::{self as pg, PgError};
 use arrow_array::RecordBatch;
 use catalog::{Catalog, Shape};
@@ -76,7 +76,7 @@ enum Outcome {
     /// Postgres refused the rows (rolled back to the savepoint): the reason.
     Refused(String),
     /// The transaction cannot go on: retry the whole load.
-    Retry(SinkError),
+    Retry(WriterError),
 }
 
 impl PostgresStore {
@@ -93,7 +93,7 @@ impl PostgresStore {
     async fn ensure_loads_table(
         &self,
         client: &mut tokio_postgres::Client,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), WriterError> {
         if self.loads_table_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -278,8 +278,8 @@ fn retriable(e: &tokio_postgres::Error) -> bool {
         })
 }
 
-fn retry(what: &str, e: &tokio_postgres::Error) -> SinkError {
-    SinkError::Retriable(format!("postgres ({what}): {}", pg_text(e)))
+fn retry(what: &str, e: &tokio_postgres::Error) -> WriterError {
+    WriterError::Retriable(format!("postgres ({what}): {}", pg_text(e)))
 }
 
 /// A Postgres error as one line: message, SQLSTATE and detail.
@@ -333,7 +333,7 @@ fn plan_entry(rows: &TableRows) -> Result<Option<Planned>, String> {
 }
 
 impl OfflineStore for PostgresStore {
-    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, SinkError> {
+    async fn load(&self, rows: &[TableRows]) -> Result<Vec<Rejected>, WriterError> {
         let mut rejected = Vec::new();
         let planned: Vec<Option<Planned>> = rows
             .iter()
@@ -386,7 +386,7 @@ impl OfflineStore for PostgresStore {
             .pool
             .get()
             .await
-            .map_err(|e| SinkError::Retriable(format!("postgres connection: {e}")))?;
+            .map_err(|e| WriterError::Retriable(format!("postgres connection: {e}")))?;
         let client: &mut tokio_postgres::Client = &mut conn;
         self.ensure_loads_table(client).await?;
         let mut ready = Vec::with_capacity(groups.len());
