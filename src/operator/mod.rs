@@ -9,6 +9,7 @@ pub mod handover;
 pub mod keda;
 pub mod leader;
 pub mod metrics;
+pub mod model;
 pub mod reasons;
 pub mod render;
 pub mod secrets;

@@ -3,7 +3,8 @@
 //! fails is not applied at all; a spec-level problem stops the whole apply.
 
 use crate::crd::{BackgroundPersistence, BusBackend, KafkaSaslMechanism, WriterSpec};
-use crate::operator::render::{deployment_name, resolve_image};
+use crate::operator::model::{self, ResolvedWriter};
+use crate::operator::render::deployment_name;
 use crate::quantity;
 
 /// One refusal: where, and why.
@@ -27,7 +28,8 @@ impl std::fmt::Display for Problem {
 
 #[derive(Debug)]
 pub struct Validated<'a> {
-    pub writers: Vec<&'a WriterSpec>,
+    /// The writers without a problem, resolved for render.
+    pub writers: Vec<ResolvedWriter<'a>>,
     pub problems: Vec<Problem>,
 }
 
@@ -111,9 +113,13 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
                 );
             }
         }
-        if let Err(e) = resolve_image(bp, w) {
-            refuse(format!("writers[{i}].image"), e.to_string());
-        }
+        let resolved = match model::resolve(bp, resource, w) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                refuse(format!("writers[{i}].image"), e.to_string());
+                None
+            }
+        };
         if w.default_replica_count.is_some_and(|r| r < 0) {
             refuse(
                 format!("writers[{i}].default_replica_count"),
@@ -160,8 +166,10 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
                 }
             }
         }
-        if problems.len() == before {
-            ok.push(w);
+        if problems.len() == before
+            && let Some(r) = resolved
+        {
+            ok.push(r);
         }
     }
     Validated {

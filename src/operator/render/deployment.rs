@@ -1,8 +1,9 @@
-use super::names::{deployment_name, kafka_sasl_secret_name, stores_secret_name};
-use super::secret::{self, SecretInputs, Slot};
-use super::{RenderError, labels};
+use super::labels;
+use super::names::{kafka_sasl_secret_name, stores_secret_name};
+use super::secret::{SecretInputs, Slot};
 use crate::contract as c;
-use crate::crd::{BackgroundPersistence, BusBackend, ImageField, ResourceAmounts, WriterSpec};
+use crate::crd::{BackgroundPersistence, BusBackend, ResourceAmounts, WriterSpec};
+use crate::operator::model::ResolvedWriter;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -23,27 +24,6 @@ pub const CONFIG_HASH_ANNOTATION: &str = "bgpersist.dev/config-hash";
 /// UID of the non-root user the writer image runs as.
 pub const WRITER_UID: i64 = 65532;
 
-/// The image a writer runs: its own, else the Rust image (which runs every
-/// type), else the common image its type names in the catalog.
-pub fn resolve_image(bp: &BackgroundPersistence, w: &WriterSpec) -> Result<String, RenderError> {
-    let common = &bp.spec.common_persistence_specs;
-    let field = w.bus_subscriber_type.kind().image;
-    w.image
-        .as_deref()
-        .or(common.bus_writer_image_rust.as_deref())
-        .filter(|s| !s.trim().is_empty())
-        .or_else(|| field.value(common))
-        .map(str::to_string)
-        .ok_or_else(|| RenderError::NoImage {
-            writer: w.name.clone(),
-            field: match field {
-                ImageField::Go => "bus_writer_image_go",
-                ImageField::Python => "bus_writer_image_python",
-                ImageField::Bswl => "bus_writer_image_bswl",
-            },
-        })
-}
-
 /// A writer's Deployment and what the status reports about it.
 pub struct WriterDeployment {
     pub deployment: Deployment,
@@ -56,15 +36,14 @@ pub struct WriterDeployment {
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
-    w: &WriterSpec,
+    rw: &ResolvedWriter,
     owner: &OwnerReference,
     secrets: &SecretInputs,
-) -> Result<WriterDeployment, RenderError> {
-    let image = resolve_image(bp, w)?;
-    let replicas = replicas(w);
-    let sasl = secret::kafka_sasl_wanted(bp);
-    let store = w.bus_subscriber_type.kind().store;
-    let store_file = secret::store_mount(bp, store);
+) -> WriterDeployment {
+    let w = rw.spec;
+    let image = rw.image.clone();
+    let replicas = rw.replicas;
+    let (sasl, store, store_file) = (rw.kafka_sasl, rw.store, rw.store_file);
 
     let mut mounts = vec![VolumeMount {
         name: "tmp".into(),
@@ -135,7 +114,7 @@ pub fn render(
     let container = Container {
         name: "writer".into(),
         image: Some(image.clone()),
-        env: Some(env(bp, resource, w, sasl, store_file)),
+        env: Some(env(bp, resource, rw)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: c::WRITER_HTTP_PORT,
@@ -187,7 +166,7 @@ pub fn render(
     let pod_labels = labels::writer(resource, w);
     let deployment = Deployment {
         metadata: ObjectMeta {
-            name: Some(deployment_name(resource, &w.name)),
+            name: Some(rw.object_name.clone()),
             namespace: Some(bp.spec.common_persistence_specs.namespace.clone()),
             labels: Some(pod_labels.clone()),
             owner_references: Some(vec![owner.clone()]),
@@ -224,29 +203,12 @@ pub fn render(
         }),
         ..Default::default()
     };
-    Ok(WriterDeployment {
+    WriterDeployment {
         deployment,
         image,
         config_hash,
         replicas,
-    })
-}
-
-/// The replicas the operator sets; for an autoscaled writer, the count its
-/// Deployment is created with (`default_replica_count` within the bounds).
-pub fn replicas(w: &WriterSpec) -> i32 {
-    let fixed = w.default_replica_count.unwrap_or(1);
-    match &w.autoscaling {
-        Some(a) => fixed.clamp(a.min(), a.max_replicas.max(a.min())),
-        None => fixed,
     }
-}
-
-/// The Kafka consumer group a writer joins: its override, else `bgpersist.<resource>.<writer>`.
-pub fn consumer_group(resource: &str, w: &WriterSpec) -> String {
-    w.kafka_consumer_group_override
-        .clone()
-        .unwrap_or_else(|| format!("bgpersist.{resource}.{}", w.name))
 }
 
 fn probe(path: &str, period: i32) -> Probe {
@@ -281,13 +243,8 @@ fn resources(
     })
 }
 
-fn env(
-    bp: &BackgroundPersistence,
-    resource: &str,
-    w: &WriterSpec,
-    sasl: bool,
-    store_file: Option<&str>,
-) -> Vec<EnvVar> {
+fn env(bp: &BackgroundPersistence, resource: &str, rw: &ResolvedWriter) -> Vec<EnvVar> {
+    let (w, sasl, store_file) = (rw.spec, rw.kafka_sasl, rw.store_file);
     let spec = &bp.spec;
     let common = &spec.common_persistence_specs;
     let kind = w.bus_subscriber_type.kind();
@@ -339,10 +296,7 @@ fn env(
                 c::ENV_KAFKA_SASL_MECHANISM,
                 spec.kafka_sasl_mechanism.map(|v| to_string(&v)),
             ),
-            (
-                c::ENV_KAFKA_CONSUMER_GROUP,
-                Some(consumer_group(resource, w)),
-            ),
+            (c::ENV_KAFKA_CONSUMER_GROUP, Some(rw.consumer_group.clone())),
             (
                 c::ENV_KAFKA_SASL_DIR,
                 sasl.then(|| c::KAFKA_SASL_MOUNT.to_string()),

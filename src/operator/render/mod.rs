@@ -11,12 +11,12 @@ pub mod secret;
 mod service_account;
 pub mod trigger_authentication;
 
-pub use deployment::resolve_image;
 pub use labels::{LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_WRITER, MANAGER, selector};
 pub use names::{deployment_name, kafka_sasl_secret_name, stores_secret_name};
 pub use secret::{RenderedSecret, SecretBytes, SecretEntry, SecretInputs, Slot};
 
-use crate::crd::{BackgroundPersistence, WriterSpec};
+use crate::crd::BackgroundPersistence;
+use crate::operator::model::ResolvedWriter;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -57,10 +57,6 @@ pub struct RenderedAutoscaling {
 pub enum RenderError {
     #[error("metadata.{0} is missing: render needs a resource read from the API server")]
     MissingMetadata(&'static str),
-    #[error(
-        "writer {writer}: no image (set common_persistence_specs.{field}, bus_writer_image_rust or the writer's image)"
-    )]
-    NoImage { writer: String, field: &'static str },
     #[error("{field}: the synced value has no key {key}")]
     SecretKeyMissing { field: String, key: &'static str },
 }
@@ -89,40 +85,41 @@ pub fn owner_reference(bp: &BackgroundPersistence) -> Result<OwnerReference, Ren
     })
 }
 
-/// Render the resource with the given (already validated) writers and no
-/// cloud secret values (the writers still mount the Secrets the spec names).
+/// Render the resource with the writers validation resolved and no cloud
+/// secret values (the writers still mount the Secrets the spec names).
 pub fn render(
     bp: &BackgroundPersistence,
-    writers: &[&WriterSpec],
+    writers: &[ResolvedWriter],
 ) -> Result<Rendered, RenderError> {
     render_with_secrets(bp, writers, &SecretInputs::default())
 }
 
-/// Render the resource with the given (already validated) writers and the
-/// cloud secret values and versions the read step fetched.
+/// Render the resource with the writers validation resolved and the cloud
+/// secret values and versions the read step fetched.
 pub fn render_with_secrets(
     bp: &BackgroundPersistence,
-    writers: &[&WriterSpec],
+    writers: &[ResolvedWriter],
     secrets: &SecretInputs,
 ) -> Result<Rendered, RenderError> {
     let owner = owner_reference(bp)?;
     let resource = owner.name.clone();
     let mut out = Vec::with_capacity(writers.len());
-    for w in writers {
+    for rw in writers {
+        let w = rw.spec;
         let deployment::WriterDeployment {
             deployment,
             image,
             config_hash,
             replicas,
-        } = deployment::render(bp, &resource, w, &owner, secrets)?;
+        } = deployment::render(bp, &resource, rw, &owner, secrets);
         let autoscaling = w.autoscaling.as_ref().map(|auto| {
-            let auth = trigger_authentication::render(bp, &resource, w, &owner);
+            let auth = trigger_authentication::render(bp, &resource, rw, &owner);
             let auth_name = auth.as_ref().and_then(|a| a.metadata.name.clone());
             RenderedAutoscaling {
                 scaled_object: scaled_object::render(
                     bp,
                     &resource,
-                    w,
+                    rw,
                     auto,
                     &owner,
                     auth_name.as_deref(),
@@ -132,7 +129,7 @@ pub fn render_with_secrets(
         });
         out.push(RenderedWriter {
             name: w.name.clone(),
-            pdb: pdb::render(bp, &resource, w, &owner),
+            pdb: pdb::render(bp, &resource, rw, &owner),
             deployment,
             image,
             config_hash,
@@ -170,6 +167,19 @@ pub(crate) mod fixtures {
         let mut v = serde_json::to_value(&bp).unwrap_or_default();
         merge(&mut v["spec"], &patch);
         serde_json::from_value(v).unwrap_or_else(|e| panic!("patched seed parses: {e}"))
+    }
+
+    /// Every writer of `bp` resolved, as validation would (without its checks).
+    pub fn resolved(bp: &BackgroundPersistence) -> Vec<crate::operator::model::ResolvedWriter<'_>> {
+        let resource = bp.metadata.name.as_deref().unwrap_or_default();
+        bp.spec
+            .writers
+            .iter()
+            .map(|w| {
+                crate::operator::model::resolve(bp, resource, w)
+                    .unwrap_or_else(|e| panic!("resolve: {e}"))
+            })
+            .collect()
     }
 
     fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {

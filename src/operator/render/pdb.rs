@@ -1,5 +1,6 @@
-use super::{labels, names::deployment_name};
-use crate::crd::{BackgroundPersistence, WriterSpec};
+use super::labels;
+use crate::crd::BackgroundPersistence;
+use crate::operator::model::ResolvedWriter;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -9,12 +10,13 @@ use kube::api::ObjectMeta;
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
-    w: &WriterSpec,
+    rw: &ResolvedWriter,
     owner: &OwnerReference,
 ) -> PodDisruptionBudget {
+    let w = rw.spec;
     PodDisruptionBudget {
         metadata: ObjectMeta {
-            name: Some(deployment_name(resource, &w.name)),
+            name: Some(rw.object_name.clone()),
             namespace: Some(bp.spec.common_persistence_specs.namespace.clone()),
             labels: Some(labels::writer(resource, w)),
             owner_references: Some(vec![owner.clone()]),

@@ -3,11 +3,12 @@
 //! the Pub/Sub subscription's backlog. The operator never writes replicas of
 //! an autoscaled writer (see `operator::handover`).
 
-use super::{deployment, labels, secret};
+use super::{labels, secret};
 use crate::crd::{
     AutoscalingSpec, BackgroundPersistence, BusBackend, KafkaSaslMechanism, KafkaSecurityProtocol,
     WriterSpec,
 };
+use crate::operator::model::ResolvedWriter;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Map, Value, json};
@@ -32,14 +33,15 @@ pub fn api_resource() -> ApiResource {
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
-    w: &WriterSpec,
+    rw: &ResolvedWriter,
     auto: &AutoscalingSpec,
     owner: &OwnerReference,
     authentication: Option<&str>,
 ) -> DynamicObject {
-    let name = super::names::deployment_name(resource, &w.name);
+    let w = rw.spec;
+    let name = rw.object_name.clone();
     let mut trigger = match bp.spec.common_persistence_specs.bus_backend {
-        BusBackend::Kafka => kafka_trigger(bp, resource, w, auto),
+        BusBackend::Kafka => kafka_trigger(bp, rw, auto),
         BusBackend::Pubsub => pubsub_trigger(bp, w, auto),
     };
     if let Some(auth) = authentication {
@@ -74,13 +76,9 @@ pub fn needs_authentication(bp: &BackgroundPersistence) -> bool {
     }
 }
 
-fn kafka_trigger(
-    bp: &BackgroundPersistence,
-    resource: &str,
-    w: &WriterSpec,
-    auto: &AutoscalingSpec,
-) -> Value {
+fn kafka_trigger(bp: &BackgroundPersistence, rw: &ResolvedWriter, auto: &AutoscalingSpec) -> Value {
     let spec = &bp.spec;
+    let w = rw.spec;
     let servers: Vec<&str> = spec
         .kafka_bootstrap_servers
         .as_deref()
@@ -100,7 +98,7 @@ fn kafka_trigger(
         m.insert(k.into(), Value::String(v));
     };
     put("bootstrapServers", servers.join(","));
-    put("consumerGroup", deployment::consumer_group(resource, w));
+    put("consumerGroup", rw.consumer_group.clone());
     put("topic", topic.into());
     put(
         "lagThreshold",

@@ -262,8 +262,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::WriterSpec;
-    use crate::operator::render::fixtures::{seed, seed_with};
+    use crate::operator::render::fixtures::{resolved, seed, seed_with};
     use crate::operator::render::{Rendered, RenderedWriter, render, render_with_secrets};
     use serde_json::json;
 
@@ -311,8 +310,7 @@ mod tests {
     }
 
     fn rendered(bp: &BackgroundPersistence, inputs: &SecretInputs) -> Rendered {
-        let writers: Vec<&WriterSpec> = bp.spec.writers.iter().collect();
-        render_with_secrets(bp, &writers, inputs).unwrap_or_else(|e| panic!("render: {e}"))
+        render_with_secrets(bp, &resolved(bp), inputs).unwrap_or_else(|e| panic!("render: {e}"))
     }
 
     fn hashes(r: &Rendered) -> Vec<String> {
@@ -349,8 +347,7 @@ mod tests {
     #[test]
     fn no_values_no_secret_objects_but_the_mounts_stay() {
         let bp = with_store_secret();
-        let writers: Vec<&WriterSpec> = bp.spec.writers.iter().collect();
-        let r = render(&bp, &writers).unwrap_or_else(|e| panic!("{e}"));
+        let r = render(&bp, &resolved(&bp)).unwrap_or_else(|e| panic!("{e}"));
         assert!(r.secrets.is_empty());
         let volumes: Vec<String> = pod(&r.writers[0])
             .volumes

@@ -1,14 +1,13 @@
 //! Render tests: spec in, objects out, no server.
 
-use super::fixtures::{seed, seed_with};
+use super::fixtures::{resolved, seed, seed_with};
 use super::*;
 use crate::contract as c;
-use crate::crd::{WriterSpec, WriterType};
+use crate::crd::WriterType;
 use serde_json::json;
 
 fn render_all(bp: &BackgroundPersistence) -> Rendered {
-    let writers: Vec<&WriterSpec> = bp.spec.writers.iter().collect();
-    render(bp, &writers).unwrap_or_else(|e| panic!("render: {e}"))
+    render(bp, &resolved(bp)).unwrap_or_else(|e| panic!("render: {e}"))
 }
 
 fn env_of(w: &RenderedWriter) -> std::collections::BTreeMap<String, String> {

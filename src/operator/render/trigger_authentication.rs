@@ -6,7 +6,8 @@
 
 use super::{labels, scaled_object};
 use crate::contract as c;
-use crate::crd::{BackgroundPersistence, BusBackend, WriterSpec};
+use crate::crd::{BackgroundPersistence, BusBackend};
+use crate::operator::model::ResolvedWriter;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::json;
@@ -30,9 +31,10 @@ pub fn name(resource: &str, writer: &str) -> String {
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
-    w: &WriterSpec,
+    rw: &ResolvedWriter,
     owner: &OwnerReference,
 ) -> Option<DynamicObject> {
+    let w = rw.spec;
     if !scaled_object::needs_authentication(bp) {
         return None;
     }
@@ -47,7 +49,7 @@ pub fn render(
         }
         BusBackend::Pubsub => json!({"podIdentity": {"provider": "gcp"}}),
     };
-    let mut obj = DynamicObject::new(&name(resource, &w.name), &api_resource())
+    let mut obj = DynamicObject::new(&rw.object_name, &api_resource())
         .within(&bp.spec.common_persistence_specs.namespace)
         .data(json!({ "spec": spec }));
     obj.metadata.labels = Some(labels::writer(resource, w));

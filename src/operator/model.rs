@@ -1,0 +1,109 @@
+//! The resolved model: what validation decided about each accepted writer,
+//! computed once. Render reads it (and the spec's plain fields through
+//! `spec`) and resolves nothing again: the image, the replicas, the object
+//! names, the consumer group and the secret slots a writer mounts.
+
+use crate::crd::{BackgroundPersistence, ImageField, StoreKind, WriterSpec};
+use crate::operator::render::deployment_name;
+use crate::operator::render::secret::{self, Slot};
+
+/// A writer validation accepted.
+#[derive(Clone, Debug)]
+pub struct ResolvedWriter<'a> {
+    pub spec: &'a WriterSpec,
+    /// `<resource>-<writer>`: its Deployment, PodDisruptionBudget and
+    /// ScaledObject.
+    pub object_name: String,
+    pub image: String,
+    /// The replicas the operator sets; for an autoscaled writer, the count
+    /// its Deployment is created with before the autoscaler takes over.
+    pub replicas: i32,
+    /// The Kafka consumer group it joins.
+    pub consumer_group: String,
+    /// Whether it mounts the Kafka SASL Secret.
+    pub kafka_sasl: bool,
+    /// The store it writes, and the URI file it mounts for it when the spec
+    /// names a secret for that store.
+    pub store: StoreKind,
+    pub store_file: Option<&'static str>,
+}
+
+impl ResolvedWriter<'_> {
+    /// The synced-secret slots it mounts: a rotation of one of them rolls it.
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut out = Vec::new();
+        if self.kafka_sasl {
+            out.push(Slot::KafkaSasl);
+        }
+        if self.store_file.is_some() {
+            out.push(Slot::StoreUri(self.store));
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "writer {writer}: no image (set common_persistence_specs.{field}, bus_writer_image_rust or the writer's image)"
+)]
+pub struct NoImage {
+    pub writer: String,
+    pub field: &'static str,
+}
+
+/// Resolves `w` of resource `resource`; fails only when it has no image.
+pub fn resolve<'a>(
+    bp: &BackgroundPersistence,
+    resource: &str,
+    w: &'a WriterSpec,
+) -> Result<ResolvedWriter<'a>, NoImage> {
+    let store = w.bus_subscriber_type.kind().store;
+    Ok(ResolvedWriter {
+        spec: w,
+        object_name: deployment_name(resource, &w.name),
+        image: resolve_image(bp, w)?,
+        replicas: replicas(w),
+        consumer_group: consumer_group(resource, w),
+        kafka_sasl: secret::kafka_sasl_wanted(bp),
+        store,
+        store_file: secret::store_mount(bp, store),
+    })
+}
+
+/// The image a writer runs: its own, else the Rust image (which runs every
+/// type), else the common image its type names in the catalog.
+fn resolve_image(bp: &BackgroundPersistence, w: &WriterSpec) -> Result<String, NoImage> {
+    let common = &bp.spec.common_persistence_specs;
+    let field = w.bus_subscriber_type.kind().image;
+    w.image
+        .as_deref()
+        .or(common.bus_writer_image_rust.as_deref())
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| field.value(common))
+        .map(str::to_string)
+        .ok_or_else(|| NoImage {
+            writer: w.name.clone(),
+            field: match field {
+                ImageField::Go => "bus_writer_image_go",
+                ImageField::Python => "bus_writer_image_python",
+                ImageField::Bswl => "bus_writer_image_bswl",
+            },
+        })
+}
+
+/// The replicas the operator sets; for an autoscaled writer, the count its
+/// Deployment is created with (`default_replica_count` within the bounds).
+fn replicas(w: &WriterSpec) -> i32 {
+    let fixed = w.default_replica_count.unwrap_or(1);
+    match &w.autoscaling {
+        Some(a) => fixed.clamp(a.min(), a.max_replicas.max(a.min())),
+        None => fixed,
+    }
+}
+
+/// The Kafka consumer group a writer joins: its override, else `bgpersist.<resource>.<writer>`.
+fn consumer_group(resource: &str, w: &WriterSpec) -> String {
+    w.kafka_consumer_group_override
+        .clone()
+        .unwrap_or_else(|| format!("bgpersist.{resource}.{}", w.name))
+}
