@@ -1,5 +1,6 @@
 //! The operator against the rig's real kube-apiserver: admission, reconcile,
-//! no-op resync, drift, edits, pruning, status and autoscaling with KEDA.
+//! no-op resync, drift, edits, pruning, status, autoscaling with KEDA, and
+//! cloud secrets end to end (`secrets/`).
 
 // A test crate: its helpers fail the test by panicking too.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
@@ -10,6 +11,7 @@ mod support;
 mod admission;
 mod autoscaling;
 mod reconcile;
+mod secrets;
 
 use bgpersist::crd::BackgroundPersistence;
 

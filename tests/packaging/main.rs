@@ -1,7 +1,9 @@
 //! Packaging: the Helm chart (lint, freshness of its CRD copy and of the
 //! plain manifests, server-side dry run), its least-privilege RBAC pinned rule
-//! by rule, and the real operator binary reconciling the seed example on the
-//! rig's API server with nothing but the chart's ServiceAccount token.
+//! by rule, the real operator binary reconciling the seed example on the
+//! rig's API server with nothing but the chart's ServiceAccount token, and
+//! that binary's probes, metrics, leader election, SIGTERM and startup errors
+//! (`operator_process.rs`).
 
 // A test crate: its helpers fail the test by panicking too.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +15,12 @@ mod support;
 mod cli;
 
 mod crd_fresh;
+mod operator_process;
 mod operator_rbac;
+
+/// A real operator process reconciles every resource in the cluster: the
+/// tests that run one take turns, so two never reconcile the same objects.
+pub static REAL_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 use cli::{helm, helm_template, kind, kubectl, name, repo_path, yaml_docs};
 use serde_json::{Value, json};

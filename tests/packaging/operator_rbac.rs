@@ -7,6 +7,7 @@
 //! status, an Event, a prune, and the Lease.
 
 use crate::cli::{self, kind, kubectl, yaml_docs};
+use crate::operator_process::{BIN, free_port, http_get};
 use crate::support;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
@@ -14,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::cloud::moto;
-
-const BIN: &str = env!("CARGO_BIN_EXE_bgpersist-operator");
 
 /// The operator process, killed if the test fails before stopping it.
 struct Operator {
@@ -50,26 +49,6 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    raw.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Polls `check` until it returns Some, failing after `within` with `what`
@@ -191,6 +170,7 @@ fn exists(args: &[&str]) -> anyhow::Result<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_reconciles_the_seed_with_only_the_charts_rbac() -> anyhow::Result<()> {
+    let _alone = crate::REAL_OPERATOR.lock().await;
     let id = cli::short_id();
     let release = format!("pkg{id}");
     let release_ns = format!("bgp-{release}");
@@ -433,7 +413,7 @@ async fn scenario(
         &mut op,
         "/readyz to answer 200 (leadership)",
         Duration::from_secs(45),
-        || Ok((http_status(port, "/readyz") == Some(200)).then_some(())),
+        || Ok((http_get(port, "/readyz").ok().map(|r| r.status) == Some(200)).then_some(())),
     )
     .await?;
     let lease = cli::get_json(&["lease", "bgpersist-operator", "-n", release_ns])?;

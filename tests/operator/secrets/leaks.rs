@@ -3,8 +3,8 @@
 //! operator prints while syncing, rotating and failing is captured at TRACE
 //! (every crate: kube, hyper, the AWS SDK) and searched for the values.
 
+use super::{Fixture, create_aws, moto_settings, put_aws, wait_for};
 use crate::support::unique;
-use crate::{Fixture, create_aws, moto_settings, put_aws, wait_for};
 use bgpersist::operator::controller::{Context, run_selected};
 use bgpersist::operator::metrics::Metrics;
 use k8s_openapi::ByteString;

@@ -1,7 +1,7 @@
 //! GCP Secret Manager through the official client against the in-process fake.
 
-use crate::Fixture;
-use crate::fake_gcp_secret_manager::FakeGcpSecretManager;
+use super::Fixture;
+use super::fake_gcp_secret_manager::FakeGcpSecretManager;
 use crate::support::{secrets::InMemory, unique};
 use bgpersist::operator::secrets::{GcpSecretManager, SecretSettings};
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;

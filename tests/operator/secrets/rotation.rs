@@ -1,8 +1,8 @@
 //! Rotation end to end: the watch-driven controller, on its refresh interval,
 //! picks up a new version in Secrets Manager and rolls the writers.
 
+use super::{Fixture, create_aws, moto_settings, put_aws, wait_for};
 use crate::support::unique;
-use crate::{Fixture, create_aws, moto_settings, put_aws, wait_for};
 use bgpersist::operator::controller::{Context, run_selected};
 use bgpersist::operator::metrics::Metrics;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! AWS Secrets Manager (moto): sync, rotation, missing and malformed secrets.
 
+use super::{Fixture, create_aws, moto, moto_settings, put_aws};
 use crate::support::unique;
-use crate::{Fixture, create_aws, moto, moto_settings, put_aws};
 use bgpersist::crd::SecretStatus;
 use kube::ResourceExt;
 use serde_json::json;

@@ -1,23 +1,15 @@
 //! The real `bgpersist-operator` binary against the rig's API server: probes,
 //! metrics, leader election over a Lease, SIGTERM, and startup errors.
 
-// A test crate: its helpers fail the test by panicking too.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, DeleteParams};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bgpersist-operator");
+pub const BIN: &str = env!("CARGO_BIN_EXE_bgpersist-operator");
 const NAMESPACE: &str = "default";
 
 /// A running operator process, killed if the test fails before stopping it.
@@ -34,7 +26,7 @@ impl Operator {
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{identity}.log"));
         let out = std::fs::File::create(&log)?;
         let child = base_command()
-            .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
+            .env("KUBECONFIG", crate::support::rig("k8s", "BGP_KUBECONFIG"))
             // The identity comes from POD_NAME, as in a Deployment.
             .env("POD_NAME", identity)
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
@@ -123,18 +115,18 @@ fn base_command() -> Command {
     cmd
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct HttpResponse {
-    status: u16,
+pub struct HttpResponse {
+    pub status: u16,
     head: String,
     body: String,
 }
 
 /// A minimal HTTP/1.1 GET: the dev-dependencies carry no HTTP client.
-fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -156,32 +148,15 @@ fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
     })
 }
 
-async fn install_crd(client: &kube::Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        bgpersist::crd::CRD_NAME,
-        &PatchParams::apply("bgpersist-tests").force(),
-        &Patch::Apply(&bgpersist::crd::definition()),
-    )
-    .await?;
-    let established = await_condition(
-        crds,
-        bgpersist::crd::CRD_NAME,
-        conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(30), established).await??;
-    Ok(())
-}
-
 async fn holder(leases: &Api<Lease>, name: &str) -> anyhow::Result<Option<String>> {
     Ok(leases.get(name).await?.spec.and_then(|s| s.holder_identity))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_serves_probes_and_metrics_and_hands_over_on_sigterm() -> anyhow::Result<()> {
-    let client = support::kubeclient::client().await?;
-    install_crd(&client).await?;
-    let lease = support::unique("op-lease");
+    let _alone = crate::REAL_OPERATOR.lock().await;
+    let client = crate::support::kubeclient::install_crd().await?;
+    let lease = crate::support::unique("op-lease");
     let leases: Api<Lease> = Api::namespaced(client, NAMESPACE);
     let result = scenario(&leases, &lease).await;
     let _ = leases.delete(&lease, &DeleteParams::default()).await;
@@ -190,7 +165,7 @@ async fn leader_serves_probes_and_metrics_and_hands_over_on_sigterm() -> anyhow:
 
 async fn scenario(leases: &Api<Lease>, lease: &str) -> anyhow::Result<()> {
     let startup = Duration::from_secs(30);
-    let mut a = Operator::start(lease, &support::unique("op-a"))?;
+    let mut a = Operator::start(lease, &crate::support::unique("op-a"))?;
     a.wait_for("/healthz", 200, startup).await?;
     a.wait_for("/readyz", 200, startup).await?;
 
@@ -211,7 +186,7 @@ async fn scenario(leases: &Api<Lease>, lease: &str) -> anyhow::Result<()> {
     assert_eq!(holder(leases, lease).await?.as_deref(), Some(&*a.identity));
 
     // A second instance runs and is healthy but never ready while A leads.
-    let mut b = Operator::start(lease, &support::unique("op-b"))?;
+    let mut b = Operator::start(lease, &crate::support::unique("op-b"))?;
     b.wait_for("/healthz", 200, startup).await?;
     for _ in 0..10 {
         assert_eq!(b.status("/readyz"), Some(503), "{}", b.logs());
@@ -257,7 +232,8 @@ async fn run_to_exit(mut cmd: Command) -> anyhow::Result<(Option<i32>, String)> 
 async fn startup_errors_exit_2_with_one_line() -> anyhow::Result<()> {
     let taken = TcpListener::bind("127.0.0.1:0")?;
     let taken_addr = taken.local_addr()?.to_string();
-    let empty_home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(support::unique("home"));
+    let empty_home =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(crate::support::unique("home"));
     std::fs::create_dir_all(&empty_home)?;
 
     let mut bad_flag = base_command();
@@ -269,7 +245,7 @@ async fn startup_errors_exit_2_with_one_line() -> anyhow::Result<()> {
         .args(["--metrics-addr", "127.0.0.1:0"]);
     let mut port_taken = base_command();
     port_taken
-        .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
+        .env("KUBECONFIG", crate::support::rig("k8s", "BGP_KUBECONFIG"))
         .args(["--metrics-addr", &taken_addr]);
 
     for (case, cmd, reason) in [

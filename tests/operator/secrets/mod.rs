@@ -2,12 +2,6 @@
 //! Secret Manager through the official client against an in-process fake,
 //! the operator reconciling against the rig's real kube-apiserver.
 
-// A test crate: its helpers fail the test by panicking too.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "../support/mod.rs"]
-mod support;
-
 mod aws;
 mod fake_gcp_secret_manager;
 mod gcp;
@@ -26,19 +20,19 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use support::cloud::{create_aws, moto, put_aws};
-pub use support::kubeclient::install_crd;
+pub use crate::support::cloud::{create_aws, moto, put_aws};
+pub use crate::support::kubeclient::install_crd;
 
 /// The seed example, with a short unique name and namespace, merged with `patch`.
 pub fn seed_value(patch: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    support::seed_value("sec", patch)
+    crate::support::seed_value("sec", patch)
 }
 
 /// Secret settings reading AWS from moto and re-reading on every reconcile.
 pub fn moto_settings() -> SecretSettings {
     SecretSettings::new(
         Arc::new(AwsSecretsManager::from_client(moto())),
-        Arc::new(support::secrets::InMemory),
+        Arc::new(crate::support::secrets::InMemory),
     )
     .with_refresh(Duration::ZERO)
 }
