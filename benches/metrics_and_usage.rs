@@ -15,50 +15,46 @@
 //! Writer settings come from the environment as in a pod
 //! (`BGP_MAX_BATCH_SIZE=5000 cargo bench ...`).
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use bgpersist::formats::Message;
-use bgpersist::formats::v1::{FeatureValue, ResultMessage, UsageEvent, Value, value::Kind};
+use bgpersist::formats::v1::{FeatureValue, ResultMessage, UsageEvent, Value};
 use bgpersist::writer::config::KafkaSettings;
 use bgpersist::writer::stores::postgres::rows::{InsertRows, JsonbText};
 use bgpersist::writer::types::metrics_bus_writer::{self, MetricRow};
 use bgpersist::writer::types::metrics_writer::publish::{Acks, producer_config};
 use bgpersist::writer::types::metrics_writer::{self, compute::compute};
 use bgpersist::writer::types::usage_bus_writer::{self, UsageRow};
-use rdkafka::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::process::{Child, Command, Stdio};
+use common::data::{mix, user_kinds};
+use common::kafka::{self, PARTITIONS};
+use common::process::{WRITTEN, WriterProcess, machine_cpu, metric, process_cpu};
+use common::report::Machine;
+use common::{env_or, postgres};
+use rdkafka::producer::FutureProducer;
 use std::time::{Duration, Instant};
-use support::{rig, unique};
+use support::unique;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
-const PARTITIONS: i32 = 4;
 const TS: i64 = 1_763_000_000_000_000;
+/// The produce-only ceiling's wait when the producer's queue is full.
+const BACKOFF: Duration = Duration::from_millis(1);
 
 fn main() -> anyhow::Result<()> {
-    bgpersist::install_crypto_provider();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
     let cases = std::env::var("BGP_BENCH_CASES")
         .unwrap_or_else(|_| "metrics_bus,usage_bus,metrics_writer".into());
-    let n = |default: u64| {
-        std::env::var("BGP_BENCH_MESSAGES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    println!("metrics_and_usage: {}", machine());
+    let n = |default: u64| env_or("BGP_BENCH_MESSAGES", default);
+    let m = Machine::now();
+    println!(
+        "metrics_and_usage: {} cores ({}), {}",
+        m.cores, m.model, m.date
+    );
     for case in cases.split(',').map(str::trim) {
         match case {
             "metrics_bus" => metrics_bus(n(20_000)).await?,
@@ -72,30 +68,16 @@ async fn run() -> anyhow::Result<()> {
 
 // ---- data ----
 
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Result `i`: one entity, five values of mixed kinds (one in ten null).
 fn result(i: u64) -> ResultMessage {
     let r = mix(i);
     let at = TS + i as i64 * 100;
-    let kinds = [
-        ("age", Kind::IntValue((r % 90) as i64)),
-        ("score", Kind::DoubleValue((r % 10_000) as f64 / 7.0)),
-        ("country", Kind::StringValue(format!("c{}", r % 200))),
-        ("vip", Kind::BoolValue(r.is_multiple_of(2))),
-        ("visits", Kind::IntValue((r % 100_000) as i64)),
-    ];
     ResultMessage {
         operation_id: format!("op-{i}"),
         environment_id: "bench".into(),
         deployment_id: "dep-1".into(),
         produced_at_micros: at,
-        values: kinds
+        values: user_kinds(r)
             .into_iter()
             .enumerate()
             .map(|(f, (name, kind))| FeatureValue {
@@ -137,85 +119,27 @@ fn usage_payload(i: u64) -> Vec<u8> {
 
 // ---- Kafka ----
 
-fn kafka() -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", rig("kafka", "BGP_KAFKA_PLAINTEXT"));
-    c
-}
-
-async fn create_topic(topic: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka().create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Sends `payloads` with `producer` and waits for every delivery; messages/s.
+/// Sends `payloads` keyed `op-<index>` with `producer`, waiting for every
+/// delivery; messages/s.
 async fn produce_all(
     producer: &FutureProducer,
     topic: &str,
     payloads: &[Vec<u8>],
-    keys: bool,
 ) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(payloads.len());
-    for (i, p) in payloads.iter().enumerate() {
-        let key = format!("op-{i}");
-        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(p);
-        if keys {
-            record = record.key(&key);
-        }
-        loop {
-            match producer.send_result(record) {
-                Ok(d) => {
-                    pending.push(d);
-                    break;
-                }
-                Err((_, r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
-    }
-    for d in pending {
-        d.await?.map_err(|(e, _)| e)?;
-    }
-    Ok(payloads.len() as f64 / started.elapsed().as_secs_f64())
+    let messages = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("op-{i}"), p));
+    Ok(kafka::produce(producer, topic, messages, 0, BACKOFF)
+        .await?
+        .rate())
 }
 
 async fn fill(topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
-    create_topic(topic).await?;
-    let producer: FutureProducer = kafka()
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    produce_all(&producer, topic, payloads, true).await?;
+    kafka::create_topic(&kafka::admin()?, topic).await?;
+    let producer = kafka::producer(&[("queue.buffering.max.messages", "1000000")])?;
+    produce_all(&producer, topic, payloads).await?;
     Ok(())
-}
-
-/// A fresh group reads `n` messages of `topic`, copying each payload; messages/s.
-async fn consume_only(topic: &str, n: usize) -> anyhow::Result<f64> {
-    let consumer: StreamConsumer = kafka()
-        .set("group.id", unique("bench-consume"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[topic])?;
-    drop(consumer.recv().await?);
-    let started = Instant::now();
-    for _ in 1..n {
-        let m = consumer.recv().await?;
-        std::hint::black_box(m.payload().unwrap_or_default().to_vec());
-    }
-    Ok((n - 1) as f64 / started.elapsed().as_secs_f64())
 }
 
 // ---- Postgres ----
@@ -223,30 +147,20 @@ async fn consume_only(topic: &str, n: usize) -> anyhow::Result<f64> {
 /// A schema of its own, with `table` created by the writer's own DDL.
 async fn schema(ddl: &str) -> anyhow::Result<(String, String)> {
     let name = unique("bench").replace('-', "_");
-    let (client, conn) =
-        tokio_postgres::connect(&rig("postgres", "BGP_POSTGRES_URL"), tokio_postgres::NoTls)
-            .await?;
-    tokio::spawn(conn);
-    client
+    postgres::connect(&postgres::url())
+        .await?
         .batch_execute(&format!(
             "CREATE SCHEMA {name}; SET search_path TO {name}; {ddl}"
         ))
         .await?;
-    let mut url = url::Url::parse(&rig("postgres", "BGP_POSTGRES_URL"))?;
+    let mut url = url::Url::parse(&postgres::url())?;
     url.query_pairs_mut()
         .append_pair("options", &format!("-csearch_path={name}"));
     Ok((name, url.to_string()))
 }
 
 async fn drop_schema(name: &str) -> anyhow::Result<()> {
-    let (client, conn) =
-        tokio_postgres::connect(&rig("postgres", "BGP_POSTGRES_URL"), tokio_postgres::NoTls)
-            .await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {name} CASCADE"))
-        .await?;
-    Ok(())
+    postgres::drop_schema(&postgres::connect(&postgres::url()).await?, name).await
 }
 
 /// Raw binary COPY of `rows` into `table` of a fresh schema; rows/s.
@@ -258,8 +172,7 @@ async fn copy_ceiling<R>(
     row: impl Fn(&R) -> Vec<Box<dyn ToSql + Sync + '_>>,
 ) -> anyhow::Result<f64> {
     let (name, uri) = schema(ddl).await?;
-    let (client, conn) = tokio_postgres::connect(&uri, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = postgres::connect(&uri).await?;
     let started = Instant::now();
     let sink = client.copy_in(copy).await?;
     let writer = BinaryCopyInWriter::new(sink, types);
@@ -297,95 +210,30 @@ where
 
 // ---- the writer process ----
 
-struct Running {
-    child: Child,
-    http_port: u16,
-    log: std::path::PathBuf,
+/// Writer `name` of `writer_type` on `topic`, its stderr kept out of the report.
+fn start(
+    writer_type: &str,
+    name: &str,
+    topic: &str,
+    store: (&str, String),
+) -> anyhow::Result<WriterProcess> {
+    let env = kafka::writer_env(writer_type, name, topic, [store]);
+    WriterProcess::start_quiet(&unique("bench-writer"), &env)
 }
 
-impl Running {
-    fn start(env: &[(&str, String)]) -> anyhow::Result<Running> {
-        let http_port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log =
-            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("bench-writer"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgpersist-writer"));
-        cmd.env("RUST_LOG", "warn")
-            .env("BGP_LOG_FORMAT", "text")
-            .env("BGP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("BGP_RESOURCE", "bench")
-            .env("BGP_BUS_BACKEND", "KAFKA")
-            .env(
-                "BGP_KAFKA_BOOTSTRAP_SERVERS",
-                rig("kafka", "BGP_KAFKA_PLAINTEXT"),
-            )
-            .env("BGP_KAFKA_CONSUMER_GROUP", unique("bench-writer"))
-            .env("BGP_STORES_DIR", "/nonexistent");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::create(
-                log.with_extension("err"),
-            )?))
-            .spawn()?;
-        Ok(Running {
-            child,
-            http_port,
-            log,
-        })
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.http_port, "/metrics").unwrap_or_default()
-    }
-
-    /// Records/s between the first consumed message and `records` written,
-    /// the CPU used meanwhile, and the writer's peak RSS.
-    async fn measure(&mut self, records: u64) -> anyhow::Result<(f64, Cpu, String)> {
-        let pid = self.child.id();
-        let deadline = Instant::now() + Duration::from_secs(900);
-        let mut t0 = None;
-        let mut w0 = 0.0;
-        let mut cpu0 = Cpu::default();
-        let t1 = loop {
-            anyhow::ensure!(
-                self.child.try_wait()?.is_none(),
-                "writer exited; log: {}",
-                self.log.display()
-            );
-            anyhow::ensure!(Instant::now() < deadline, "writer too slow");
-            let m = self.metrics();
-            let consumed = metric(&m, "bgpersist_writer_messages_consumed_total");
-            let written = metric(&m, "bgpersist_writer_records_written_total");
-            if t0.is_none() && consumed > 0.0 {
-                (t0, w0, cpu0) = (Some(Instant::now()), written, Cpu::now(pid));
-            }
-            if written >= records as f64 {
-                break Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let secs = (t1 - t0.unwrap_or(t1)).as_secs_f64();
-        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
-            .unwrap_or_default();
-        Ok((
-            (records as f64 - w0) / secs,
-            Cpu::now(pid).since(&cpu0, secs),
-            hwm,
-        ))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Records/s between the first consumed message and `records` written,
+/// the CPU used meanwhile, and the writer's peak RSS.
+async fn measure(w: &mut WriterProcess, records: u64) -> anyhow::Result<(f64, Cpu, String)> {
+    let written = |m: &str| metric(m, WRITTEN);
+    let cpu = async |pid| Ok(Cpu::now(pid));
+    let run = w
+        .measure(Duration::from_secs(900), written, records as f64, cpu)
+        .await?;
+    Ok((
+        (records as f64 - written(&run.start)) / run.secs,
+        run.after.since(&run.before, run.secs),
+        w.peak_rss()?,
+    ))
 }
 
 // ---- cases ----
@@ -437,13 +285,13 @@ async fn metrics_bus(n: u64) -> anyhow::Result<()> {
     let topic = unique("bench-metrics");
     fill(&topic, &payloads).await?;
     let (name, uri) = schema(ddl).await?;
-    let mut w = Running::start(&[
-        ("BGP_WRITER_TYPE", "METRICS_BUS_WRITER".into()),
-        ("BGP_WRITER_NAME", "metrics-bus".into()),
-        ("BGP_SUBSCRIPTION", topic.clone()),
+    let mut w = start(
+        "METRICS_BUS_WRITER",
+        "metrics-bus",
+        &topic,
         ("BGP_METRICS_STORE_URI", uri),
-    ])?;
-    let (rate, cpu, hwm) = w.measure(rows.len() as u64).await?;
+    )?;
+    let (rate, cpu, hwm) = measure(&mut w, rows.len() as u64).await?;
     report("rows", copy, statement, batch, rate, cpu, &hwm);
     drop(w);
     drop_schema(&name).await
@@ -493,13 +341,13 @@ async fn usage_bus(n: u64) -> anyhow::Result<()> {
     let topic = unique("bench-usage");
     fill(&topic, &payloads).await?;
     let (name, uri) = schema(ddl).await?;
-    let mut w = Running::start(&[
-        ("BGP_WRITER_TYPE", "USAGE_BUS_WRITER".into()),
-        ("BGP_WRITER_NAME", "usage".into()),
-        ("BGP_SUBSCRIPTION", topic.clone()),
+    let mut w = start(
+        "USAGE_BUS_WRITER",
+        "usage",
+        &topic,
         ("BGP_USAGE_STORE_URI", uri),
-    ])?;
-    let (rate, cpu, hwm) = w.measure(n).await?;
+    )?;
+    let (rate, cpu, hwm) = measure(&mut w, n).await?;
     report("rows", copy, statement, batch, rate, cpu, &hwm);
     drop(w);
     drop_schema(&name).await
@@ -515,25 +363,26 @@ async fn metrics_writer(n: u64) -> anyhow::Result<()> {
     );
     // Produce-only with the writer's own producer settings (acks=all, idempotent).
     let ceiling_topic = unique("bench-produce");
-    create_topic(&ceiling_topic).await?;
+    let admin = kafka::admin()?;
+    kafka::create_topic(&admin, &ceiling_topic).await?;
     let settings = KafkaSettings {
-        bootstrap_servers: rig("kafka", "BGP_KAFKA_PLAINTEXT"),
+        bootstrap_servers: kafka::bootstrap(),
         ..Default::default()
     };
     let producer: FutureProducer = producer_config(&settings, Acks::All).create()?;
-    let produce = produce_all(&producer, &ceiling_topic, &metrics, true).await?;
+    let produce = produce_all(&producer, &ceiling_topic, &metrics).await?;
 
     let (results_topic, metrics_topic) = (unique("bench-results"), unique("bench-metrics"));
     fill(&results_topic, &results).await?;
-    create_topic(&metrics_topic).await?;
-    let consume = consume_only(&results_topic, results.len()).await?;
-    let mut w = Running::start(&[
-        ("BGP_WRITER_TYPE", "METRICS_WRITER".into()),
-        ("BGP_WRITER_NAME", "metrics".into()),
-        ("BGP_SUBSCRIPTION", results_topic.clone()),
+    kafka::create_topic(&admin, &metrics_topic).await?;
+    let (consume, _) = kafka::consume_only(&results_topic, n).await?;
+    let mut w = start(
+        "METRICS_WRITER",
+        "metrics",
+        &results_topic,
         ("BGP_PUBLISH_TOPIC", metrics_topic.clone()),
-    ])?;
-    let (rate, cpu, hwm) = w.measure(n).await?;
+    )?;
+    let (rate, cpu, hwm) = measure(&mut w, n).await?;
     // The transformation alone: what one core does per second.
     let started = Instant::now();
     for r in &results {
@@ -556,10 +405,7 @@ async fn metrics_writer(n: u64) -> anyhow::Result<()> {
 /// Rows per writer batch at the default batch size (1000 messages).
 fn writer_batch_rows(rows: usize, messages: u64) -> usize {
     let per_message = rows as f64 / messages as f64;
-    let batch = std::env::var("BGP_MAX_BATCH_SIZE")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(1000.0);
+    let batch: f64 = env_or("BGP_MAX_BATCH_SIZE", 1000.0);
     (batch * per_message).round().max(1.0) as usize
 }
 
@@ -653,64 +499,4 @@ impl std::fmt::Display for Cpu {
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
-}
-
-/// (busy, total) CPU seconds of the whole machine so far.
-fn machine_cpu() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let total: f64 = f.iter().sum();
-    let idle = f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0);
-    ((total - idle) / 100.0, total / 100.0)
-}
-
-fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn process_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map_or("", |x| x.1);
-    let f: Vec<f64> = rest.split(' ').map(|x| x.parse().unwrap_or(0.0)).collect();
-    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!("{cores} cores ({model}), {date}")
 }

@@ -14,25 +14,24 @@
 //!   hack/rig up kafka && cargo bench --bench mirror_replay
 //!   BGP_BENCH_REPLAYS=50000 cargo bench --bench mirror_replay
 
-#[path = "common/mod.rs"]
 mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::QueryLogEntry;
-use common::{WriterProcess, machine, metric};
+use common::env_or;
+use common::kafka::{self, PARTITIONS};
+use common::process::{WriterProcess, metric};
+use common::report::machine;
 use futures::StreamExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{rig, unique};
+use support::unique;
 
-const PARTITIONS: i32 = 4;
 const CONCURRENCY: usize = 64;
 
 fn request(i: usize) -> String {
@@ -54,52 +53,16 @@ fn entry(i: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn kafka() -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", rig("kafka", "BGP_KAFKA_PLAINTEXT"));
-    c
-}
-
+/// A fresh topic with logged queries `from..to`.
 async fn topic_with(
     admin: &AdminClient<DefaultClientContext>,
     from: usize,
     to: usize,
 ) -> anyhow::Result<String> {
     let topic = unique("bench-qlog");
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
-    }
-    let producer: FutureProducer = kafka().set("linger.ms", "5").create()?;
-    let mut pending = Vec::new();
-    for i in from..to {
-        let (payload, key) = (entry(i), i.to_string());
-        let mut record = FutureRecord::to(&topic).key(&key).payload(&payload);
-        loop {
-            match producer.send_result(record) {
-                Ok(d) => {
-                    pending.push(d);
-                    break;
-                }
-                Err((_, r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        }
-    }
-    for d in pending {
-        d.await?.map_err(|(e, _)| e)?;
-    }
+    kafka::create_topic(admin, &topic).await?;
+    let entries = (from..to).map(|i| (i.to_string(), entry(i)));
+    kafka::produce(&kafka::producer(&[])?, &topic, entries, 0, kafka::BACKOFF).await?;
     Ok(topic)
 }
 
@@ -155,30 +118,20 @@ async fn ceiling(url: &str, n: usize) -> anyhow::Result<f64> {
 }
 
 fn writer(topic: &str, host: &str, rate: &str) -> anyhow::Result<WriterProcess> {
-    WriterProcess::start(
-        &unique("bench-mirror"),
-        &[
-            ("BGP_WRITER_TYPE", "QUERY_MIRROR_CONSUMER".into()),
-            ("BGP_WRITER_NAME", "mirror".into()),
-            ("BGP_RESOURCE", "bench".into()),
-            ("BGP_BUS_BACKEND", "KAFKA".into()),
-            ("BGP_SUBSCRIPTION", topic.into()),
-            (
-                "BGP_KAFKA_BOOTSTRAP_SERVERS",
-                rig("kafka", "BGP_KAFKA_PLAINTEXT"),
-            ),
-            ("BGP_KAFKA_CONSUMER_GROUP", unique("bench-mirror")),
+    let env = kafka::writer_env(
+        "QUERY_MIRROR_CONSUMER",
+        "mirror",
+        topic,
+        [
             ("BGP_API_SERVER_HOST", host.into()),
             ("BGP_MIRROR_RATE_PER_SECOND", rate.into()),
         ],
-    )
+    );
+    WriterProcess::start(&unique("bench-mirror"), &env)
 }
 
 async fn run() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BGP_BENCH_REPLAYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let n: usize = env_or("BGP_BENCH_REPLAYS", 20_000);
     println!(
         "mirror_replay: {n} logged queries ({} byte requests), {PARTITIONS} partitions",
         request(0).len()
@@ -188,7 +141,7 @@ async fn run() -> anyhow::Result<()> {
     let addr = server(count.clone()).await?;
     let host = format!("http://{addr}");
     let url = format!("{host}/v1/query/online");
-    let admin: AdminClient<DefaultClientContext> = kafka().create()?;
+    let admin = kafka::admin()?;
     let topic = topic_with(&admin, 0, n).await?;
 
     let direct = ceiling(&url, n).await?;
@@ -219,16 +172,9 @@ async fn run() -> anyhow::Result<()> {
         "  [writer]  default limit 50/s:    {:>9.1} replays/s over {secs:.1} s",
         (500.0 - before) / secs
     );
-    admin
-        .delete_topics(&[&topic, &limited], &AdminOptions::new())
-        .await?;
-    Ok(())
+    kafka::delete_topics(&admin, &[&topic, &limited]).await
 }
 
 fn main() -> anyhow::Result<()> {
-    bgpersist::install_crypto_provider();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::block_on(run())
 }

@@ -5,10 +5,13 @@
 //!   hack/rig up k8s && cargo bench --bench operator_scale
 //!   BGP_BENCH_RESOURCES=50 cargo bench --bench operator_scale
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use bgpersist::crd::BackgroundPersistence;
+use common::env_or;
+use common::process::{http_get, metric, peak_rss, terminate};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -32,18 +35,11 @@ const WRITERS: [(&str, &str); 9] = [
 const NAMESPACES: usize = 10;
 
 fn main() -> anyhow::Result<()> {
-    bgpersist::install_crypto_provider();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BGP_BENCH_RESOURCES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let n: usize = env_or("BGP_BENCH_RESOURCES", 200);
     let client = support::kubeclient::client().await?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
@@ -69,7 +65,6 @@ async fn run() -> anyhow::Result<()> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;
-    let pid = operator.id();
 
     let run = support::unique("b");
     let tag = format!("b{}", &run[run.len().saturating_sub(5)..]).replace('-', "");
@@ -123,26 +118,18 @@ async fn run() -> anyhow::Result<()> {
     let mut last = String::new();
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let m = metrics(port)?;
-        let reconciles = counter(&m, "bgpersist_operator_reconciles_total");
+        let m = http_get(port, "/metrics")?;
+        let reconciles = metric(&m, "bgpersist_operator_reconciles_total");
         if format!("{reconciles}") == last {
             break;
         }
         last = format!("{reconciles}");
     }
-    let m = metrics(port)?;
-    let reconciles = counter(&m, "bgpersist_operator_reconciles_total");
-    let requests: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("bgpersist_operator_api_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let writes = counter(&m, "bgpersist_operator_api_writes_total");
-    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        .unwrap_or_default();
+    let m = http_get(port, "/metrics")?;
+    let reconciles = metric(&m, "bgpersist_operator_reconciles_total");
+    let requests = api_requests(&m);
+    let writes = metric(&m, "bgpersist_operator_api_writes_total");
+    let hwm = peak_rss(operator.id())?;
 
     // A resync of everything with nothing changed: count what it costs.
     let before = requests;
@@ -156,13 +143,9 @@ async fn run() -> anyhow::Result<()> {
         .await?;
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let m2 = metrics(port)?;
-    let after: f64 = m2
-        .lines()
-        .filter(|l| l.starts_with("bgpersist_operator_api_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    let after_writes = counter(&m2, "bgpersist_operator_api_writes_total");
+    let m2 = http_get(port, "/metrics")?;
+    let after = api_requests(&m2);
+    let after_writes = metric(&m2, "bgpersist_operator_api_writes_total");
     let poked = n.min(20) as f64;
 
     println!(
@@ -194,11 +177,7 @@ async fn run() -> anyhow::Result<()> {
     );
     println!("  operator peak RSS (VmHWM):        {hwm}");
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = operator.wait();
+    terminate(&mut operator);
     cleanup(&client, &tag, n).await
 }
 
@@ -221,23 +200,13 @@ fn resource(tag: &str, i: usize) -> anyhow::Result<BackgroundPersistence> {
     Ok(serde_json::from_value(v)?)
 }
 
-fn metrics(port: u16) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
-fn counter(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+/// API requests of every kind so far (the counter's samples summed over labels).
+fn api_requests(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("bgpersist_operator_api_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The bare API server runs no garbage collector: delete what was rendered.

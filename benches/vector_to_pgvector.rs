@@ -13,7 +13,6 @@
 //!   hack/rig up kafka postgres && cargo bench --bench vector_to_pgvector
 //!   BGP_BENCH_VECTORS=50000 BGP_BENCH_DIM=384 cargo bench --bench vector_to_pgvector
 
-#[path = "common/mod.rs"]
 mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -21,31 +20,16 @@ mod support;
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::{VectorBatch, VectorRecord};
 use bgpersist::writer::types::online_vector_store_writer::decode;
-use common::{WriterProcess, machine, metric};
+use common::data::mix;
+use common::kafka::{self, PARTITIONS};
+use common::process::{WRITTEN, WriterProcess, metric};
+use common::report::machine;
+use common::{env_or, postgres};
 use futures::SinkExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::{Duration, Instant};
-use support::{rig, unique};
+use support::unique;
 
 const PER_MESSAGE: usize = 10;
-const PARTITIONS: i32 = 4;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 fn vector(i: usize, dim: usize) -> VectorRecord {
     let embedding = (0..dim)
@@ -67,37 +51,6 @@ fn message(m: usize, dim: usize) -> Vec<u8> {
             .collect(),
     }
     .encode_to_vec()
-}
-
-async fn produce(topic: &str, messages: usize, dim: usize) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", rig("kafka", "BGP_KAFKA_PLAINTEXT"))
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "500000")
-        .set("message.max.bytes", "10000000")
-        .create()?;
-    let mut pending = Vec::new();
-    for m in 0..messages {
-        let payload = message(m, dim);
-        let key = m.to_string();
-        let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send_result(record) {
-                Ok(d) => {
-                    pending.push(d);
-                    break;
-                }
-                Err((_, r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        }
-    }
-    for d in pending {
-        d.await?.map_err(|(e, _)| e)?;
-    }
-    Ok(())
 }
 
 fn layout(table: &str, dim: usize) -> String {
@@ -205,8 +158,8 @@ async fn insert_ceiling(
 }
 
 async fn run() -> anyhow::Result<()> {
-    let n = env_number("BGP_BENCH_VECTORS", 100_000) / PER_MESSAGE * PER_MESSAGE;
-    let dim = env_number("BGP_BENCH_DIM", 128);
+    let n = env_or("BGP_BENCH_VECTORS", 100_000) / PER_MESSAGE * PER_MESSAGE;
+    let dim = env_or("BGP_BENCH_DIM", 128);
     let messages = n / PER_MESSAGE;
     let schema = unique("bench_vec").replace('-', "_");
     let topic = unique("bench-vectors");
@@ -215,48 +168,30 @@ async fn run() -> anyhow::Result<()> {
     );
     println!("  machine: {}", machine());
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", rig("kafka", "BGP_KAFKA_PLAINTEXT"))
-        .create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
-    }
-    produce(&topic, messages, dim).await?;
+    let admin = kafka::admin()?;
+    kafka::create_topic(&admin, &topic).await?;
+    let producer = kafka::producer(&[
+        ("queue.buffering.max.messages", "500000"),
+        ("message.max.bytes", "10000000"),
+    ])?;
+    let payloads = (0..messages).map(|m| (m.to_string(), message(m, dim)));
+    kafka::produce(&producer, &topic, payloads, 0, kafka::BACKOFF).await?;
     let bytes = message(0, dim).len();
     println!("  produced {messages} messages of {bytes} bytes");
 
     // 1. The writer.
-    let pg = rig("postgres", "BGP_POSTGRES_URL");
-    let mut writer = WriterProcess::start(
-        &schema,
-        &[
-            ("BGP_WRITER_TYPE", "ONLINE_VECTOR_STORE_WRITER".into()),
-            ("BGP_WRITER_NAME", "vectors".into()),
-            ("BGP_RESOURCE", "bench".into()),
-            ("BGP_BUS_BACKEND", "KAFKA".into()),
-            ("BGP_SUBSCRIPTION", topic.clone()),
-            (
-                "BGP_KAFKA_BOOTSTRAP_SERVERS",
-                rig("kafka", "BGP_KAFKA_PLAINTEXT"),
-            ),
-            ("BGP_KAFKA_CONSUMER_GROUP", unique("bench-writer")),
-            (
-                "BGP_VECTOR_STORE_URI",
-                format!("{pg}?sslmode=disable&schema={schema}"),
-            ),
-        ],
-    )?;
-    let written = |m: &str| metric(m, "bgpersist_writer_records_written_total");
+    let pg = postgres::url();
+    let env = kafka::writer_env(
+        "ONLINE_VECTOR_STORE_WRITER",
+        "vectors",
+        &topic,
+        [(
+            "BGP_VECTOR_STORE_URI",
+            format!("{pg}?sslmode=disable&schema={schema}"),
+        )],
+    );
+    let mut writer = WriterProcess::start(&schema, &env)?;
+    let written = |m: &str| metric(m, WRITTEN);
     let (secs, before) = writer
         .time_until(Duration::from_secs(900), written, n as f64)
         .await?;
@@ -270,8 +205,7 @@ async fn run() -> anyhow::Result<()> {
     );
 
     // 2. The ceilings, on the same server, same layout.
-    let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = postgres::connect(&pg).await?;
     let copy = copy_ceiling(&client, &schema, n, dim).await?;
     let insert = insert_ceiling(&client, &schema, n, dim).await?;
     println!("  [ceiling] COPY csv, one stream:          {copy:>9.0} vectors/s");
@@ -287,17 +221,10 @@ async fn run() -> anyhow::Result<()> {
         .get(0);
     anyhow::ensure!(stored as usize == n, "writer stored {stored} of {n}");
 
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await?;
-    admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
-    Ok(())
+    postgres::drop_schema(&client, &schema).await?;
+    kafka::delete_topics(&admin, &[&topic]).await
 }
 
 fn main() -> anyhow::Result<()> {
-    bgpersist::install_crypto_provider();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    common::block_on(run())
 }
