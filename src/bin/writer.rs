@@ -6,6 +6,7 @@ use bgpersist::http;
 use bgpersist::writer::config::WriterConfig;
 use bgpersist::writer::error::WriterError;
 use bgpersist::writer::runtime::metrics::WriterMetrics;
+use bgpersist::writer::runtime::start::Wiring;
 use bgpersist::writer::types;
 use bgpersist::writer::types::query_mirror_consumer::MirrorMetrics;
 use prometheus_client::registry::Registry;
@@ -87,7 +88,13 @@ async fn run() -> Result<(), WriterError> {
         },
     ));
 
-    let result = types::run(&cfg, metrics, mirror_metrics, ready, stop_rx).await;
+    let wiring = Wiring {
+        cfg: &cfg,
+        metrics,
+        ready,
+        stop: stop_rx,
+    };
+    let result = types::run(wiring, mirror_metrics).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     result

@@ -374,6 +374,14 @@ mod tests {
         );
     }
 
+    fn degraded(s: &BackgroundPersistenceStatus) -> Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .cloned()
+            .unwrap_or_else(|| panic!("no Degraded"))
+    }
+
     #[test]
     fn writer_issue_degrades_with_its_own_reason_before_problems() {
         let issue = WriterIssue {
@@ -396,12 +404,7 @@ mod tests {
             issues: std::slice::from_ref(&issue),
             ..StatusInputs::new(Some(1), &now)
         });
-        let d = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED)
-            .cloned()
-            .unwrap_or_else(|| panic!("no Degraded"));
+        let d = degraded(&s);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
             ("True", "KedaNotInstalled")
@@ -426,12 +429,7 @@ mod tests {
             problems: std::slice::from_ref(&p),
             ..StatusInputs::new(Some(1), &now)
         });
-        let d = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DEGRADED)
-            .cloned()
-            .unwrap_or_else(|| panic!("no Degraded"));
+        let d = degraded(&s);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
             ("True", "InvalidWriters")

@@ -352,16 +352,35 @@ fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
         })
 }
 
+/// Test fixtures: environments as the operator renders them.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// `pairs` as an environment.
+    pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
+
+    /// The least a writer of `writer_type` on Kafka needs.
+    pub fn kafka_writer(writer_type: &str, name: &str) -> Result<WriterConfig, ConfigError> {
+        WriterConfig::from_vars(&vars(&[
+            (c::ENV_WRITER_TYPE, writer_type),
+            (c::ENV_WRITER_NAME, name),
+            (c::ENV_BUS_BACKEND, "KAFKA"),
+            (c::ENV_SUBSCRIPTION, "result-bus"),
+            (c::ENV_KAFKA_BOOTSTRAP_SERVERS, "k:9092"),
+        ]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::vars;
+    use super::*;
 
     fn base() -> Vec<(String, String)> {
         vars(&[

@@ -10,6 +10,14 @@ fn render_all(bp: &BackgroundPersistence) -> Rendered {
     render(bp, &resolved(bp)).unwrap_or_else(|e| panic!("render: {e}"))
 }
 
+fn pod_of(w: &RenderedWriter) -> k8s_openapi::api::core::v1::PodSpec {
+    w.deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default()
+}
+
 fn env_of(w: &RenderedWriter) -> std::collections::BTreeMap<String, String> {
     let pod = w
         .deployment
@@ -113,12 +121,7 @@ fn resources_come_from_request_and_limit() {
 #[test]
 fn pods_run_restricted() {
     let r = render_all(&seed());
-    let pod = r.writers[0]
-        .deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .unwrap_or_default();
+    let pod = pod_of(&r.writers[0]);
     let psc = pod.security_context.unwrap_or_default();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(
@@ -144,12 +147,7 @@ fn pods_run_restricted() {
 #[test]
 fn kafka_sasl_secret_is_mounted_as_files_never_env() {
     let r = render_all(&seed());
-    let pod = r.writers[0]
-        .deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .unwrap_or_default();
+    let pod = pod_of(&r.writers[0]);
     let vol = pod
         .volumes
         .unwrap_or_default()
@@ -287,27 +285,26 @@ fn every_writer_type_renders_its_bus_settings() {
 
 #[test]
 fn type_specific_settings_reach_the_writer() {
-    let r = render_all(&one_writer(WriterType::OnlineWriter));
-    assert_eq!(
-        env_of(&r.writers[0])
-            .get(c::ENV_REDIS_IS_CLUSTERED)
-            .map(String::as_str),
-        Some("1")
-    );
-    let r = render_all(&one_writer(WriterType::QueryMirrorConsumer));
-    assert_eq!(
-        env_of(&r.writers[0])
-            .get(c::ENV_API_SERVER_HOST)
-            .map(String::as_str),
-        Some("<your api server here>")
-    );
-    let r = render_all(&one_writer(WriterType::OfflineStoreBulkInsertWriter));
-    assert_eq!(
-        env_of(&r.writers[0])
-            .get(c::ENV_UPLOAD_BUCKET)
-            .map(String::as_str),
-        Some("s3://<your data bucket>")
-    );
+    for (writer_type, key, want) in [
+        (WriterType::OnlineWriter, c::ENV_REDIS_IS_CLUSTERED, "1"),
+        (
+            WriterType::QueryMirrorConsumer,
+            c::ENV_API_SERVER_HOST,
+            "<your api server here>",
+        ),
+        (
+            WriterType::OfflineStoreBulkInsertWriter,
+            c::ENV_UPLOAD_BUCKET,
+            "s3://<your data bucket>",
+        ),
+    ] {
+        let r = render_all(&one_writer(writer_type));
+        assert_eq!(
+            env_of(&r.writers[0]).get(key).map(String::as_str),
+            Some(want),
+            "{writer_type:?}"
+        );
+    }
 }
 
 #[test]
@@ -376,12 +373,7 @@ fn pubsub_renders_no_kafka_settings() {
     let r = render_all(&bp);
     let env = env_of(&r.writers[0]);
     assert!(env.keys().all(|k| !k.starts_with("BGP_KAFKA")), "{env:?}");
-    let pod = r.writers[0]
-        .deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .unwrap_or_default();
+    let pod = pod_of(&r.writers[0]);
     assert!(
         pod.volumes
             .unwrap_or_default()

@@ -16,25 +16,30 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// What a writer type's run is handed besides its sink.
+pub struct Wiring<'a> {
+    pub cfg: &'a WriterConfig,
+    pub metrics: WriterMetrics,
+    /// Turns true once the bus has answered (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// Turns true when shutdown is requested.
+    pub stop: watch::Receiver<bool>,
+}
+
 /// Connects the configured bus and runs the shared runtime with `sink` on it.
-pub async fn on_bus<S: Sink>(
-    sink: S,
-    metrics: WriterMetrics,
-    cfg: &WriterConfig,
-    ready: Arc<AtomicBool>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), WriterError> {
+pub async fn on_bus<S: Sink>(sink: S, wiring: Wiring<'_>) -> Result<(), WriterError> {
+    let cfg = wiring.cfg;
     match cfg.backend {
         BusBackend::Kafka => {
             let bus = KafkaBus::connect(
                 &cfg.kafka,
                 &cfg.subscription,
                 cfg.dlq_topic.clone(),
-                metrics.clone(),
+                wiring.metrics.clone(),
             )
             .map_err(|e| WriterError::Config(e.to_string()))?;
             // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
-            Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
+            Box::pin(drive(bus, sink, wiring)).await
         }
         BusBackend::Pubsub => {
             let bus = PubsubBus::connect(
@@ -46,7 +51,7 @@ pub async fn on_bus<S: Sink>(
             .await
             .map_err(|e| WriterError::Config(e.to_string()))?;
             // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
-            Box::pin(drive(bus, sink, metrics, cfg, ready, stop)).await
+            Box::pin(drive(bus, sink, wiring)).await
         }
     }
 }
@@ -76,14 +81,13 @@ async fn reach_bus<B: Bus>(bus: &B, mut stop: watch::Receiver<bool>) -> bool {
     }
 }
 
-async fn drive<B: Bus, S: Sink>(
-    bus: B,
-    sink: S,
-    metrics: WriterMetrics,
-    cfg: &WriterConfig,
-    ready: Arc<AtomicBool>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), WriterError> {
+async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(), WriterError> {
+    let Wiring {
+        cfg,
+        metrics,
+        ready,
+        stop,
+    } = wiring;
     let settings = Settings {
         writer: cfg.writer_name.clone(),
         max_batch_size: cfg.max_batch_size,

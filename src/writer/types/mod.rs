@@ -16,8 +16,7 @@ pub mod usage_bus_writer;
 use crate::crd::WriterType;
 use crate::writer::config::WriterConfig;
 use crate::writer::error::WriterError;
-use crate::writer::runtime::metrics::WriterMetrics;
-use crate::writer::runtime::start::on_bus;
+use crate::writer::runtime::start::{Wiring, on_bus};
 use crate::writer::stores::offline::sink::Decoder;
 use crate::writer::stores::offline::{OfflineSink, Store, open_store};
 use metrics_bus_writer::MetricsStoreSink;
@@ -29,20 +28,16 @@ use offline_writer::ResultDecoder;
 use online_vector_store_writer::VectorSink;
 use online_writer::OnlineSink;
 use query_mirror_consumer::{MirrorMetrics, MirrorSink};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::watch;
+use std::sync::atomic::Ordering;
 use usage_bus_writer::UsageSink;
 
-/// Opens `cfg.writer_type`'s sink and runs it until `stop` (or a failure).
-/// `ready` turns true once the bus has answered.
+/// Opens the configured writer type's sink and runs it until `wiring.stop`
+/// (or a failure); `wiring.ready` turns true once the bus has answered.
 pub async fn run(
-    cfg: &WriterConfig,
-    metrics: WriterMetrics,
+    wiring: Wiring<'_>,
     mirror_metrics: Option<MirrorMetrics>,
-    ready: Arc<AtomicBool>,
-    stop_rx: watch::Receiver<bool>,
 ) -> Result<(), WriterError> {
+    let cfg = wiring.cfg;
     match cfg.writer_type {
         WriterType::OnlineWriter => {
             let uri = cfg
@@ -51,30 +46,30 @@ pub async fn run(
             let sink = OnlineSink::open(&uri, cfg)
                 .await
                 .map_err(WriterError::Config)?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::OfflineWriter => {
             let sink = offline_sink(cfg, ResultDecoder).await?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::OfflineStoreStreamingInsertWriter => {
             let sink = offline_sink(cfg, StreamingDecoder).await?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::OfflineStoreBulkInsertWriter => {
             let decoder = BulkDecoder::new(cfg.upload_bucket.as_deref());
             let sink = offline_sink(cfg, decoder).await?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::MetricsWriter | WriterType::GoResultBusMetricsWriter
             if exactly_once::requested(cfg.publish_exactly_once.as_deref())
                 .map_err(|e| WriterError::Config(e.to_string()))? =>
         {
-            let writer = ExactlyOnce::connect(cfg, metrics)
+            let writer = ExactlyOnce::connect(cfg, wiring.metrics)
                 .map_err(|e| WriterError::Config(e.to_string()))?;
-            ready.store(true, Ordering::SeqCst);
+            wiring.ready.store(true, Ordering::SeqCst);
             writer
-                .run(stop_rx)
+                .run(wiring.stop)
                 .await
                 .map_err(|e| WriterError::Runtime(e.to_string()))
         }
@@ -82,7 +77,7 @@ pub async fn run(
             let sink = FeatureMetricsSink::open(cfg)
                 .await
                 .map_err(|e| WriterError::Config(e.to_string()))?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::MetricsBusWriter | WriterType::GoMetricsBusWriter => {
             let uri = cfg
@@ -90,14 +85,14 @@ pub async fn run(
                 .map_err(|e| WriterError::config("metrics store", e))?;
             let sink = MetricsStoreSink::open(&uri)
                 .map_err(|e| WriterError::config("metrics store", e))?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::UsageBusWriter => {
             let uri = cfg
                 .store_uri("usage_store")
                 .map_err(|e| WriterError::config("usage store", e))?;
             let sink = UsageSink::open(&uri).map_err(|e| WriterError::config("usage store", e))?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
         WriterType::QueryMirrorConsumer => {
             let Some(settings) = cfg.mirror.clone() else {
@@ -106,7 +101,14 @@ pub async fn run(
             let cfg = settings.bounded(cfg);
             let sink = MirrorSink::new(settings, mirror_metrics.unwrap_or_default())
                 .map_err(|e| WriterError::config("query mirror", e))?;
-            on_bus(sink, metrics, &cfg, ready, stop_rx).await
+            on_bus(
+                sink,
+                Wiring {
+                    cfg: &cfg,
+                    ..wiring
+                },
+            )
+            .await
         }
         WriterType::OnlineVectorStoreWriter => {
             let uri = cfg
@@ -114,7 +116,7 @@ pub async fn run(
                 .map_err(|e| WriterError::config("vector store", e))?;
             let sink =
                 VectorSink::open(&uri, cfg).map_err(|e| WriterError::Config(e.to_string()))?;
-            on_bus(sink, metrics, cfg, ready, stop_rx).await
+            on_bus(sink, wiring).await
         }
     }
 }

@@ -187,13 +187,7 @@ impl BigQueryStore {
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), WriterError> {
         let now = json_rows::now_text();
-        let mut encoded = Vec::new();
-        for &i in members {
-            match encode(&rows[i], i, &now) {
-                Ok(e) => encoded.push((i, e)),
-                Err(reason) => rejected.push(Rejected { record: i, reason }),
-            }
-        }
+        let encoded = warehouse::encode_members(members, rejected, |i| encode(&rows[i], i, &now));
         if encoded.is_empty() {
             return Ok(());
         }

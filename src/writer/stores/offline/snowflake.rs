@@ -368,13 +368,11 @@ impl SnowflakeStore {
         rejected: &mut Vec<Rejected>,
     ) -> Result<(), WriterError> {
         let now = json_rows::now_text();
-        let mut encoded = Vec::new();
-        for &i in members {
-            match encode(&rows[i], i, &now) {
-                Ok(e) => encoded.push(e),
-                Err(reason) => rejected.push(Rejected { record: i, reason }),
-            }
-        }
+        let encoded: Vec<Encoded> =
+            warehouse::encode_members(members, rejected, |i| encode(&rows[i], i, &now))
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect();
         // Entries keyed on different columns cannot share a MERGE.
         let mut key_columns: Vec<&'static str> = Vec::new();
         for e in &encoded {

@@ -77,20 +77,9 @@ impl OfflineStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract as c;
 
     fn cfg() -> Result<WriterConfig, ConfigError> {
-        let vars: Vec<(String, String)> = [
-            (c::ENV_WRITER_TYPE, "OFFLINE_WRITER"),
-            (c::ENV_WRITER_NAME, "offline"),
-            (c::ENV_BUS_BACKEND, "KAFKA"),
-            (c::ENV_SUBSCRIPTION, "result-bus"),
-            (c::ENV_KAFKA_BOOTSTRAP_SERVERS, "k:9092"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        WriterConfig::from_vars(&vars)
+        crate::writer::config::fixtures::kafka_writer("OFFLINE_WRITER", "offline")
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! requests (by table, then into chunks that keep each entry whole).
 
 use super::TableRows;
-use crate::writer::runtime::sink::WriterError;
+use crate::writer::runtime::sink::{Rejected, WriterError};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -46,6 +46,24 @@ pub fn worth_retrying(status: StatusCode) -> bool {
 }
 
 /// The entries of `rows` grouped by destination table, in first-seen order.
+/// Encodes each of `members` (indexes into a load's rows) with `encode`; a
+/// row it refuses is rejected with the reason, the others come back paired
+/// with their index.
+pub fn encode_members<T>(
+    members: &[usize],
+    rejected: &mut Vec<Rejected>,
+    mut encode: impl FnMut(usize) -> Result<T, String>,
+) -> Vec<(usize, T)> {
+    let mut encoded = Vec::with_capacity(members.len());
+    for &i in members {
+        match encode(i) {
+            Ok(e) => encoded.push((i, e)),
+            Err(reason) => rejected.push(Rejected { record: i, reason }),
+        }
+    }
+    encoded
+}
+
 pub fn by_table(rows: &[TableRows]) -> Vec<(String, Vec<usize>)> {
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, entry) in rows.iter().enumerate() {

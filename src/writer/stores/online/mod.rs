@@ -77,18 +77,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_uri_scheme_picks_the_store() -> Result<(), Box<dyn std::error::Error>> {
-        use crate::contract as c;
-        let vars: Vec<(String, String)> = [
-            (c::ENV_WRITER_TYPE, "ONLINE_WRITER"),
-            (c::ENV_WRITER_NAME, "online"),
-            (c::ENV_BUS_BACKEND, "KAFKA"),
-            (c::ENV_SUBSCRIPTION, "result-bus"),
-            (c::ENV_KAFKA_BOOTSTRAP_SERVERS, "k:9092"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let cfg = WriterConfig::from_vars(&vars)?;
+        let cfg = crate::writer::config::fixtures::kafka_writer("ONLINE_WRITER", "online")?;
         assert!(matches!(
             Store::open("redis://h:6379/0", &cfg).await?,
             Store::Redis(_)

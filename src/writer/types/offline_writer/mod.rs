@@ -339,21 +339,10 @@ impl Decoder for ResultDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::v1::{FeatureValue, Value};
+    use crate::formats::fixtures::feature_value as fv;
+    use crate::formats::v1::FeatureValue;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int64Type};
-
-    fn fv(ns: &str, feature: &str, pkey: &str, kind: Option<Kind>) -> FeatureValue {
-        FeatureValue {
-            namespace: ns.into(),
-            feature: feature.into(),
-            pkey: pkey.into(),
-            value: kind.map(|k| Value { kind: Some(k) }),
-            observed_at_micros: 1_700_000_000_000_000,
-            observation_id: format!("obs-{ns}-{feature}-{pkey}"),
-            ..Default::default()
-        }
-    }
 
     fn message(values: Vec<FeatureValue>) -> Vec<u8> {
         ResultMessage {

@@ -86,18 +86,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<OnlineRecord>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::v1::{FeatureValue, Value};
-
-    fn fv(ns: &str, feature: &str, pkey: &str, kind: Option<Kind>) -> FeatureValue {
-        FeatureValue {
-            namespace: ns.into(),
-            feature: feature.into(),
-            pkey: pkey.into(),
-            value: kind.map(|k| Value { kind: Some(k) }),
-            observed_at_micros: 5,
-            ..Default::default()
-        }
-    }
+    use crate::formats::fixtures::feature_value as fv;
 
     #[test]
     fn decodes_every_value_kind() -> Result<(), String> {

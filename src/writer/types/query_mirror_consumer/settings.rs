@@ -181,12 +181,7 @@ fn endpoint(host: Option<&str>, path: &str) -> Result<url::Url, MirrorError> {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::writer::config::fixtures::vars;
 
     #[test]
     fn defaults_and_target_forms() -> Result<(), MirrorError> {
