@@ -271,39 +271,7 @@ async fn apply_all(
     let m = &ctx.metrics;
 
     let mut applied = Applied::new(&ns);
-
-    let (_, wrote) = apply::ensure(
-        &Api::<Namespace>::all(client.clone()),
-        &rendered.namespace,
-        m,
-    )
-    .await?;
-    applied.record(Kind::Namespace, &ns, wrote);
-    let sa_api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
-    let sa_name = &bp.spec.common_persistence_specs.service_account_name;
-    // A ServiceAccount that existed before this resource is the user's: taking
-    // it over would add our owner reference, and the garbage collector would
-    // delete it with the resource. Writers use it as it is.
-    let foreign_sa = sa_api
-        .get_opt(sa_name)
-        .await?
-        .is_some_and(|live| !owned_by(&live.metadata, bp));
-    if !foreign_sa {
-        let (_, wrote) = apply::ensure(&sa_api, &rendered.service_account, m).await?;
-        applied.record(Kind::ServiceAccount, sa_name, wrote);
-    }
-    applied.keep(Kind::ServiceAccount, sa_name);
-    // Secrets before the Deployments that mount them.
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for s in &rendered.secrets {
-        let live = secrets_read.live.get(&s.name);
-        let wrote = secrets::ensure(&secret_api, &s.secret, live, m).await?;
-        applied.record(Kind::Secret, &s.name, wrote);
-    }
-    // Synced Secrets a failed read left as they were.
-    for s in &secrets_read.keep {
-        applied.keep(Kind::Secret, s);
-    }
+    apply_shared(bp, &rendered, secrets_read, ctx, &mut applied).await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
@@ -322,7 +290,6 @@ async fn apply_all(
     let mut outcomes = Vec::new();
     let mut issues = Vec::new();
     for w in &rendered.writers {
-        let deployment = render::deployment_name(&name, &w.name);
         if w.autoscaling.is_some() && !keda_served {
             // Nothing for this writer, so nothing half-applied: it keeps
             // whatever it had.
@@ -336,35 +303,10 @@ async fn apply_all(
                 reason: reasons::KEDA_NOT_INSTALLED,
                 problem,
             });
-            applied.keep_writer(&deployment);
+            applied.keep_writer(&w.object_name);
             continue;
         }
-        let (live, wrote) = handover::ensure_deployment(&deployments, w, m).await?;
-        applied.record(Kind::Deployment, &deployment, wrote);
-        let (_, wrote) = apply::ensure(&pdbs, &w.pdb, m).await?;
-        applied.record(Kind::PodDisruptionBudget, &deployment, wrote);
-        let mut desired = w.replicas;
-        let mut scaled_object = None;
-        if let Some(a) = &w.autoscaling {
-            if let Some(auth) = &a.trigger_authentication {
-                let api = keda::trigger_authentications(client, &ns);
-                let (_, wrote) = apply::ensure(&api, auth, m).await?;
-                applied.record(Kind::TriggerAuthentication, &auth.name_any(), wrote);
-            }
-            let api = keda::scaled_objects(client, &ns);
-            let (_, wrote) = apply::ensure(&api, &a.scaled_object, m).await?;
-            applied.record(Kind::ScaledObject, &a.scaled_object.name_any(), wrote);
-            // The autoscaler's count is the one to roll out.
-            desired = live
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(w.replicas);
-            scaled_object = Some(a.scaled_object.name_any());
-        }
-        let mut outcome = WriterOutcome::applied(&w.name, &live, &w.image, &w.config_hash, desired);
-        outcome.status.scaled_object = scaled_object;
-        outcomes.push(outcome);
+        outcomes.push(apply_writer(w, &deployments, &pdbs, ctx, &ns, &mut applied).await?);
     }
     // A refused writer keeps what it last had: nothing half-applied, nothing lost.
     for p in &checked.problems {
@@ -387,6 +329,94 @@ async fn apply_all(
         publish(ctx, bp, EventType::Normal, reasons::APPLIED, &note).await;
     }
     Ok((outcomes, issues))
+}
+
+/// The objects every writer shares: the Namespace, the ServiceAccount
+/// (unless the user's), and the synced Secrets, before the Deployments that
+/// mount them.
+async fn apply_shared(
+    bp: &BackgroundPersistence,
+    rendered: &render::Rendered,
+    secrets_read: &SecretsRead,
+    ctx: &Context,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let ns = &bp.spec.common_persistence_specs.namespace;
+    let (client, m) = (&ctx.client, &ctx.metrics);
+    let (_, wrote) = apply::ensure(
+        &Api::<Namespace>::all(client.clone()),
+        &rendered.namespace,
+        m,
+    )
+    .await?;
+    applied.record(Kind::Namespace, ns, wrote);
+    let sa_api = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    let sa_name = &bp.spec.common_persistence_specs.service_account_name;
+    // A ServiceAccount that existed before this resource is the user's: taking
+    // it over would add our owner reference, and the garbage collector would
+    // delete it with the resource. Writers use it as it is.
+    let foreign_sa = sa_api
+        .get_opt(sa_name)
+        .await?
+        .is_some_and(|live| !owned_by(&live.metadata, bp));
+    if !foreign_sa {
+        let (_, wrote) = apply::ensure(&sa_api, &rendered.service_account, m).await?;
+        applied.record(Kind::ServiceAccount, sa_name, wrote);
+    }
+    applied.keep(Kind::ServiceAccount, sa_name);
+    // Secrets before the Deployments that mount them.
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for s in &rendered.secrets {
+        let live = secrets_read.live.get(&s.name);
+        let wrote = secrets::ensure(&secret_api, &s.secret, live, m).await?;
+        applied.record(Kind::Secret, &s.name, wrote);
+    }
+    // Synced Secrets a failed read left as they were.
+    for s in &secrets_read.keep {
+        applied.keep(Kind::Secret, s);
+    }
+
+    Ok(())
+}
+
+/// One writer's Deployment, PodDisruptionBudget and KEDA objects, and what
+/// the status says of it.
+async fn apply_writer(
+    w: &render::RenderedWriter,
+    deployments: &Api<Deployment>,
+    pdbs: &Api<PodDisruptionBudget>,
+    ctx: &Context,
+    ns: &str,
+    applied: &mut Applied,
+) -> Result<WriterOutcome, Error> {
+    let (client, m) = (&ctx.client, &ctx.metrics);
+    let deployment = &w.object_name;
+    let (live, wrote) = handover::ensure_deployment(deployments, w, m).await?;
+    applied.record(Kind::Deployment, deployment, wrote);
+    let (_, wrote) = apply::ensure(pdbs, &w.pdb, m).await?;
+    applied.record(Kind::PodDisruptionBudget, deployment, wrote);
+    let mut desired = w.replicas;
+    let mut scaled_object = None;
+    if let Some(a) = &w.autoscaling {
+        if let Some(auth) = &a.trigger_authentication {
+            let api = keda::trigger_authentications(client, ns);
+            let (_, wrote) = apply::ensure(&api, auth, m).await?;
+            applied.record(Kind::TriggerAuthentication, &auth.name_any(), wrote);
+        }
+        let api = keda::scaled_objects(client, ns);
+        let (_, wrote) = apply::ensure(&api, &a.scaled_object, m).await?;
+        applied.record(Kind::ScaledObject, &a.scaled_object.name_any(), wrote);
+        // The autoscaler's count is the one to roll out.
+        desired = live
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(w.replicas);
+        scaled_object = Some(a.scaled_object.name_any());
+    }
+    let mut outcome = WriterOutcome::applied(&w.name, &live, &w.image, &w.config_hash, desired);
+    outcome.status.scaled_object = scaled_object;
+    Ok(outcome)
 }
 
 /// Position of a writer in the spec (for field paths in messages).

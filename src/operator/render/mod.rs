@@ -36,6 +36,8 @@ pub struct Rendered {
 #[derive(Clone, Debug)]
 pub struct RenderedWriter {
     pub name: String,
+    /// Its Deployment's (and PDB's, ScaledObject's) name.
+    pub object_name: String,
     pub deployment: Deployment,
     pub pdb: PodDisruptionBudget,
     pub image: String,
@@ -129,6 +131,7 @@ pub fn render_with_secrets(
         });
         out.push(RenderedWriter {
             name: w.name.clone(),
+            object_name: rw.object_name.clone(),
             pdb: pdb::render(bp, &resource, rw, &owner),
             deployment,
             image,
