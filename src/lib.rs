@@ -1,6 +1,7 @@
 //! bgpersist: a Kubernetes operator for background persistence writers, and
 //! the writer runtime those Deployments run.
 
+pub mod cli;
 pub mod contract;
 pub mod crd;
 pub mod formats;

@@ -1,11 +1,16 @@
 //! bgpersist-operator: reconciles BackgroundPersistence resources, serves
 //! /metrics, /healthz and /readyz, and elects a leader through a Lease.
 
+use bgpersist::cli::{LogFormat, one_line, with_env};
 use bgpersist::http;
 use bgpersist::operator::leader::{self, LeaseConfig};
 use bgpersist::operator::metrics::Metrics;
 use bgpersist::operator::{Context, run as run_controller};
+use clap::builder::{NonEmptyStringValueParser, PossibleValuesParser, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use prometheus_client::registry::Registry;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,24 +20,81 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-const USAGE: &str = "usage: bgpersist-operator [--metrics-addr ADDR] [--leader-elect[=true|false]]
-    [--lease-namespace NS] [--lease-name NAME] [--lease-identity ID] [--log-format json|text]
-env: BGP_METRICS_ADDR, BGP_LEADER_ELECT, BGP_LEASE_NAMESPACE (else POD_NAMESPACE),
-     BGP_LEASE_NAME, BGP_LEASE_IDENTITY (else POD_NAME, else hostname), BGP_LOG_FORMAT";
-
 /// After SIGTERM everything must be down by then; Kubernetes waits 30 s.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
 /// In-flight scrapes get this long once shutdown begins.
 const HTTP_DRAIN: Duration = Duration::from_secs(2);
 
-const FLAGS: [&str; 6] = [
-    "metrics-addr",
-    "leader-elect",
-    "lease-namespace",
-    "lease-name",
-    "lease-identity",
-    "log-format",
-];
+/// Flags win over environment variables, which win over defaults.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bgpersist-operator",
+    version,
+    about = "Reconciles BackgroundPersistence resources; serves /metrics, /healthz and /readyz.",
+    after_help = "An empty environment variable counts as unset. See docs/operator.md.",
+    // Arguments come without the program name, as in the tests.
+    no_binary_name = true,
+    // A repeated flag: the last one wins.
+    args_override_self = true
+)]
+struct Cli {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "BGP_METRICS_ADDR",
+        value_name = "HOST:PORT",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease before reconciling; a bare flag means true.
+    #[arg(
+        long,
+        env = "BGP_LEADER_ELECT",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = false,
+        default_missing_value = "true",
+        default_value = "true",
+        value_parser = PossibleValuesParser::new(["true", "false", "1", "0"])
+            .map(|v| v == "true" || v == "1")
+    )]
+    leader_elect: bool,
+    /// Namespace of the Lease; unset: $POD_NAMESPACE, else "default".
+    #[arg(
+        long,
+        env = "BGP_LEASE_NAMESPACE",
+        value_name = "NS",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    lease_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "BGP_LEASE_NAME",
+        value_name = "NAME",
+        default_value = "bgpersist-operator",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    lease_name: String,
+    /// Holder identity in the Lease; unset: $POD_NAME, else the hostname.
+    #[arg(
+        long,
+        env = "BGP_LEASE_IDENTITY",
+        value_name = "ID",
+        value_parser = NonEmptyStringValueParser::new()
+    )]
+    lease_identity: Option<String>,
+    /// Log lines as JSON or text.
+    #[arg(
+        long,
+        env = "BGP_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Json
+    )]
+    log_format: LogFormat,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Config {
@@ -42,88 +104,27 @@ struct Config {
     log_json: bool,
 }
 
-#[derive(Debug)]
-enum Parsed {
-    Run(Config),
-    Help,
-}
-
-/// Flags win over environment variables, which win over defaults.
-fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Parsed, String> {
-    let mut flags: Vec<(String, Option<String>)> = Vec::new();
-    let mut it = args.iter().peekable();
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(Parsed::Help);
-        }
-        let Some(flag) = arg.strip_prefix("--") else {
-            return Err(format!("unexpected argument '{arg}'"));
-        };
-        let known = FLAGS.iter().any(|f| flag.split('=').next() == Some(*f));
-        if !known {
-            return Err(format!("unknown flag --{flag}"));
-        }
-        let (name, value) = match flag.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            // Only --leader-elect may stand alone; the others take the next arg.
-            None if flag == "leader-elect" => {
-                let explicit = it.next_if(|v| ["true", "false", "1", "0"].contains(&v.as_str()));
-                (flag, explicit.cloned())
-            }
-            None => match it.next() {
-                Some(v) => (flag, Some(v.clone())),
-                None => return Err(format!("--{flag} needs a value")),
-            },
-        };
-        flags.push((name.to_string(), value));
-    }
-    let mut take = |name: &str, var: &str| -> Option<String> {
-        match flags.iter().rposition(|(n, _)| n == name) {
-            Some(pos) => {
-                let value = flags[pos].1.clone();
-                flags.retain(|(n, _)| n != name);
-                Some(value.unwrap_or_else(|| "true".into()))
-            }
-            // An empty variable counts as unset, as Deployments often template them.
-            None => env(var).filter(|v| !v.is_empty()),
-        }
-    };
-
-    let addr_text = take("metrics-addr", "BGP_METRICS_ADDR").unwrap_or("0.0.0.0:8080".into());
-    let metrics_addr = addr_text.parse().map_err(|_| {
-        format!("--metrics-addr: '{addr_text}' is not a socket address (host:port)")
-    })?;
-    let leader_elect = match take("leader-elect", "BGP_LEADER_ELECT").as_deref() {
-        None | Some("true" | "1") => true,
-        Some("false" | "0") => false,
-        Some(other) => return Err(format!("--leader-elect: '{other}' is not true or false")),
-    };
-    let namespace = take("lease-namespace", "BGP_LEASE_NAMESPACE")
-        .or_else(|| env("POD_NAMESPACE"))
+/// `env` reads a variable: the process's in main, a table in the tests.
+fn parse<I, T>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    // The seam exists because tests cannot set the process env (set_var is unsafe in edition 2024).
+    let matches = with_env(Cli::command(), &env).try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    // One variable per flag is clap's; the second-choice variable is ours.
+    let namespace = cli
+        .lease_namespace
+        .or_else(|| env("POD_NAMESPACE").filter(|v| !v.is_empty()))
         .unwrap_or("default".into());
-    let name = take("lease-name", "BGP_LEASE_NAME").unwrap_or("bgpersist-operator".into());
-    let identity =
-        take("lease-identity", "BGP_LEASE_IDENTITY").unwrap_or_else(leader::default_identity);
-    let log_json = match take("log-format", "BGP_LOG_FORMAT").as_deref() {
-        None | Some("json") => true,
-        Some("text") => false,
-        Some(other) => return Err(format!("--log-format: '{other}' is not json or text")),
-    };
-    for (flag, value) in [
-        ("lease-namespace", &namespace),
-        ("lease-name", &name),
-        ("lease-identity", &identity),
-    ] {
-        if value.is_empty() {
-            return Err(format!("--{flag} must not be empty"));
-        }
-    }
-    Ok(Parsed::Run(Config {
-        metrics_addr,
-        leader_elect,
-        lease: LeaseConfig::new(name, namespace, identity),
-        log_json,
-    }))
+    let identity = cli.lease_identity.unwrap_or_else(leader::default_identity);
+    Ok(Config {
+        metrics_addr: cli.metrics_addr,
+        leader_elect: cli.leader_elect,
+        lease: LeaseConfig::new(cli.lease_name, namespace, identity),
+        log_json: cli.log_format.is_json(),
+    })
 }
 
 /// Why the process ends non-zero: startup problems exit 2, later ones 1.
@@ -141,13 +142,9 @@ fn main() -> ExitCode {
     let Ok(args) = args else {
         return startup_failure("arguments must be UTF-8");
     };
-    let cfg = match parse(&args, |k| std::env::var(k).ok()) {
-        Ok(Parsed::Run(cfg)) => cfg,
-        Ok(Parsed::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => return startup_failure(&format!("{e} (see --help)")),
+    let cfg = match parse(args, |k| std::env::var(k).ok()) {
+        Ok(cfg) => cfg,
+        Err(e) => return parse_failure(&e),
     };
     bgpersist::install_crypto_provider();
     bgpersist::telemetry::init(cfg.log_json);
@@ -168,6 +165,18 @@ fn main() -> ExitCode {
             error!(error = %e, "operator failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// --help and --version print and exit 0; a bad flag or variable is a
+/// startup failure.
+fn parse_failure(e: &clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => match e.print() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+        _ => startup_failure(&one_line(e)),
     }
 }
 
@@ -272,16 +281,20 @@ mod tests {
     use super::*;
 
     fn run_cfg(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // A variable missing from the table reads as empty, which counts as
+        // unset: the test process's own environment must not leak in.
         let env = |k: &str| {
-            env.iter()
+            let value = env
+                .iter()
                 .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
+                .map(|(_, v)| v.to_string());
+            Some(value.unwrap_or_default())
         };
-        match parse(&args, env)? {
-            Parsed::Run(cfg) => Ok(cfg),
-            Parsed::Help => Err("help".into()),
-        }
+        parse(args, env).map_err(|e| match e.kind() {
+            ErrorKind::DisplayHelp => "help".into(),
+            ErrorKind::DisplayVersion => "version".into(),
+            _ => one_line(&e),
+        })
     }
 
     #[test]
@@ -337,5 +350,156 @@ mod tests {
         assert_eq!(run_cfg(&["--help"], &[]), Err("help".into()));
         let off = run_cfg(&["--leader-elect", "false"], &[]).map(|c| c.leader_elect);
         assert_eq!(off, Ok(false));
+    }
+
+    #[test]
+    fn env_layers() {
+        let cfg = |env: &[(&str, &str)]| run_cfg(&[], env).unwrap_or_else(|e| panic!("{e}"));
+        // BGP_LEASE_NAMESPACE beats POD_NAMESPACE.
+        let both = [("BGP_LEASE_NAMESPACE", "a"), ("POD_NAMESPACE", "b")];
+        assert_eq!(cfg(&both).lease.namespace, "a");
+        let all = [
+            ("BGP_LEASE_NAME", "n"),
+            ("BGP_LEASE_IDENTITY", "i"),
+            ("BGP_LOG_FORMAT", "text"),
+            ("BGP_LEADER_ELECT", "0"),
+        ];
+        let c = cfg(&all);
+        assert_eq!(
+            (c.lease.name.as_str(), c.lease.identity.as_str()),
+            ("n", "i")
+        );
+        assert!(!c.log_json && !c.leader_elect);
+        // Deployments template variables empty: that is unset, not "".
+        let empty = [
+            "BGP_METRICS_ADDR",
+            "BGP_LEADER_ELECT",
+            "BGP_LEASE_NAMESPACE",
+            "BGP_LEASE_NAME",
+            "BGP_LEASE_IDENTITY",
+            "BGP_LOG_FORMAT",
+            "POD_NAMESPACE",
+        ]
+        .map(|k| (k, ""));
+        assert_eq!(cfg(&empty).lease, cfg(&[]).lease);
+        assert_eq!(cfg(&empty).metrics_addr, cfg(&[]).metrics_addr);
+        assert!(cfg(&empty).leader_elect && cfg(&empty).log_json);
+        for env in [
+            ("BGP_METRICS_ADDR", "nope"),
+            ("BGP_LEADER_ELECT", "maybe"),
+            ("BGP_LOG_FORMAT", "xml"),
+        ] {
+            assert!(run_cfg(&[], &[env]).is_err(), "{env:?} was accepted");
+        }
+        // A flag beats a bad variable too.
+        let text = run_cfg(&["--log-format=text"], &[("BGP_LOG_FORMAT", "xml")]);
+        assert_eq!(text.map(|c| c.log_json), Ok(false));
+    }
+
+    #[test]
+    fn leader_elect_spellings() {
+        let elect = |args: &[&str], env: &[(&str, &str)]| {
+            run_cfg(args, env)
+                .map(|c| c.leader_elect)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        };
+        let off = [("BGP_LEADER_ELECT", "false")];
+        assert!(elect(&["--leader-elect"], &off));
+        assert!(elect(&["--leader-elect", "--log-format", "text"], &off));
+        assert!(elect(&["--leader-elect=true"], &off));
+        assert!(elect(&["--leader-elect", "1"], &off));
+        assert!(!elect(&["--leader-elect=false"], &[]));
+        assert!(!elect(&["--leader-elect", "0"], &[]));
+        // A repeated flag: the last one wins, as before clap.
+        assert!(!elect(&["--leader-elect", "--leader-elect=false"], &[]));
+        let last = run_cfg(&["--lease-name", "a", "--lease-name", "b"], &[]);
+        assert_eq!(last.map(|c| c.lease.name), Ok("b".into()));
+        for bad in [&["--leader-elect="][..], &["--leader-elect", "yes"]] {
+            assert!(run_cfg(bad, &[]).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        for args in [
+            &["--metrics-addr", "nope"][..],
+            &["--leader-elect=maybe"],
+            &["--log-format", "xml"],
+            &["--lease-name"],
+            &["--lease-name="],
+            &["--bogus", "1"],
+            &["--lease-nam", "x"],
+            &["positional"],
+        ] {
+            let e = run_cfg(args, &[]).err().unwrap_or_default();
+            assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+            assert!(e.ends_with(" (see --help)"), "{args:?}: {e}");
+        }
+        // tests/operator_process.rs looks for these words.
+        let e = run_cfg(&["--no-such-flag"], &[]);
+        assert_eq!(e, Err("unknown flag --no-such-flag (see --help)".into()));
+        let e = run_cfg(&["--log-format", "xml"], &[])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("'xml'") && e.contains("json, text"), "{e}");
+        assert_eq!(run_cfg(&["--version"], &[]), Err("version".into()));
+        assert_eq!(run_cfg(&["-h"], &[]), Err("help".into()));
+    }
+
+    /// What the chart renders (deploy/base is its output), what the
+    /// benches, tests and hack/demo pass: all of it still parses.
+    #[test]
+    fn shipped_spellings_parse() {
+        let manifest: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../deploy/base/operator.yaml"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let container = &manifest["spec"]["template"]["spec"]["containers"][0];
+        let mut env: Vec<(&str, &str)> = container["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+            .collect();
+        assert!(env.iter().any(|(k, _)| *k == "BGP_LEASE_NAME"), "{env:?}");
+        env.push(("POD_NAMESPACE", "bgpersist-system"));
+        let cfg = run_cfg(&[], &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.metrics_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.lease.namespace, "bgpersist-system");
+        assert!(cfg.leader_elect && cfg.log_json);
+        // leaderElection.enabled=false and logFormat=text render these.
+        let off = [("BGP_LEADER_ELECT", "false"), ("BGP_LOG_FORMAT", "text")];
+        let cfg = run_cfg(&[], &off).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!cfg.leader_elect && !cfg.log_json);
+
+        for args in [
+            // benches/operator_scale.rs
+            &[
+                "--leader-elect=false",
+                "--log-format",
+                "text",
+                "--metrics-addr",
+                "127.0.0.1:9",
+            ][..],
+            // tests/operator_process.rs
+            &[
+                "--metrics-addr",
+                "127.0.0.1:9",
+                "--lease-name",
+                "l",
+                "--lease-namespace",
+                "default",
+                "--log-format",
+                "text",
+            ],
+        ] {
+            run_cfg(args, &[]).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        // hack/demo
+        let demo = [
+            ("BGP_LOG_FORMAT", "text"),
+            ("BGP_METRICS_ADDR", "127.0.0.1:9"),
+            ("BGP_LEADER_ELECT", "false"),
+        ];
+        run_cfg(&[], &demo).unwrap_or_else(|e| panic!("{e}"));
     }
 }

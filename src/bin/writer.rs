@@ -1,6 +1,7 @@
 //! bgpersist-writer: consumes one bus subscription and writes one store,
 //! configured exactly as the operator renders it (env + mounted files).
 
+use bgpersist::cli::{LogFormat, one_line, with_env};
 use bgpersist::crd::WriterType;
 use bgpersist::http;
 use bgpersist::writer::config::WriterConfig;
@@ -9,6 +10,8 @@ use bgpersist::writer::runtime::metrics::WriterMetrics;
 use bgpersist::writer::runtime::start::Wiring;
 use bgpersist::writer::types;
 use bgpersist::writer::types::query_mirror_consumer::MirrorMetrics;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,12 +21,47 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info};
 
+/// The writer's one flag; the rest of its configuration is environment.
+#[derive(Parser)]
+#[command(
+    name = "bgpersist-writer",
+    version,
+    about = "Consumes one bus subscription and writes one store.",
+    after_help = "Configured by the BGP_* environment the operator renders into the writer's \
+                  Deployment (and its mounted files): see docs/operator.md. An empty \
+                  BGP_LOG_FORMAT counts as unset.",
+    no_binary_name = true,
+    args_override_self = true
+)]
+struct Cli {
+    /// Log lines as JSON or text.
+    #[arg(
+        long,
+        env = "BGP_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Json
+    )]
+    log_format: LogFormat,
+}
+
 fn main() -> ExitCode {
+    let cmd = with_env(Cli::command(), |k| std::env::var(k).ok());
+    let cli = match cmd
+        .try_get_matches_from(std::env::args_os().skip(1))
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            return match e.print() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
+        }
+        Err(e) => return fail(RunError::Config(one_line(&e))),
+    };
     bgpersist::install_crypto_provider();
-    let json = std::env::var("BGP_LOG_FORMAT")
-        .map(|f| f != "text")
-        .unwrap_or(true);
-    bgpersist::telemetry::init(json);
+    bgpersist::telemetry::init(cli.log_format.is_json());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
