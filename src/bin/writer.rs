@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                 Err(_) => ExitCode::FAILURE,
             };
         }
-        Err(e) => return fail(RunError::Config(one_line(&e))),
+        Err(e) => return fail(WriterError::Config(one_line(&e))),
     };
     bgpersist::install_crypto_provider();
     bgpersist::telemetry::init(cli.log_format.is_json());
