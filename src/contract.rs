@@ -20,6 +20,11 @@ pub const ENV_KAFKA_SECURITY_PROTOCOL: &str = "BGP_KAFKA_SECURITY_PROTOCOL";
 pub const ENV_KAFKA_SASL_MECHANISM: &str = "BGP_KAFKA_SASL_MECHANISM";
 /// Consumer group: the writer's override, else `bgpersist.<resource>.<writer>`.
 pub const ENV_KAFKA_CONSUMER_GROUP: &str = "BGP_KAFKA_CONSUMER_GROUP";
+/// Extra librdkafka properties (`additional_kafka_args`, the resource's and
+/// the writer's merged), as a JSON object of strings.
+pub const ENV_KAFKA_ARGS: &str = "BGP_KAFKA_ARGS";
+/// Prefix of the writer's Kafka client id (`client_id_prefix`).
+pub const ENV_KAFKA_CLIENT_ID_PREFIX: &str = "BGP_KAFKA_CLIENT_ID_PREFIX";
 /// Directory holding the Kafka SASL credential files (`username`, `password`).
 pub const ENV_KAFKA_SASL_DIR: &str = "BGP_KAFKA_SASL_DIR";
 pub const ENV_REDIS_IS_CLUSTERED: &str = "BGP_REDIS_IS_CLUSTERED";

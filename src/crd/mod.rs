@@ -4,6 +4,7 @@
 //! an existing configuration pastes under `spec:` unchanged.
 
 mod catalog;
+pub mod kafka_args;
 pub mod rules;
 mod spec;
 mod status;

@@ -2,6 +2,7 @@
 //! generated CRD so the API server refuses an unrunnable resource outright.
 
 use super::catalog::{BusField, ImageField};
+use super::kafka_args;
 use super::spec::BackgroundPersistence;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, ValidationRule,
@@ -156,9 +157,82 @@ pub fn crd_with_rules() -> CustomResourceDefinition {
             // messages (conditions, writers) outgrow a 253-byte cap.
             bound_strings(spec);
             push_rules(spec, spec_rules());
+            for args in kafka_args_schemas(spec) {
+                bound_map_values(args);
+                push_rules(args, kafka_args_rules());
+            }
         }
     }
     crd
+}
+
+/// The `additional_kafka_args` maps: the resource's and each writer's.
+fn kafka_args_schemas(spec: &mut JSONSchemaProps) -> Vec<&mut JSONSchemaProps> {
+    const FIELD: &str = "additional_kafka_args";
+    let Some(props) = spec.properties.as_mut() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut writer_args = None;
+    for (name, schema) in props.iter_mut() {
+        match name.as_str() {
+            FIELD => out.push(schema),
+            "writers" => {
+                writer_args = match schema.items.as_mut() {
+                    Some(JSONSchemaPropsOrArray::Schema(item)) => {
+                        item.properties.as_mut().and_then(|p| p.get_mut(FIELD))
+                    }
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+    out.extend(writer_args);
+    out
+}
+
+/// One rule per refused key (`self` is the map), so the API server's message
+/// names the key; and the values of `auto.offset.reset`.
+pub fn kafka_args_rules() -> Vec<Rule> {
+    let mut rules: Vec<Rule> = kafka_args::OWNED
+        .iter()
+        .chain(kafka_args::JAVA_ONLY)
+        .filter_map(|(key, _)| {
+            let why = kafka_args::refusal(key)?;
+            Some(
+                Rule::new(format!("!('{key}' in self)"))
+                    .message(Message::Message(why))
+                    .reason(Reason::FieldValueForbidden),
+            )
+        })
+        .collect();
+    rules.push(
+        Rule::new(format!(
+            "!('auto.offset.reset' in self) || self['auto.offset.reset'] in [{}]",
+            kafka_args::OFFSET_RESETS
+                .iter()
+                .map(|v| format!("'{v}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .message(Message::Message(format!(
+            "auto.offset.reset must be one of {}",
+            kafka_args::OFFSET_RESETS.join(", ")
+        )))
+        .reason(Reason::FieldValueInvalid),
+    );
+    rules
+}
+
+/// Longest property value in `additional_kafka_args`.
+const MAX_KAFKA_ARG_VALUE: i64 = 4096;
+
+fn bound_map_values(map: &mut JSONSchemaProps) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool;
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = map.additional_properties.as_mut() {
+        values.max_length.get_or_insert(MAX_KAFKA_ARG_VALUE);
+    }
 }
 
 /// Longest string accepted where a field sets no bound of its own. CEL rule

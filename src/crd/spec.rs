@@ -34,9 +34,24 @@ pub struct BackgroundPersistenceSpec {
     /// Kafka security protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_security_protocol: Option<KafkaSecurityProtocol>,
-    /// Kafka SASL mechanism.
+    /// Kafka SASL mechanism; PLAIN when a SASL protocol names none (seed 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// Prefix of the writers' Kafka client ids (`<prefix>bgpersist-<writer>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub client_id_prefix: Option<String>,
+    /// Prefix of the writers' derived Kafka consumer groups
+    /// (`<prefix>bgpersist.<resource>.<writer>`); an override is used as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub group_id_prefix: Option<String>,
+    /// librdkafka properties for every writer (`compression.type`,
+    /// `auto.offset.reset`, `fetch.max.bytes`, ...); a writer's own
+    /// `additional_kafka_args` win. Keys the writer owns are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub additional_kafka_args: Option<std::collections::BTreeMap<String, String>>,
     /// Whether the Redis online store is a Redis Cluster: "1"/"true" or "0"/"false".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self in ['0', '1', 'true', 'false', '']")
@@ -55,6 +70,21 @@ pub struct BackgroundPersistenceSpec {
     #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub writers: Vec<WriterSpec>,
+}
+
+impl BackgroundPersistenceSpec {
+    /// The SASL mechanism the writers use: the one set, else PLAIN when the
+    /// protocol is a SASL one (seed 000's default; librdkafka's own, GSSAPI,
+    /// is not built in).
+    pub fn effective_sasl_mechanism(&self) -> Option<KafkaSaslMechanism> {
+        match self.kafka_security_protocol {
+            Some(KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl) => Some(
+                self.kafka_sasl_mechanism
+                    .unwrap_or(KafkaSaslMechanism::Plain),
+            ),
+            _ => self.kafka_sasl_mechanism,
+        }
+    }
 }
 
 /// Settings shared by every writer (`common_persistence_specs`).
@@ -263,6 +293,10 @@ pub struct WriterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249))]
     pub kafka_consumer_group_override: Option<String>,
+    /// librdkafka properties for this writer, over the resource's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub additional_kafka_args: Option<std::collections::BTreeMap<String, String>>,
     /// Fraction of query-log writes dropped, "0" to "1" (a string to avoid float drift in GitOps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^(0(\.[0-9]+)?|1(\.0+)?)$"))]

@@ -3,9 +3,10 @@
 //! `spec`) and resolves nothing again: the image, the replicas, the object
 //! names, the consumer group and the secret slots a writer mounts.
 
-use crate::crd::{BackgroundPersistence, ImageField, StoreKind, WriterSpec};
+use crate::crd::{BackgroundPersistence, ImageField, StoreKind, WriterSpec, kafka_args};
 use crate::operator::render::deployment_name;
 use crate::operator::render::secret::{self, Slot};
+use std::collections::BTreeMap;
 
 /// A writer validation accepted.
 #[derive(Clone, Debug)]
@@ -20,6 +21,9 @@ pub struct ResolvedWriter<'a> {
     pub replicas: i32,
     /// The Kafka consumer group it joins.
     pub consumer_group: String,
+    /// Its librdkafka properties: the resource's `additional_kafka_args`,
+    /// then its own, translated (`crd::kafka_args`).
+    pub kafka_args: BTreeMap<String, String>,
     /// Whether it mounts the Kafka SASL Secret.
     pub kafka_sasl: bool,
     /// The store it writes, and the URI file it mounts for it when the spec
@@ -63,7 +67,11 @@ pub fn resolve<'a>(
         object_name: deployment_name(resource, &w.name),
         image: resolve_image(bp, w)?,
         replicas: replicas(w),
-        consumer_group: consumer_group(resource, w),
+        consumer_group: consumer_group(bp, resource, w),
+        kafka_args: kafka_args::merged(
+            bp.spec.additional_kafka_args.as_ref(),
+            w.additional_kafka_args.as_ref(),
+        ),
         kafka_sasl: secret::kafka_sasl_wanted(bp),
         store,
         store_file: secret::store_mount(bp, store),
@@ -101,9 +109,11 @@ fn replicas(w: &WriterSpec) -> i32 {
     }
 }
 
-/// The Kafka consumer group a writer joins: its override, else `bgpersist.<resource>.<writer>`.
-fn consumer_group(resource: &str, w: &WriterSpec) -> String {
-    w.kafka_consumer_group_override
-        .clone()
-        .unwrap_or_else(|| format!("bgpersist.{resource}.{}", w.name))
+/// The Kafka consumer group a writer joins: its override as written, else
+/// `<group_id_prefix>bgpersist.<resource>.<writer>`.
+fn consumer_group(bp: &BackgroundPersistence, resource: &str, w: &WriterSpec) -> String {
+    w.kafka_consumer_group_override.clone().unwrap_or_else(|| {
+        let prefix = bp.spec.group_id_prefix.as_deref().unwrap_or_default();
+        format!("{prefix}bgpersist.{resource}.{}", w.name)
+    })
 }

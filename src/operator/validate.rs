@@ -77,6 +77,14 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
         ));
     }
 
+    for (field, reason) in kafka_args_problems(spec.additional_kafka_args.as_ref()) {
+        problems.push(Problem {
+            writer: None,
+            field: format!("additional_kafka_args{field}"),
+            reason,
+        });
+    }
+
     let mut ok = Vec::new();
     for (i, w) in spec.writers.iter().enumerate() {
         let before = problems.len();
@@ -135,6 +143,9 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
                 crate::crd::rules::EXACTLY_ONCE_ONLY.into(),
             );
         }
+        for (field, reason) in kafka_args_problems(w.additional_kafka_args.as_ref()) {
+            refuse(format!("writers[{i}].additional_kafka_args{field}"), reason);
+        }
         for (field, reason) in autoscaling_problems(spec, w) {
             refuse(format!("writers[{i}].autoscaling{field}"), reason);
         }
@@ -176,6 +187,21 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
         writers: ok,
         problems,
     }
+}
+
+/// Refused keys and values of an `additional_kafka_args` map, each as
+/// (`[key]` path suffix, reason naming the key).
+fn kafka_args_problems(
+    args: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    use crate::crd::kafka_args::{refusal, value_refusal};
+    args.into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let why = refusal(k).or_else(|| value_refusal(k.trim(), v))?;
+            Some((format!("[{k}]"), why))
+        })
+        .collect()
 }
 
 /// The autoscaling block's problems, each as (path below `autoscaling`, reason).
@@ -230,6 +256,23 @@ mod tests {
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn kafka_args_the_writer_owns_are_refused_with_the_key_named() {
+        let p = problems(json!({
+            "additional_kafka_args": {"sasl.jaas.config": "x", "compression.type": "zstd"},
+            "writers": [{"name": "w", "bus_subscriber_type": "ONLINE_WRITER",
+                "additional_kafka_args": {"group.id": "mine", "auto.offset.reset": "newest"}}]
+        }));
+        assert_eq!(
+            p,
+            vec![
+                "spec.additional_kafka_args[sasl.jaas.config]: sasl.jaas.config is not a librdkafka property: a Java client setting: put the credentials in kafka_sasl_secret",
+                "writer w: spec.writers[0].additional_kafka_args[auto.offset.reset]: auto.offset.reset \"newest\" is not one of earliest, smallest, beginning, latest, largest, end",
+                "writer w: spec.writers[0].additional_kafka_args[group.id]: group.id is set by the writer: the writer's consumer group (kafka_consumer_group_override, group_id_prefix)",
+            ]
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct KafkaSettings {
     pub group_id: String,
     /// (librdkafka key, value), applied in order; later entries win.
     pub properties: Vec<(String, String)>,
+    /// Where a new consumer group starts (`auto.offset.reset`; `earliest`
+    /// unless `additional_kafka_args` say otherwise).
+    pub auto_offset_reset: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -105,7 +108,7 @@ pub const ENV_PUBSUB_ACK_DEADLINE_SECONDS: &str = "BGP_PUBSUB_ACK_DEADLINE_SECON
 pub const ENV_GOOGLE_CLOUD_PROJECT: &str = "GOOGLE_CLOUD_PROJECT";
 pub const ENV_MAX_BATCH_WAIT_MS: &str = "BGP_MAX_BATCH_WAIT_MS";
 pub const ENV_STORES_DIR: &str = "BGP_STORES_DIR";
-pub const ENV_KAFKA_CLIENT_ID_PREFIX: &str = "BGP_KAFKA_CLIENT_ID_PREFIX";
+pub use c::ENV_KAFKA_CLIENT_ID_PREFIX;
 pub const ENV_KAFKA_GROUP_PREFIX: &str = "BGP_KAFKA_GROUP_PREFIX";
 pub const DEFAULT_STORES_DIR: &str = "/etc/bgpersist/stores";
 pub const ENV_PUBLISH_ACKS: &str = "BGP_PUBLISH_ACKS";
@@ -322,11 +325,29 @@ fn kafka_settings(
             }
         }
     }
+    let mut auto_offset_reset = "earliest".to_string();
+    if let Some(json) = get(c::ENV_KAFKA_ARGS) {
+        let args: std::collections::BTreeMap<String, String> = serde_json::from_str(&json)
+            .map_err(|e| ConfigError::Invalid {
+                name: c::ENV_KAFKA_ARGS,
+                value: json.clone(),
+                reason: format!("not a JSON object of strings: {e}"),
+            })?;
+        for (k, v) in args {
+            // The consumer sets its start itself, after the shared properties.
+            if k == "auto.offset.reset" {
+                auto_offset_reset = v;
+            } else {
+                properties.push((k, v));
+            }
+        }
+    }
     properties.extend(pass_through(vars));
     Ok(KafkaSettings {
         bootstrap_servers,
         group_id,
         properties,
+        auto_offset_reset,
     })
 }
 
@@ -419,6 +440,33 @@ mod tests {
             c.kafka
                 .properties
                 .contains(&("fetch.min.bytes".into(), "4096".into()))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn additional_kafka_args_are_applied_and_set_the_start() -> Result<(), ConfigError> {
+        let c = WriterConfig::from_vars(&base())?;
+        assert_eq!(c.kafka.auto_offset_reset, "earliest");
+        let mut v = base();
+        v.push((
+            c::ENV_KAFKA_ARGS.into(),
+            r#"{"compression.type":"zstd","auto.offset.reset":"latest"}"#.into(),
+        ));
+        let c = WriterConfig::from_vars(&v)?;
+        assert_eq!(c.kafka.auto_offset_reset, "latest");
+        assert!(
+            c.kafka
+                .properties
+                .contains(&("compression.type".into(), "zstd".into()))
+        );
+        let mut v = base();
+        v.push((c::ENV_KAFKA_ARGS.into(), "[1]".into()));
+        let err = WriterConfig::from_vars(&v).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("BGP_KAFKA_ARGS=\"[1]\": not a JSON object")),
+            "{err:?}"
         );
         Ok(())
     }

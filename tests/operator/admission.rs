@@ -363,3 +363,61 @@ async fn good_autoscaling_block_is_accepted_unchanged() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn kafka_args_the_writer_owns_are_refused_naming_the_key() {
+    let p = json!({"additional_kafka_args": {"compression.type": "zstd", "enable.auto.commit": "true"}});
+    assert_refused(
+        "owned key, resource-wide",
+        p,
+        none,
+        "spec.additional_kafka_args: Forbidden: enable.auto.commit is set by the writer",
+    )
+    .await;
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "ONLINE_WRITER",
+        "additional_kafka_args": {"sasl.jaas.config": "org.apache...;"}}]});
+    assert_refused(
+        "Java-only key, per writer",
+        p,
+        none,
+        "spec.writers[0].additional_kafka_args: Forbidden: sasl.jaas.config is not a librdkafka property",
+    )
+    .await;
+    let p = json!({"additional_kafka_args": {"auto.offset.reset": "newest"}});
+    assert_refused(
+        "unknown start",
+        p,
+        none,
+        "auto.offset.reset must be one of earliest",
+    )
+    .await;
+    let p = json!({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "GSSAPI"});
+    assert_refused(
+        "GSSAPI is not built in",
+        p,
+        none,
+        "spec.kafka_sasl_mechanism: Unsupported value: \"GSSAPI\"",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kafka_args_prefixes_and_a_sasl_protocol_without_mechanism_are_accepted()
+-> anyhow::Result<()> {
+    let client = install_crd().await?;
+    let bp = seed_resource(json!({
+        "kafka_sasl_mechanism": null,
+        "client_id_prefix": "team-a.",
+        "group_id_prefix": "team-a.",
+        "additional_kafka_args": {"compression.type": "zstd", "auto.offset.reset": "latest"},
+    }))?;
+    let api: Api<BackgroundPersistence> = Api::all(client);
+    let created = api.create(&PostParams::default(), &bp).await?;
+    assert_eq!(created.spec, bp.spec);
+    api.delete(
+        &bp.metadata.name.clone().unwrap_or_default(),
+        &Default::default(),
+    )
+    .await?;
+    Ok(())
+}

@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod kafka_client;
 mod metrics_exactly_once;
 mod metrics_kafka;
 mod metrics_pubsub;

@@ -294,9 +294,15 @@ fn env(bp: &BackgroundPersistence, resource: &str, rw: &ResolvedWriter) -> Vec<E
             ),
             (
                 c::ENV_KAFKA_SASL_MECHANISM,
-                spec.kafka_sasl_mechanism.map(|v| to_string(&v)),
+                spec.effective_sasl_mechanism().map(|v| to_string(&v)),
             ),
             (c::ENV_KAFKA_CONSUMER_GROUP, Some(rw.consumer_group.clone())),
+            (c::ENV_KAFKA_CLIENT_ID_PREFIX, spec.client_id_prefix.clone()),
+            (
+                c::ENV_KAFKA_ARGS,
+                (!rw.kafka_args.is_empty())
+                    .then(|| serde_json::to_string(&rw.kafka_args).unwrap_or_default()),
+            ),
             (
                 c::ENV_KAFKA_SASL_DIR,
                 sasl.then(|| c::KAFKA_SASL_MOUNT.to_string()),

@@ -4,6 +4,7 @@
 //! an autoscaled writer (see `operator::handover`).
 
 use super::{labels, secret};
+use crate::crd::kafka_args;
 use crate::crd::{
     AutoscalingSpec, BackgroundPersistence, BusBackend, KafkaSaslMechanism, KafkaSecurityProtocol,
     WriterSpec,
@@ -107,8 +108,11 @@ fn kafka_trigger(bp: &BackgroundPersistence, rw: &ResolvedWriter, auto: &Autosca
     if let Some(a) = auto.activation_lag_threshold {
         put("activationLagThreshold", a.to_string());
     }
-    // Writers start a new group at the earliest offset; the scaler must count lag the same way.
-    put("offsetResetPolicy", "earliest".into());
+    // A new group starts where the writers start it; the scaler must count lag the same way.
+    put(
+        "offsetResetPolicy",
+        kafka_args::start_offset(&rw.kafka_args).into(),
+    );
     let protocol = spec.kafka_security_protocol;
     let tls = matches!(
         protocol,
@@ -119,7 +123,7 @@ fn kafka_trigger(bp: &BackgroundPersistence, rw: &ResolvedWriter, auto: &Autosca
         protocol,
         Some(KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl)
     );
-    if sasl && let Some(mechanism) = spec.kafka_sasl_mechanism {
+    if sasl && let Some(mechanism) = spec.effective_sasl_mechanism() {
         put("sasl", keda_sasl(mechanism).into());
     }
     json!({"type": "kafka", "metadata": m})

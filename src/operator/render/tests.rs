@@ -596,3 +596,57 @@ fn exactly_once_is_rendered_only_when_asked() {
     assert_eq!(flag(0), Some("true".to_string()));
     assert_eq!(flag(1), None);
 }
+
+#[test]
+fn kafka_args_prefixes_and_default_mechanism_reach_writers_and_keda() {
+    let bp = seed_with(json!({
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": null,
+        "client_id_prefix": "team-a.",
+        "group_id_prefix": "team-a.",
+        "additional_kafka_args": {"compression.type": "zstd", "auto.offset.reset": "latest"},
+        "writers": [
+            {"name": "a", "bus_subscriber_type": "ONLINE_WRITER",
+             "additional_kafka_args": {"compression.type": "lz4",
+                "partition.assignment.strategy": "org.apache.kafka.clients.consumer.RangeAssignor"},
+             "autoscaling": {"max_replicas": 4}},
+            {"name": "b", "bus_subscriber_type": "ONLINE_WRITER",
+             "kafka_consumer_group_override": "existing-group"}]
+    }));
+    let r = render_all(&bp);
+    let (a, b) = (env_of(&r.writers[0]), env_of(&r.writers[1]));
+    assert_eq!(
+        a.get(c::ENV_KAFKA_SASL_MECHANISM).map(String::as_str),
+        Some("PLAIN"),
+        "seed 000: PLAIN when a SASL protocol names no mechanism"
+    );
+    assert_eq!(
+        a.get(c::ENV_KAFKA_CLIENT_ID_PREFIX).map(String::as_str),
+        Some("team-a.")
+    );
+    assert_eq!(
+        a.get(c::ENV_KAFKA_CONSUMER_GROUP).map(String::as_str),
+        Some("team-a.bgpersist.background-persistence.a")
+    );
+    assert_eq!(
+        b.get(c::ENV_KAFKA_CONSUMER_GROUP).map(String::as_str),
+        Some("existing-group"),
+        "an override is used as written"
+    );
+    let args: serde_json::Value =
+        serde_json::from_str(a.get(c::ENV_KAFKA_ARGS).map_or("{}", String::as_str))
+            .unwrap_or_default();
+    assert_eq!(
+        args,
+        json!({"auto.offset.reset": "latest", "compression.type": "lz4",
+               "partition.assignment.strategy": "range"})
+    );
+    let so = keda_json(r.writers[0].autoscaling.as_ref().map(|k| &k.scaled_object));
+    let meta = &so["spec"]["triggers"][0]["metadata"];
+    assert_eq!(
+        meta["consumerGroup"],
+        "team-a.bgpersist.background-persistence.a"
+    );
+    assert_eq!(meta["offsetResetPolicy"], "latest");
+    assert_eq!(meta["sasl"], "plaintext");
+}

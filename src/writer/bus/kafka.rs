@@ -64,7 +64,7 @@ impl KafkaBus {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", &settings.auto_offset_reset)
             .set("statistics.interval.ms", "5000")
             .create_with_context(LagContext { metrics })?;
         consumer.subscribe(&[topic])?;

@@ -31,7 +31,20 @@ pub async fn create_topics(names: &[(&str, i32)]) -> anyhow::Result<()> {
 /// Produces payloads in order, keyed so each pkey's messages share a partition
 /// only by chance: the writer must not depend on order.
 pub async fn produce(topic: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
-    let producer: FutureProducer = kafka_plain().set("linger.ms", "5").create()?;
+    produce_compressed(topic, payloads, "none").await
+}
+
+/// `produce` with the producer compressing its batches with `codec`
+/// (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
+pub async fn produce_compressed(
+    topic: &str,
+    payloads: &[Vec<u8>],
+    codec: &str,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = kafka_plain()
+        .set("linger.ms", "5")
+        .set("compression.type", codec)
+        .create()?;
     let sends = payloads.iter().enumerate().map(|(i, p)| {
         let key = i.to_string();
         let producer = producer.clone();

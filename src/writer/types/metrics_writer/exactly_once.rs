@@ -166,7 +166,7 @@ impl ExactlyOnce {
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", &cfg.kafka.auto_offset_reset)
             .set("isolation.level", "read_committed")
             .set("statistics.interval.ms", "5000")
             .create_with_context(TxnContext {

@@ -313,6 +313,7 @@ mod tests {
                 ("client.id".into(), "bgpersist-metrics".into()),
                 ("enable.idempotence".into(), "false".into()),
             ],
+            ..Default::default()
         };
         let c = producer_config(&settings, Acks::All);
         assert_eq!(c.get("acks"), Some("all"));
