@@ -85,6 +85,45 @@ apt_need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The rig's private CA and the certificates its TLS listeners and clients
+# use, made once per rig dir (openssl, keytool from the JDK):
+#   ca.pem               the CA (what clients trust)
+#   server.pem/.key      127.0.0.1, localhost and the pod-facing address
+#   server.p12           the server pair as a PKCS#12 keystore (Kafka)
+#   truststore.p12       the CA as a PKCS#12 truststore (Kafka, client auth)
+#   client.pem/.key      a client certificate the CA signed (mTLS)
+#   other-ca.pem         a CA nothing is signed by (a wrong CA, for tests)
+PKI_DIR=$RIG_DIR/pki
+PKI_PASSWORD=bgprig-pki
+rig_pki() {
+  [ -f "$PKI_DIR/.complete" ] && return 0
+  command -v keytool >/dev/null || apt_need openjdk-17-jre-headless
+  rm -rf "$PKI_DIR"; mkdir -p "$PKI_DIR"
+  (
+    cd "$PKI_DIR"
+    local days=3650
+    openssl req -x509 -newkey rsa:2048 -nodes -days $days -subj "/CN=bgpersist rig CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days $days -subj "/CN=unrelated CA" \
+      -keyout other-ca.key -out other-ca.pem 2>/dev/null
+    sign() { # name cn extensions
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+      printf '%s\n' "$3" > "$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days $days \
+        -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+    }
+    sign server localhost "subjectAltName=IP:127.0.0.1,IP:$RIG_HOST_IP,DNS:localhost
+extendedKeyUsage=serverAuth"
+    sign client bgpersist "extendedKeyUsage=clientAuth"
+    openssl pkcs12 -export -in server.pem -inkey server.key -certfile ca.pem -name server \
+      -out server.p12 -passout "pass:$PKI_PASSWORD"
+    keytool -importcert -noprompt -alias ca -file ca.pem -keystore truststore.p12 \
+      -storetype PKCS12 -storepass "$PKI_PASSWORD" >/dev/null 2>&1
+    chmod 644 ./*.pem ./*.key
+  ) || { log "making the rig's certificates failed"; exit 1; }
+  touch "$PKI_DIR/.complete"
+}
+
 # buildah with its own storage under the cache (vfs: no overlay mounts),
 # shared by the pause image (hack/parts/node.sh) and hack/image.
 rig_buildah() {

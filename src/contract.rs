@@ -51,6 +51,13 @@ pub const KAFKA_SASL_MOUNT: &str = "/etc/bgpersist/kafka-sasl";
 /// File names, under `KAFKA_SASL_MOUNT`, of the Kafka SASL credentials.
 pub const KAFKA_SASL_USERNAME_FILE: &str = "username";
 pub const KAFKA_SASL_PASSWORD_FILE: &str = "password";
+/// TLS material beside them, all optional, as PEM: the CA bundle that signs
+/// the brokers' certificates, and a client certificate and key for mTLS.
+pub const KAFKA_CA_FILE: &str = "ca.pem";
+pub const KAFKA_CERT_FILE: &str = "cert.pem";
+pub const KAFKA_KEY_FILE: &str = "key.pem";
+/// The client key's password, when the key is encrypted.
+pub const KAFKA_KEY_PASSWORD_FILE: &str = "key_password";
 
 /// Where a writer's store connection URI is mounted, when the spec names a
 /// cloud secret for its store (`store_uri_secrets`). Only the writer's own

@@ -8,6 +8,13 @@ KAFKA_SASL_PORT=${BGP_KAFKA_SASL_PORT:-19093}
 KAFKA_CONTROLLER_PORT=${BGP_KAFKA_CONTROLLER_PORT:-19094}
 # SASL_PLAINTEXT again, on the address pods reach (advertised as that address).
 KAFKA_PODS_PORT=${BGP_KAFKA_PODS_PORT:-19095}
+# TLS, with the rig's private CA (hack/lib.sh rig_pki): server auth only; client
+# auth required (mTLS); SASL over TLS (PLAIN, SCRAM); and SASL over TLS on the
+# pod-facing address, for the seed's own security settings on the node.
+KAFKA_SSL_PORT=${BGP_KAFKA_SSL_PORT:-19096}
+KAFKA_MTLS_PORT=${BGP_KAFKA_MTLS_PORT:-19097}
+KAFKA_SASL_SSL_PORT=${BGP_KAFKA_SASL_SSL_PORT:-19098}
+KAFKA_PODS_SSL_PORT=${BGP_KAFKA_PODS_SSL_PORT:-19099}
 KAFKA_SCRAM_USER=bgpersist
 KAFKA_SCRAM_PASSWORD=bgpersist-secret
 KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
@@ -118,15 +125,33 @@ LOG4J
 kafka_config() {
   mkdir -p "$KAFKA_DIR"
   local jaas='org.apache.kafka.common.security.scram.ScramLoginModule required;'
+  local plain="org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SCRAM_USER=\"$KAFKA_SCRAM_PASSWORD\";"
+  rig_pki
   cat > "$KAFKA_DIR/server.properties" <<PROPS
 # written by hack/parts/kafka.sh on every start
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:SASL_PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,PODS_SSL://$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,PODS_SSL://$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,PODS_SSL:SASL_SSL
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$PKI_DIR/server.p12
+ssl.keystore.password=$PKI_PASSWORD
+ssl.key.password=$PKI_PASSWORD
+ssl.truststore.type=PKCS12
+ssl.truststore.location=$PKI_DIR/truststore.p12
+ssl.truststore.password=$PKI_PASSWORD
+listener.name.mtls.ssl.client.auth=required
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=$plain
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$jaas
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$jaas
+listener.name.pods_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.pods_ssl.plain.sasl.jaas.config=$plain
+listener.name.pods_ssl.scram-sha-256.sasl.jaas.config=$jaas
+listener.name.pods_ssl.scram-sha-512.sasl.jaas.config=$jaas
 inter.broker.listener.name=PLAINTEXT
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=$jaas
@@ -170,7 +195,7 @@ kafka_format() {
 kafka_port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 kafka_ports_open() {
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT"; do
     kafka_port_open "$p" || return 1
   done
 }
@@ -179,7 +204,7 @@ kafka_start() {
   if ! is_running kafka; then
     # Otherwise the wait below could mistake someone else's listener for ours.
     local p
-    for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT"; do
       kafka_port_open "$p" && fail_part kafka "port $p is held by another process"
     done
     host_ip_up
@@ -211,6 +236,14 @@ kafka_env() {
   echo "BGP_KAFKA_PLAINTEXT=127.0.0.1:$KAFKA_PORT"
   echo "BGP_KAFKA_SASL=127.0.0.1:$KAFKA_SASL_PORT"
   echo "BGP_KAFKA_SASL_FOR_PODS=$RIG_HOST_IP:$KAFKA_PODS_PORT"
+  echo "BGP_KAFKA_SSL=127.0.0.1:$KAFKA_SSL_PORT"
+  echo "BGP_KAFKA_MTLS=127.0.0.1:$KAFKA_MTLS_PORT"
+  echo "BGP_KAFKA_SASL_SSL=127.0.0.1:$KAFKA_SASL_SSL_PORT"
+  echo "BGP_KAFKA_SASL_SSL_FOR_PODS=$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT"
+  echo "BGP_RIG_CA=$PKI_DIR/ca.pem"
+  echo "BGP_RIG_OTHER_CA=$PKI_DIR/other-ca.pem"
+  echo "BGP_RIG_CLIENT_CERT=$PKI_DIR/client.pem"
+  echo "BGP_RIG_CLIENT_KEY=$PKI_DIR/client.key"
   echo "BGP_KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER"
   echo "BGP_KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD"
   echo "BGP_KAFKA_VERSION=$KAFKA_VERSION"

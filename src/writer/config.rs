@@ -309,16 +309,22 @@ fn kafka_settings(
     if let Some(m) = get(c::ENV_KAFKA_SASL_MECHANISM) {
         properties.push(("sasl.mechanism".into(), m));
     }
+    let sasl = get(c::ENV_KAFKA_SECURITY_PROTOCOL)
+        .is_some_and(|p| p.to_ascii_uppercase().starts_with("SASL_"));
     if let Some(dir) = get(c::ENV_KAFKA_SASL_DIR) {
         let dir = PathBuf::from(dir);
         let read = |name: &str| read_secret_file(&dir.join(name));
-        properties.push(("sasl.username".into(), read("username")?));
-        properties.push(("sasl.password".into(), read("password")?));
+        // Credentials for a SASL protocol; an SSL-only secret carries TLS material alone.
+        if sasl || dir.join(c::KAFKA_SASL_USERNAME_FILE).exists() {
+            properties.push(("sasl.username".into(), read(c::KAFKA_SASL_USERNAME_FILE)?));
+            properties.push(("sasl.password".into(), read(c::KAFKA_SASL_PASSWORD_FILE)?));
+        }
         // Optional TLS material mounted beside the credentials, as PEM content.
         for (file, key) in [
-            ("ca.pem", "ssl.ca.pem"),
-            ("cert.pem", "ssl.certificate.pem"),
-            ("key.pem", "ssl.key.pem"),
+            (c::KAFKA_CA_FILE, "ssl.ca.pem"),
+            (c::KAFKA_CERT_FILE, "ssl.certificate.pem"),
+            (c::KAFKA_KEY_FILE, "ssl.key.pem"),
+            (c::KAFKA_KEY_PASSWORD_FILE, "ssl.key.password"),
         ] {
             if dir.join(file).exists() {
                 properties.push((key.into(), read(file)?));

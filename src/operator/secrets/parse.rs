@@ -8,8 +8,19 @@ use crate::operator::render::secret::store_uri_file;
 use crate::operator::render::{SecretBytes, SecretEntry, Slot};
 use std::collections::BTreeMap;
 
-/// The accepted Kafka SASL form, for messages.
-pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."}"#;
+/// The accepted Kafka secret form, for messages.
+pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."}, optionally with PEM "ssl_ca_pem", "ssl_certificate_pem", "ssl_key_pem" (and "ssl_key_password"), or with those alone for SSL"#;
+
+/// Fields of the Kafka secret, each with the file it becomes; the seed's
+/// `sasl_username` / `sasl_password` spellings are taken too.
+const KAFKA_FIELDS: [(&[&str], &str, bool); 6] = [
+    (&["username", "sasl_username"], c::KAFKA_SASL_USERNAME_FILE, false),
+    (&["password", "sasl_password"], c::KAFKA_SASL_PASSWORD_FILE, false),
+    (&["ssl_ca_pem"], c::KAFKA_CA_FILE, true),
+    (&["ssl_certificate_pem"], c::KAFKA_CERT_FILE, true),
+    (&["ssl_key_pem"], c::KAFKA_KEY_FILE, true),
+    (&["ssl_key_password"], c::KAFKA_KEY_PASSWORD_FILE, false),
+];
 
 /// Turns a fetched value into the entry render writes for `slot`.
 pub fn entry(
@@ -32,8 +43,9 @@ pub fn entry(
     })
 }
 
-/// `{"username": "...", "password": "..."}` (other keys are ignored), as
-/// the `username` and `password` keys.
+/// The Kafka secret (`SASL_FORM`; other keys are ignored) as the files the
+/// writers read: credentials, and TLS material as PEM. Credentials come in
+/// pairs, as do a client certificate and its key.
 pub fn sasl(bytes: &[u8]) -> Result<BTreeMap<String, SecretBytes>, SecretError> {
     let malformed = |what: &str| SecretError::Malformed(format!("{what}; expected {SASL_FORM}"));
     let text = std::str::from_utf8(bytes).map_err(|_| malformed("not UTF-8 text"))?;
@@ -43,16 +55,37 @@ pub fn sasl(bytes: &[u8]) -> Result<BTreeMap<String, SecretBytes>, SecretError> 
         .as_object()
         .ok_or_else(|| malformed("JSON but not an object"))?;
     let mut out = BTreeMap::new();
-    for key in [c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE] {
-        let v = match object.get(key) {
-            None => return Err(malformed(&format!("no \"{key}\" field"))),
-            Some(serde_json::Value::String(s)) if s.is_empty() => {
+    for (names, file, pem) in KAFKA_FIELDS {
+        let Some((key, value)) = names.iter().find_map(|k| object.get(*k).map(|v| (*k, v))) else {
+            continue;
+        };
+        let v = match value {
+            serde_json::Value::String(s) if s.trim().is_empty() => {
                 return Err(malformed(&format!("\"{key}\" is empty")));
             }
-            Some(serde_json::Value::String(s)) => s,
-            Some(_) => return Err(malformed(&format!("\"{key}\" is not a string"))),
+            serde_json::Value::String(s) => s,
+            _ => return Err(malformed(&format!("\"{key}\" is not a string"))),
         };
-        out.insert(key.to_string(), SecretBytes::new(v.as_bytes().to_vec()));
+        if pem && !v.contains("-----BEGIN ") {
+            return Err(malformed(&format!("\"{key}\" is not PEM (no -----BEGIN line)")));
+        }
+        out.insert(file.to_string(), SecretBytes::new(v.as_bytes().to_vec()));
+    }
+    for (a, b, what) in [
+        (c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE, "\"username\" and \"password\""),
+        (c::KAFKA_CERT_FILE, c::KAFKA_KEY_FILE, "\"ssl_certificate_pem\" and \"ssl_key_pem\""),
+    ] {
+        if out.contains_key(a) != out.contains_key(b) {
+            let missing = if out.contains_key(a) { b } else { a };
+            let field = KAFKA_FIELDS
+                .iter()
+                .find(|(_, f, _)| *f == missing)
+                .map_or(missing, |(names, _, _)| names[0]);
+            return Err(malformed(&format!("no \"{field}\" field ({what} go together)")));
+        }
+    }
+    if out.is_empty() {
+        return Err(malformed("no \"username\" field"));
     }
     Ok(out)
 }
@@ -120,6 +153,28 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d.get("username").map(|b| b.expose()), Some(&b"alice"[..]));
         assert_eq!(d.get("password").map(|b| b.expose()), Some(&b"s3cr3t"[..]));
+    }
+
+    #[test]
+    fn kafka_secret_carries_tls_material_as_pem_files() {
+        let pem = "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----";
+        let both = format!(
+            r#"{{"sasl_username": "alice", "sasl_password": "pw", "ssl_ca_pem": "{pem}"}}"#
+        );
+        let d = sasl(both.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let files: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(files, ["ca.pem", "password", "username"]);
+        let mtls = format!(
+            r#"{{"ssl_ca_pem": "{pem}", "ssl_certificate_pem": "{pem}", "ssl_key_pem": "{pem}"}}"#
+        );
+        let d = sasl(mtls.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let files: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(files, ["ca.pem", "cert.pem", "key.pem"]);
+        let half = format!(r#"{{"ssl_certificate_pem": "{pem}"}}"#);
+        assert!(msg(sasl(half.as_bytes())).contains("no \"ssl_key_pem\" field"));
+        let not_pem = r#"{"ssl_ca_pem": "hunter2"}"#;
+        let m = msg(sasl(not_pem.as_bytes()));
+        assert!(m.contains("\"ssl_ca_pem\" is not PEM") && !m.contains("hunter2"), "{m}");
     }
 
     #[test]
