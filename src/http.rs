@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 
@@ -26,10 +27,43 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
 }
 
+/// Whether the process is ready, and why not: `/readyz` answers 503 with the
+/// reason, so `kubectl describe pod` shows it in the probe's failure event.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Readiness {
+    pub fn set_ready(&self, ready: bool) {
+        if ready && let Ok(mut r) = self.reason.lock() {
+            *r = None;
+        }
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Not ready, because of `reason`.
+    pub fn not_ready(&self, reason: impl Into<String>) {
+        self.ready.store(false, Ordering::SeqCst);
+        if let Ok(mut r) = self.reason.lock() {
+            *r = Some(reason.into());
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 }
 
 /// Binds `addr`; separate from serving so a taken port is a startup error.
@@ -43,7 +77,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     serve_on(bind(addr).await?, registry, ready, shutdown).await
@@ -54,7 +88,7 @@ pub async fn serve(
 pub async fn serve_on(
     listener: TcpListener,
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     axum::serve(listener, router(registry, ready))
@@ -63,7 +97,7 @@ pub async fn serve_on(
         .map_err(HttpError::Serve)
 }
 
-pub fn router(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> Router {
+pub fn router(registry: Arc<Registry>, ready: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -80,10 +114,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.is_ready() {
         (StatusCode::OK, "ok").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        let body = match state.ready.reason() {
+            Some(reason) => format!("not ready: {reason}"),
+            None => "not ready".to_string(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 
@@ -115,7 +153,7 @@ mod tests {
     async fn probes_and_metrics() {
         let mut registry = Registry::default();
         let _m = crate::operator::metrics::Metrics::register(&mut registry);
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Readiness::default());
         let app = router(Arc::new(registry), ready.clone());
 
         assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
@@ -123,7 +161,12 @@ mod tests {
             get(app.clone(), "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        ready.store(true, Ordering::Relaxed);
+        ready.not_ready("bus not reached: broken");
+        assert_eq!(
+            get(app.clone(), "/readyz").await.2,
+            "not ready: bus not reached: broken"
+        );
+        ready.set_ready(true);
         assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
 
         let (status, ctype, body) = get(app, "/metrics").await;

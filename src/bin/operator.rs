@@ -14,7 +14,6 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -216,7 +215,7 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         .map_err(|e| Failure::Startup(e.to_string()))?;
     info!(addr = %cfg.metrics_addr, leader_elect = cfg.leader_elect, "operator starting");
 
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(http::Readiness::default());
     let mut server = tokio::spawn(http::serve_on(
         listener,
         Arc::new(registry),
@@ -226,10 +225,10 @@ async fn run(cfg: Config) -> Result<(), Failure> {
     let ctx = Arc::new(Context::new(client.clone(), metrics));
     let ready_ctl = ready.clone();
     let controller = |stop: leader::Stop| async move {
-        ready_ctl.store(true, Ordering::Relaxed);
+        ready_ctl.set_ready(true);
         info!("controller running");
         run_controller(ctx, stop).await;
-        ready_ctl.store(false, Ordering::Relaxed);
+        ready_ctl.set_ready(false);
         info!("controller stopped");
     };
 
@@ -248,7 +247,7 @@ async fn run(cfg: Config) -> Result<(), Failure> {
             controller(leader::Stop::from(rx)).await;
             Ok(())
         };
-        ready.store(false, Ordering::Relaxed);
+        ready.set_ready(false);
         // Whatever ended the controller ends the process, so stop serving too.
         let _ = stop_tx.send(true);
         match tokio::time::timeout(HTTP_DRAIN, &mut server).await {

@@ -15,7 +15,6 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -100,7 +99,7 @@ async fn run() -> Result<(), WriterError> {
     // Registered before the registry is served; only the mirror has its own.
     let mirror_metrics = (cfg.writer_type == WriterType::QueryMirrorConsumer)
         .then(|| MirrorMetrics::register(&mut registry));
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(http::Readiness::default());
     let listener = http::bind(cfg.http_addr)
         .await
         .map_err(|e| WriterError::Config(e.to_string()))?;

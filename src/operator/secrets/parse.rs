@@ -14,8 +14,16 @@ pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..
 /// Fields of the Kafka secret, each with the file it becomes; the seed's
 /// `sasl_username` / `sasl_password` spellings are taken too.
 const KAFKA_FIELDS: [(&[&str], &str, bool); 6] = [
-    (&["username", "sasl_username"], c::KAFKA_SASL_USERNAME_FILE, false),
-    (&["password", "sasl_password"], c::KAFKA_SASL_PASSWORD_FILE, false),
+    (
+        &["username", "sasl_username"],
+        c::KAFKA_SASL_USERNAME_FILE,
+        false,
+    ),
+    (
+        &["password", "sasl_password"],
+        c::KAFKA_SASL_PASSWORD_FILE,
+        false,
+    ),
     (&["ssl_ca_pem"], c::KAFKA_CA_FILE, true),
     (&["ssl_certificate_pem"], c::KAFKA_CERT_FILE, true),
     (&["ssl_key_pem"], c::KAFKA_KEY_FILE, true),
@@ -67,13 +75,23 @@ pub fn sasl(bytes: &[u8]) -> Result<BTreeMap<String, SecretBytes>, SecretError> 
             _ => return Err(malformed(&format!("\"{key}\" is not a string"))),
         };
         if pem && !v.contains("-----BEGIN ") {
-            return Err(malformed(&format!("\"{key}\" is not PEM (no -----BEGIN line)")));
+            return Err(malformed(&format!(
+                "\"{key}\" is not PEM (no -----BEGIN line)"
+            )));
         }
         out.insert(file.to_string(), SecretBytes::new(v.as_bytes().to_vec()));
     }
     for (a, b, what) in [
-        (c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE, "\"username\" and \"password\""),
-        (c::KAFKA_CERT_FILE, c::KAFKA_KEY_FILE, "\"ssl_certificate_pem\" and \"ssl_key_pem\""),
+        (
+            c::KAFKA_SASL_USERNAME_FILE,
+            c::KAFKA_SASL_PASSWORD_FILE,
+            "\"username\" and \"password\"",
+        ),
+        (
+            c::KAFKA_CERT_FILE,
+            c::KAFKA_KEY_FILE,
+            "\"ssl_certificate_pem\" and \"ssl_key_pem\"",
+        ),
     ] {
         if out.contains_key(a) != out.contains_key(b) {
             let missing = if out.contains_key(a) { b } else { a };
@@ -81,7 +99,9 @@ pub fn sasl(bytes: &[u8]) -> Result<BTreeMap<String, SecretBytes>, SecretError> 
                 .iter()
                 .find(|(_, f, _)| *f == missing)
                 .map_or(missing, |(names, _, _)| names[0]);
-            return Err(malformed(&format!("no \"{field}\" field ({what} go together)")));
+            return Err(malformed(&format!(
+                "no \"{field}\" field ({what} go together)"
+            )));
         }
     }
     if out.is_empty() {
@@ -174,7 +194,10 @@ mod tests {
         assert!(msg(sasl(half.as_bytes())).contains("no \"ssl_key_pem\" field"));
         let not_pem = r#"{"ssl_ca_pem": "hunter2"}"#;
         let m = msg(sasl(not_pem.as_bytes()));
-        assert!(m.contains("\"ssl_ca_pem\" is not PEM") && !m.contains("hunter2"), "{m}");
+        assert!(
+            m.contains("\"ssl_ca_pem\" is not PEM") && !m.contains("hunter2"),
+            "{m}"
+        );
     }
 
     #[test]

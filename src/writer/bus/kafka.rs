@@ -9,23 +9,59 @@ use crate::writer::runtime::dlq;
 use crate::writer::runtime::metrics::WriterMetrics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
-/// Feeds librdkafka's statistics into the lag gauge.
+/// Feeds librdkafka's statistics into the lag gauge, and keeps the client's
+/// last error: a failed metadata request only says the brokers did not
+/// answer, the error callback says why (TLS, authentication).
 pub struct LagContext {
     metrics: WriterMetrics,
+    errors: ClientErrors,
 }
 
 impl ClientContext for LagContext {
     fn stats(&self, stats: Statistics) {
         self.metrics.lag_messages.set(consumer_lag(&stats));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason);
+    }
+}
+
+/// The last error librdkafka reported for a client. The producer's is the
+/// one that arrives: its background thread dispatches errors at once, while
+/// the consumer's wait until it is polled, after the bus was reached.
+#[derive(Clone, Default)]
+pub struct ClientErrors(Arc<Mutex<Option<String>>>);
+
+impl ClientErrors {
+    fn last(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn clear(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = None;
+        }
+    }
+}
+
+impl ClientContext for ClientErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(%error, reason, "kafka client error");
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(reason.to_string());
+        }
     }
 }
 
@@ -43,7 +79,8 @@ impl ConsumerContext for LagContext {}
 
 pub struct KafkaBus {
     consumer: StreamConsumer<LagContext>,
-    producer: FutureProducer,
+    producer: FutureProducer<ClientErrors>,
+    errors: ClientErrors,
     dlq_topic: Option<String>,
     /// Messages received while waiting out an outage, served first.
     pending: VecDeque<Envelope>,
@@ -57,6 +94,7 @@ impl KafkaBus {
         dlq_topic: Option<String>,
         metrics: WriterMetrics,
     ) -> Result<Self, BusError> {
+        let errors = ClientErrors::default();
         let mut base = client_config(settings);
         let consumer: StreamConsumer<LagContext> = base
             .clone()
@@ -66,16 +104,20 @@ impl KafkaBus {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &settings.auto_offset_reset)
             .set("statistics.interval.ms", "5000")
-            .create_with_context(LagContext { metrics })?;
+            .create_with_context(LagContext {
+                metrics,
+                errors: errors.clone(),
+            })?;
         consumer.subscribe(&[topic])?;
-        let producer: FutureProducer = base
+        let producer: FutureProducer<ClientErrors> = base
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
-            .create()?;
+            .create_with_context(errors.clone())?;
         Ok(KafkaBus {
             consumer,
             producer,
+            errors,
             dlq_topic,
             pending: VecDeque::new(),
             topic: topic.to_string(),
@@ -157,7 +199,16 @@ impl Bus for KafkaBus {
             tokio::runtime::RuntimeFlavor::CurrentThread => fetch(),
             _ => tokio::task::block_in_place(fetch),
         };
-        result.map_err(BusError::from)
+        if result.is_ok() {
+            self.errors.clear();
+        }
+        result.map_err(|e| match self.errors.last() {
+            Some(cause) => BusError::KafkaUnreachable {
+                request: e.to_string(),
+                cause,
+            },
+            None => BusError::from(e),
+        })
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {

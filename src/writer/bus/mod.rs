@@ -12,6 +12,10 @@ pub enum BusError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("pubsub: {0}")]
     Pubsub(String),
+    /// The brokers did not answer; with the client's last error (a TLS
+    /// handshake, an authentication failure), which says why.
+    #[error("kafka: {request}: {cause}")]
+    KafkaUnreachable { request: String, cause: String },
     #[error(
         "dead-letter topic is not configured (BGP_DLQ_TOPIC); refusing to drop a poison message"
     )]

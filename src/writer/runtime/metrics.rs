@@ -27,6 +27,8 @@ pub struct WriterMetrics {
     pub batch_seconds: Histogram,
     pub bus_to_store_seconds: Histogram,
     pub lag_messages: Gauge,
+    /// 1 once the bus answered, 0 while it does not (the reason is on /readyz).
+    pub bus_reachable: Gauge,
     pub lag_seconds: Gauge<f64, AtomicU64>,
 }
 
@@ -41,6 +43,7 @@ impl Default for WriterMetrics {
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             bus_to_store_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             lag_messages: Gauge::default(),
+            bus_reachable: Gauge::default(),
             lag_seconds: Gauge::default(),
         }
     }
@@ -110,6 +113,11 @@ impl WriterMetrics {
             "bus_to_store_seconds",
             "Time from message publish to durable write",
             m.bus_to_store_seconds.clone(),
+        );
+        r.register(
+            "bus_reachable",
+            "1 once the bus answered, 0 while it does not (the reason is on /readyz)",
+            m.bus_reachable.clone(),
         );
         r.register(
             "consumer_lag_messages",

@@ -2,6 +2,7 @@
 //! until it answers (readiness follows), then run the shared runtime.
 
 use crate::crd::BusBackend;
+use crate::http::Readiness;
 use crate::writer::bus::Bus;
 use crate::writer::bus::kafka::KafkaBus;
 use crate::writer::bus::pubsub::PubsubBus;
@@ -11,7 +12,6 @@ use crate::writer::runtime::metrics::WriterMetrics;
 use crate::writer::runtime::sink::Sink;
 use crate::writer::runtime::{MAX_BACKOFF, Runtime, Settings};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -21,7 +21,7 @@ pub struct Wiring<'a> {
     pub cfg: &'a WriterConfig,
     pub metrics: WriterMetrics,
     /// Turns true once the bus has answered (`/readyz`).
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<Readiness>,
     /// Turns true when shutdown is requested.
     pub stop: watch::Receiver<bool>,
 }
@@ -58,16 +58,24 @@ pub async fn on_bus<S: Sink>(sink: S, wiring: Wiring<'_>) -> Result<(), WriterEr
 
 /// Waits until the bus answers (readiness follows it), logging each new
 /// reason it does not; false when shutdown came first.
-async fn reach_bus<B: Bus>(bus: &B, mut stop: watch::Receiver<bool>) -> bool {
+async fn reach_bus<B: Bus>(
+    bus: &B,
+    ready: &Readiness,
+    metrics: &WriterMetrics,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
     let mut last_error: Option<String> = None;
     loop {
         match bus.reached().await {
             Ok(()) => {
                 info!("bus reached");
+                metrics.bus_reachable.set(1);
                 return true;
             }
             Err(e) => {
                 let reason = e.to_string();
+                metrics.bus_reachable.set(0);
+                ready.not_ready(format!("bus not reached: {reason}"));
                 if last_error.as_deref() != Some(reason.as_str()) {
                     warn!(%reason, "bus not reached yet; not ready");
                     last_error = Some(reason);
@@ -94,10 +102,10 @@ async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(
         max_batch_wait: cfg.max_batch_wait,
         max_backoff: MAX_BACKOFF,
     };
-    if !reach_bus(&bus, stop.clone()).await {
+    if !reach_bus(&bus, &ready, &metrics, stop.clone()).await {
         return Ok(());
     }
-    ready.store(true, Ordering::SeqCst);
+    ready.set_ready(true);
     let totals = Runtime::new(bus, sink, metrics, settings).run(stop).await?;
     info!(?totals, "exiting");
     Ok(())

@@ -28,7 +28,6 @@ use offline_writer::ResultDecoder;
 use online_vector_store_writer::VectorSink;
 use online_writer::OnlineSink;
 use query_mirror_consumer::{MirrorMetrics, MirrorSink};
-use std::sync::atomic::Ordering;
 use usage_bus_writer::UsageSink;
 
 /// Opens the configured writer type's sink and runs it until `wiring.stop`
@@ -67,7 +66,7 @@ pub async fn run(
         {
             let writer = ExactlyOnce::connect(cfg, wiring.metrics)
                 .map_err(|e| WriterError::Config(e.to_string()))?;
-            wiring.ready.store(true, Ordering::SeqCst);
+            wiring.ready.set_ready(true);
             writer
                 .run(wiring.stop)
                 .await
