@@ -201,12 +201,14 @@ pub async fn apply_bp(client: &Client, bp: &Value) -> anyhow::Result<()> {
 }
 
 /// Cloud secrets of one test in the rig's moto: SASL credentials that work on
-/// the rig's Kafka and the given store URIs, under `<prefix>/...`.
+/// the rig's Kafka (with the rig's CA, for TLS) and the given store URIs,
+/// under `<prefix>/...`.
 pub async fn cloud_secrets(prefix: &str, stores: &[(&str, String)]) -> anyhow::Result<Value> {
     let sasl = format!("{prefix}/kafka-sasl");
     let creds = json!({
         "username": rig("kafka", "BGP_KAFKA_SCRAM_USER"),
         "password": rig("kafka", "BGP_KAFKA_SCRAM_PASSWORD"),
+        "ssl_ca_pem": std::fs::read_to_string(rig("kafka", "BGP_RIG_CA"))?,
     });
     support::cloud::create_aws(&sasl, &creds.to_string()).await?;
     let mut uris = serde_json::Map::new();
@@ -219,8 +221,9 @@ pub async fn cloud_secrets(prefix: &str, stores: &[(&str, String)]) -> anyhow::R
 }
 
 /// The seed example pointed at the rig, as `hack/demo` does: the pod-facing
-/// SASL listener (SASL_PLAINTEXT, the seed's SCRAM-SHA-512), this project's
-/// image for every image field, a standalone Redis; `patch` merged last.
+/// SASL_SSL listener with the seed's own security settings (SASL_SSL,
+/// SCRAM-SHA-512; the rig's CA in the Kafka secret), this project's image for
+/// every image field, a standalone Redis; `patch` merged last.
 pub fn seed(prefix: &str, patch: Value) -> anyhow::Result<Value> {
     let image = image();
     let mut bp = support::seed_value(
@@ -233,8 +236,7 @@ pub fn seed(prefix: &str, patch: Value) -> anyhow::Result<Value> {
                 "bus_writer_image_rust": image,
                 "service_account_name": "writers",
             },
-            "kafka_bootstrap_servers": rig("kafka", "BGP_KAFKA_SASL_FOR_PODS"),
-            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_bootstrap_servers": rig("kafka", "BGP_KAFKA_SASL_SSL_FOR_PODS"),
             "redis_is_clustered": "0",
         }),
     )?;

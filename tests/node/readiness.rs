@@ -82,9 +82,10 @@ async fn a_writer_pod_is_ready_only_after_it_reaches_its_bus() -> anyhow::Result
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // Open the bus: the proxy leads to Kafka's pod-facing SASL listener.
+    // Open the bus: the proxy leads to Kafka's pod-facing SASL_SSL listener
+    // (its certificate names the pod-facing address the proxy listens on).
     let listener = TcpListener::bind((host.as_str(), port)).await?;
-    forward(listener, rig("kafka", "BGP_KAFKA_SASL_FOR_PODS"));
+    forward(listener, rig("kafka", "BGP_KAFKA_SASL_SSL_FOR_PODS"));
     let ready = cluster::wait_ready(&pods, &selector, 1, Duration::from_secs(60)).await?;
     let restarts: i32 = ready[0]
         .status
