@@ -24,6 +24,7 @@ mod online_dynamodb;
 mod online_kafka;
 mod online_pubsub;
 mod pg_store;
+mod pg_tls;
 mod robustness;
 mod usage_kafka;
 mod vector_common;

@@ -1,8 +1,10 @@
 //! Postgres connections for the writers whose store is Postgres (offline,
-//! metrics, usage, vector): one pool per process, TLS when the server offers it.
+//! metrics, usage, vector): one pool per process, TLS as libpq's `sslmode`
+//! and `sslrootcert` say (`tls.rs`).
 
 pub mod row_sink;
 pub mod rows;
+pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -21,38 +23,26 @@ pub enum PgError {
 }
 
 /// A pool of at most `size` connections to `uri` (`postgres://` URL or
-/// key=value form). `sslmode=disable` connects in clear; otherwise TLS is
-/// tried with the system's roots (and required when the URI says so).
+/// key=value form), with libpq's TLS settings (`tls::split`).
 pub fn pool(uri: &str, size: usize) -> Result<Pool, PgError> {
-    let config: tokio_postgres::Config = uri
-        .trim()
+    let (uri, tls) = tls::split(uri)?;
+    let mut config: tokio_postgres::Config = uri
         .parse()
         .map_err(|e: tokio_postgres::Error| PgError::Uri(e.to_string()))?;
+    config.ssl_mode(tls.mode);
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
-    let manager = if config.get_ssl_mode() == SslMode::Disable {
+    let manager = if tls.mode == SslMode::Disable {
         Manager::from_config(config, NoTls, manager_config)
     } else {
-        Manager::from_config(config, tls()?, manager_config)
+        let connect = tokio_postgres_rustls::MakeRustlsConnect::new(tls.client_config()?);
+        Manager::from_config(config, connect, manager_config)
     };
     Pool::builder(manager)
         .max_size(size.max(1))
         .build()
         .map_err(|e| PgError::Pool(e.to_string()))
-}
-
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PgError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // A broken system certificate should not stop the writer.
-        let _ = roots.add(cert);
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// Whether a failed statement may succeed when retried as is: connection
