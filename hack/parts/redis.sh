@@ -1,6 +1,8 @@
-# Redis from Debian's package, run as our own processes: a standalone server
-# and a 3-master Redis Cluster, all on 127.0.0.1 and without persistence.
+# Redis from Debian's package, run as our own processes: a standalone server,
+# a 3-master Redis Cluster, and a TLS-only standalone server (certificate from
+# the rig's private CA), all on 127.0.0.1 and without persistence.
 REDIS_PORT=${BGP_REDIS_PORT:-16379}
+REDIS_TLS_PORT=${BGP_REDIS_TLS_PORT:-16380}
 REDIS_CLUSTER_PORTS=(17001 17002 17003)
 REDIS_DIR=$RIG_DIR/redis
 
@@ -54,11 +56,15 @@ redis_cluster_ok() {
 redis_start() {
   local i p addrs=()
   redis_spawn redis "$REDIS_PORT"
+  rig_pki
+  redis_spawn redis-tls 0 --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$PKI_DIR/server.pem" \
+    --tls-key-file "$PKI_DIR/server.key" --tls-ca-cert-file "$PKI_DIR/ca.pem" --tls-auth-clients no
   for i in "${!REDIS_CLUSTER_PORTS[@]}"; do
     redis_spawn "redis-cluster-$((i + 1))" "${REDIS_CLUSTER_PORTS[i]}" \
       --cluster-enabled yes --cluster-config-file nodes.conf
   done
   wait_port "$REDIS_PORT" 30 || fail_part redis "not listening on $REDIS_PORT"
+  wait_port "$REDIS_TLS_PORT" 30 || fail_part redis "TLS server not listening on $REDIS_TLS_PORT"
   for p in "${REDIS_CLUSTER_PORTS[@]}"; do
     wait_port "$p" 30 || fail_part redis "cluster node not listening on $p"
     addrs+=("127.0.0.1:$p")
@@ -84,11 +90,12 @@ redis_start() {
 }
 
 redis_health() {
-  [ "$(redis_cli "$REDIS_PORT" ping 2>/dev/null | tr -d '\r')" = PONG ] && redis_cluster_ok
+  [ "$(redis_cli "$REDIS_PORT" ping 2>/dev/null | tr -d '\r')" = PONG ] && redis_cluster_ok \
+    && [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_TLS_PORT" --tls --cacert "$PKI_DIR/ca.pem" ping 2>/dev/null | tr -d '\r')" = PONG ]
 }
 
 redis_stop() {
-  local i names=(redis) n
+  local i names=(redis redis-tls) n
   for i in "${!REDIS_CLUSTER_PORTS[@]}"; do names+=("redis-cluster-$((i + 1))"); done
   # Signal all first so the shutdowns overlap; stop_pid then waits and cleans up.
   for n in "${names[@]}"; do
@@ -103,4 +110,6 @@ redis_env() {
   echo "BGP_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
   echo "BGP_REDIS_URL_FOR_PODS=redis://$RIG_HOST_IP:$REDIS_PORT/0"
   echo "BGP_REDIS_CLUSTER_NODES=$(IFS=,; echo "${nodes[*]}")"
+  echo "BGP_REDIS_TLS_URL=rediss://127.0.0.1:$REDIS_TLS_PORT/0"
+  echo "BGP_REDIS_TLS_CA=$PKI_DIR/ca.pem"
 }

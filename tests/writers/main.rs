@@ -23,6 +23,7 @@ mod offline_warehouse_fakes;
 mod online_dynamodb;
 mod online_kafka;
 mod online_pubsub;
+mod online_tls;
 mod pg_store;
 mod pg_tls;
 mod robustness;

@@ -62,12 +62,17 @@ pub struct RedisTarget {
     pub clustered: bool,
     pub key_prefix: String,
     pub concurrency: usize,
+    /// `rediss://`: the CAs to trust instead of the system's, as PEM
+    /// (`ssl_ca_certs=<file>` on the URI, as redis-py spells it).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisTarget {
     /// Parses the online-store URI: `redis[s]://host:port/db?password=...&clustered=true`,
     /// several comma-separated for cluster seeds. `clustered` in the URI, or the
-    /// resource's `redis_is_clustered`, selects cluster mode.
+    /// resource's `redis_is_clustered`, selects cluster mode; `ssl_ca_certs`
+    /// names a PEM file of CAs for `rediss://` (read here, so a missing file
+    /// is a configuration error).
     pub fn parse(
         uri: &str,
         clustered_flag: bool,
@@ -76,6 +81,7 @@ impl RedisTarget {
     ) -> Result<Self, String> {
         let mut clustered = clustered_flag;
         let mut urls = Vec::new();
+        let mut ca_file = None;
         for part in uri.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let mut u = url::Url::parse(part).map_err(|e| format!("online store URI: {e}"))?;
             if !matches!(u.scheme(), "redis" | "rediss") {
@@ -90,6 +96,7 @@ impl RedisTarget {
                 match k.as_ref() {
                     "clustered" => clustered |= matches!(v.as_ref(), "1" | "true"),
                     "password" => password = Some(v.into_owned()),
+                    "ssl_ca_certs" => ca_file = Some(v.into_owned()),
                     _ => keep.push((k.into_owned(), v.into_owned())),
                 }
             }
@@ -106,11 +113,26 @@ impl RedisTarget {
         if urls.is_empty() {
             return Err("online store URI is empty".into());
         }
+        let ca_pem = ca_file
+            .map(|f| {
+                std::fs::read(&f).map_err(|e| format!("online store URI: ssl_ca_certs {f}: {e}"))
+            })
+            .transpose()?;
         Ok(RedisTarget {
             urls,
             clustered,
             key_prefix: key_prefix.into(),
             concurrency: concurrency.max(1),
+            ca_pem,
+        })
+    }
+}
+
+impl RedisTarget {
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca_pem.as_ref().map(|ca| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
         })
     }
 }
@@ -136,13 +158,20 @@ impl RedisStore {
         self.conn
             .get_or_try_init(|| async {
                 if t.clustered {
-                    let client = ClusterClient::builder(t.urls.clone())
+                    let mut builder = ClusterClient::builder(t.urls.clone())
                         .connection_timeout(Duration::from_secs(5))
-                        .response_timeout(Duration::from_secs(5))
-                        .build()?;
-                    Ok(Conn::Cluster(client.get_async_connection().await?))
+                        .response_timeout(Duration::from_secs(5));
+                    if let Some(certs) = t.certificates() {
+                        builder = builder.certs(certs);
+                    }
+                    Ok(Conn::Cluster(
+                        builder.build()?.get_async_connection().await?,
+                    ))
                 } else {
-                    let client = redis::Client::open(t.urls[0].as_str())?;
+                    let client = match t.certificates() {
+                        Some(certs) => redis::Client::build_with_tls(t.urls[0].as_str(), certs)?,
+                        None => redis::Client::open(t.urls[0].as_str())?,
+                    };
                     // One reconnect retry: the runtime's capped backoff (with
                     // its retry metric and shutdown check) does the waiting.
                     let config = ConnectionManagerConfig::new()
