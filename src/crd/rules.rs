@@ -74,7 +74,7 @@ pub fn spec_rules() -> Vec<Rule> {
     );
     rules.push(
         Rule::new("!has(self.kafka_sasl_secret) || has(self.common_persistence_specs.secret_client)")
-            .message("kafka_sasl_secret needs common_persistence_specs.secret_client (AWS or GCP) to say where the secret lives")
+            .message("kafka_sasl_secret needs common_persistence_specs.secret_client (AWS, GCP or KUBERNETES) to say where the secret lives")
             .reason(Reason::FieldValueRequired),
     );
     rules.push(
@@ -97,7 +97,7 @@ pub fn spec_rules() -> Vec<Rule> {
     );
     rules.push(
         Rule::new("!has(self.store_uri_secrets) || has(self.common_persistence_specs.secret_client)")
-            .message("store_uri_secrets needs common_persistence_specs.secret_client (AWS or GCP) to say where the secrets live")
+            .message("store_uri_secrets needs common_persistence_specs.secret_client (AWS, GCP or KUBERNETES) to say where the secrets live")
             .reason(Reason::FieldValueRequired),
     );
     rules

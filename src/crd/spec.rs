@@ -188,6 +188,8 @@ pub enum BusBackend {
 pub enum SecretClient {
     Aws,
     Gcp,
+    /// An existing Secret, in the writers' namespace or `<namespace>/<name>`.
+    Kubernetes,
 }
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -107,30 +107,39 @@ pub async fn run_selected(
     let controller = Controller::new(
         Api::<BackgroundPersistence>::all(client.clone()),
         selection.any_semantic(),
-    )
-    .watches(
-        Api::<Deployment>::all(client.clone()),
-        owned.clone(),
-        owner_of,
-    )
-    .watches(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        owned.clone(),
-        owner_of,
-    )
-    .watches(
-        Api::<ServiceAccount>::all(client.clone()),
-        owned.clone(),
-        owner_of,
-    )
-    .watches(Api::<Secret>::all(client), owned, owner_of)
-    .graceful_shutdown_on(shutdown.clone())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            warn!(error = %e, "reconcile loop");
-        }
-    });
+    );
+    let resources = controller.store();
+    let controller = controller
+        // `secret_client: KUBERNETES`: a change to a Secret a resource reads
+        // reconciles that resource at once (its writers roll if the data changed).
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |s: Secret| reading(&resources, &s),
+        )
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            owned.clone(),
+            owner_of,
+        )
+        .watches(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+            owner_of,
+        )
+        .watches(
+            Api::<ServiceAccount>::all(client.clone()),
+            owned.clone(),
+            owner_of,
+        )
+        .watches(Api::<Secret>::all(client), owned, owner_of)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile loop");
+            }
+        });
     // A reconcile stuck on a slow cloud API must not hold up shutdown: every
     // step is idempotent, so an abandoned one simply runs again next start.
     let grace = async {
@@ -145,6 +154,29 @@ pub async fn run_selected(
 
 /// How long in-flight reconciles may finish after shutdown is requested.
 pub const RECONCILE_GRACE: Duration = Duration::from_secs(4);
+
+/// The resources that read `secret` as a Kubernetes secret source.
+fn reading(
+    resources: &kube::runtime::reflector::Store<BackgroundPersistence>,
+    secret: &Secret,
+) -> Vec<ObjectRef<BackgroundPersistence>> {
+    let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+    resources
+        .state()
+        .iter()
+        .filter(|bp| {
+            bp.spec.common_persistence_specs.secret_client
+                == Some(crate::crd::SecretClient::Kubernetes)
+                && render::secret::wanted(bp).iter().any(|(_, reference)| {
+                    secrets::kubernetes::locate(
+                        reference,
+                        &bp.spec.common_persistence_specs.namespace,
+                    ) == (ns.as_str(), name.as_str())
+                })
+        })
+        .map(|bp| ObjectRef::from_obj(bp.as_ref()))
+        .collect()
+}
 
 /// Children name their resource in a label: the resource is cluster-scoped and
 /// owner references alone cannot be mapped back without its namespace.

@@ -52,10 +52,19 @@ impl Slot {
         }
     }
 
-    /// The keys the slot writes in its Secret.
+    /// The keys the slot may write in its Secret: the Kafka credentials and
+    /// TLS files (each optional: the parser checks what goes together), or
+    /// the store's URI file.
     pub fn keys(self) -> Vec<&'static str> {
         match self {
-            Slot::KafkaSasl => vec![c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE],
+            Slot::KafkaSasl => vec![
+                c::KAFKA_SASL_USERNAME_FILE,
+                c::KAFKA_SASL_PASSWORD_FILE,
+                c::KAFKA_CA_FILE,
+                c::KAFKA_CERT_FILE,
+                c::KAFKA_KEY_FILE,
+                c::KAFKA_KEY_PASSWORD_FILE,
+            ],
             Slot::StoreUri(k) => store_uri_file(k).into_iter().collect(),
         }
     }
@@ -225,15 +234,17 @@ pub fn render(
         let mut data = BTreeMap::new();
         let mut annotations = BTreeMap::new();
         for (slot, entry) in &slots {
-            for key in slot.keys() {
-                let value = entry
-                    .data
-                    .get(key)
-                    .ok_or_else(|| RenderError::SecretKeyMissing {
-                        field: slot.field(),
-                        key,
-                    })?;
-                data.insert(key.to_string(), ByteString(value.expose().to_vec()));
+            let keys = slot.keys();
+            if !keys.iter().any(|k| entry.data.contains_key(*k)) {
+                return Err(RenderError::SecretKeyMissing {
+                    field: slot.field(),
+                    key: keys.first().copied().unwrap_or_default(),
+                });
+            }
+            for key in keys {
+                if let Some(value) = entry.data.get(key) {
+                    data.insert(key.to_string(), ByteString(value.expose().to_vec()));
+                }
             }
             annotations.insert(slot.cloud_secret_annotation(), entry.cloud_secret.clone());
             annotations.insert(slot.version_annotation(), entry.version.clone());

@@ -7,6 +7,7 @@
 
 mod aws;
 mod gcp;
+pub mod kubernetes;
 pub mod parse;
 
 pub use aws::AwsSecretsManager;
@@ -17,6 +18,7 @@ use super::render::secret::{self, Slot};
 use super::render::{SecretBytes, SecretEntry, SecretInputs};
 use super::status::{SecretIssue, SecretsOutcome};
 use super::{Error, FIELD_MANAGER, apply, metrics::Metrics};
+use crate::contract as c;
 use crate::crd::{BackgroundPersistence, SecretClient, SecretStatus};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -146,11 +148,19 @@ impl SecretSettings {
         self
     }
 
-    fn source(&self, client: SecretClient) -> &dyn SecretSource {
+    /// The cloud manager behind `client`; None for Kubernetes Secrets,
+    /// which are read through the operator's own client (`kubernetes.rs`).
+    fn source(&self, client: SecretClient) -> Option<&dyn SecretSource> {
         match client {
-            SecretClient::Aws => self.aws.as_ref(),
-            SecretClient::Gcp => self.gcp.as_ref(),
+            SecretClient::Aws => Some(self.aws.as_ref()),
+            SecretClient::Gcp => Some(self.gcp.as_ref()),
+            SecretClient::Kubernetes => None,
         }
+    }
+
+    fn provider(&self, client: SecretClient) -> &'static str {
+        self.source(client)
+            .map_or(kubernetes::PROVIDER, |s| s.provider())
     }
 
     /// The secret's value: cached while younger than `refresh` and fetched for
@@ -161,12 +171,14 @@ impl SecretSettings {
         client: SecretClient,
         name: &str,
     ) -> Result<SecretValue, SecretError> {
+        let Some(source) = self.source(client) else {
+            return Err(SecretError::Unavailable(
+                "not a cloud secret manager".into(),
+            ));
+        };
         let key = CacheKey {
             uid: bp.metadata.uid.clone().unwrap_or_default(),
-            client: match client {
-                SecretClient::Aws => "aws",
-                SecretClient::Gcp => "gcp",
-            },
+            client: source.provider(),
             name: name.to_string(),
         };
         // Requeues fire at `refresh`, so allow a little early.
@@ -178,7 +190,6 @@ impl SecretSettings {
         {
             return Ok(c.value.clone());
         }
-        let source = self.source(client);
         let fetched = tokio::time::timeout(FETCH_TIMEOUT, source.fetch(name))
             .await
             .unwrap_or_else(|_| {
@@ -253,13 +264,16 @@ pub async fn read(
             out.live.insert(name.clone(), s);
         }
     }
-    let provider = settings.source(client_kind).provider();
+    let provider = settings.provider(client_kind);
     for (slot, cloud_secret) in wanted {
         let secret_name = slot.secret_name(&resource);
-        let fetched = settings
-            .fetch(bp, client_kind, &cloud_secret)
-            .await
-            .and_then(|v| parse::entry(slot, &cloud_secret, &v));
+        let value = match client_kind {
+            // Read on every reconcile, uncached: the watch on Secrets
+            // triggers one when the source changes.
+            SecretClient::Kubernetes => kubernetes::fetch(client, ns, &cloud_secret, slot).await,
+            _ => settings.fetch(bp, client_kind, &cloud_secret).await,
+        };
+        let fetched = value.and_then(|v| parse::entry(slot, &cloud_secret, &v));
         let entry = match fetched {
             Ok(entry) => Some(entry),
             Err(e) => {
@@ -304,9 +318,22 @@ fn live_entry(live: Option<&Secret>, slot: Slot) -> Option<SecretEntry> {
     let cloud_secret = annotations.get(&slot.cloud_secret_annotation())?.clone();
     let version = annotations.get(&slot.version_annotation())?.clone();
     let data = live.data.as_ref()?;
-    let mut out = BTreeMap::new();
-    for key in slot.keys() {
-        out.insert(key.to_string(), SecretBytes::new(data.get(key)?.0.clone()));
+    let out: BTreeMap<String, SecretBytes> = slot
+        .keys()
+        .into_iter()
+        .filter_map(|key| Some((key.to_string(), SecretBytes::new(data.get(key)?.0.clone()))))
+        .collect();
+    // Half a pair (a username without its password) is not a usable value.
+    let pairs = [
+        (c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE),
+        (c::KAFKA_CERT_FILE, c::KAFKA_KEY_FILE),
+    ];
+    if out.is_empty()
+        || pairs
+            .iter()
+            .any(|(a, b)| out.contains_key(*a) != out.contains_key(*b))
+    {
+        return None;
     }
     Some(SecretEntry {
         cloud_secret,

@@ -5,6 +5,7 @@
 mod aws;
 mod fake_gcp_secret_manager;
 mod gcp;
+mod kubernetes;
 mod leaks;
 mod rotation;
 
