@@ -13,6 +13,20 @@ pub enum LogFormat {
     Text,
 }
 
+/// The flag both binaries share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log lines as JSON or text.
+    #[arg(
+        long,
+        env = "BGP_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Json
+    )]
+    pub log_format: LogFormat,
+}
+
 impl LogFormat {
     pub fn is_json(self) -> bool {
         self == LogFormat::Json

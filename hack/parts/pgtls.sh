@@ -48,15 +48,8 @@ pgtls_health() {
   is_running pgtls && "$PGTLS_BIN/pg_isready" -q -h "$PGTLS_SOCK" -p "$PGTLS_PORT" -U postgres -d postgres
 }
 
-pgtls_stop() {
-  if is_running pgtls; then
-    local pid i
-    pid=$(cat "$(pidfile pgtls)")
-    kill -INT "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  fi
-  stop_pid pgtls
-}
+# pg_fast_stop is in postgres.sh (hack/rig sources every part).
+pgtls_stop() { pg_fast_stop pgtls; }
 
 pgtls_env() {
   echo "BGP_PGTLS_URL=postgres://postgres@127.0.0.1:$PGTLS_PORT/postgres"

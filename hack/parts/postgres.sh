@@ -84,16 +84,20 @@ postgres_health() {
   [ -x "$PG_BIN/psql" ] && [ "$(pg_psql -d "$PG_DB" -tAc 'select 1' 2>/dev/null)" = 1 ]
 }
 
-postgres_stop() {
-  # SIGTERM is Postgres' "smart" shutdown, which waits for clients; SIGINT is "fast".
-  if is_running postgres; then
+# Stops the Postgres server started as part NAME. SIGTERM is Postgres'
+# "smart" shutdown, which waits for clients; SIGINT is "fast".
+pg_fast_stop() {
+  local name=$1
+  if is_running "$name"; then
     local pid i
-    pid=$(cat "$(pidfile postgres)")
+    pid=$(cat "$(pidfile "$name")")
     kill -INT "$pid" 2>/dev/null || true
     for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   fi
-  stop_pid postgres
+  stop_pid "$name"
 }
+
+postgres_stop() { pg_fast_stop postgres; }
 
 postgres_env() {
   echo "BGP_POSTGRES_URL=postgres://postgres@127.0.0.1:$POSTGRES_PORT/$PG_DB"

@@ -1,7 +1,7 @@
 //! bgpersist-operator: reconciles BackgroundPersistence resources, serves
 //! /metrics, /healthz and /readyz, and elects a leader through a Lease.
 
-use bgpersist::cli::{LogFormat, one_line, with_env};
+use bgpersist::cli::{LogArgs, one_line, with_env};
 use bgpersist::http;
 use bgpersist::operator::leader::{self, LeaseConfig};
 use bgpersist::operator::metrics::Metrics;
@@ -84,15 +84,8 @@ struct Cli {
         value_parser = NonEmptyStringValueParser::new()
     )]
     lease_identity: Option<String>,
-    /// Log lines as JSON or text.
-    #[arg(
-        long,
-        env = "BGP_LOG_FORMAT",
-        value_name = "FORMAT",
-        value_enum,
-        default_value_t = LogFormat::Json
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +115,7 @@ where
         metrics_addr: cli.metrics_addr,
         leader_elect: cli.leader_elect,
         lease: LeaseConfig::new(cli.lease_name, namespace, identity),
-        log_json: cli.log_format.is_json(),
+        log_json: cli.log.log_format.is_json(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! bgpersist-writer: consumes one bus subscription and writes one store,
 //! configured exactly as the operator renders it (env + mounted files).
 
-use bgpersist::cli::{LogFormat, one_line, with_env};
+use bgpersist::cli::{LogArgs, one_line, with_env};
 use bgpersist::crd::WriterType;
 use bgpersist::http;
 use bgpersist::writer::config::WriterConfig;
@@ -33,15 +33,8 @@ use tracing::{error, info};
     args_override_self = true
 )]
 struct Cli {
-    /// Log lines as JSON or text.
-    #[arg(
-        long,
-        env = "BGP_LOG_FORMAT",
-        value_name = "FORMAT",
-        value_enum,
-        default_value_t = LogFormat::Json
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> ExitCode {
@@ -60,7 +53,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(WriterError::Config(one_line(&e))),
     };
     bgpersist::install_crypto_provider();
-    bgpersist::telemetry::init(cli.log_format.is_json());
+    bgpersist::telemetry::init(cli.log.log_format.is_json());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
