@@ -55,20 +55,36 @@ async fn with_keda(patch: Value) -> anyhow::Result<Fixture> {
     Fixture::new(patch).await
 }
 
-/// Writes the scale subresource as the HPA controller does (an update, not an apply).
+/// Writes the scale subresource as the HPA controller does (an update, not an
+/// apply), retrying on a conflict as it does: the rig's Deployment controller
+/// writes status in between.
 async fn scale_as_hpa(f: &Fixture, writer: &str, replicas: i32) -> anyhow::Result<()> {
-    let api = f.deployments();
-    let name = f.dep_name(writer);
-    let mut scale = api.get_scale(&name).await?;
-    scale.spec = Some(ScaleSpec {
-        replicas: Some(replicas),
-    });
+    replace_scale_as_hpa(&f.deployments(), &f.dep_name(writer), replicas).await
+}
+
+async fn replace_scale_as_hpa(
+    api: &Api<Deployment>,
+    name: &str,
+    replicas: i32,
+) -> anyhow::Result<()> {
     let pp = PostParams {
         field_manager: Some(HPA_MANAGER.into()),
         ..Default::default()
     };
-    api.replace_scale(&name, &pp, &scale).await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        let mut scale = api.get_scale(name).await?;
+        scale.spec = Some(ScaleSpec {
+            replicas: Some(replicas),
+        });
+        match api.replace_scale(name, &pp, &scale).await {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < 10 => attempt += 1,
+            result => {
+                result?;
+                return Ok(());
+            }
+        }
+    }
 }
 
 async fn deployment(f: &Fixture, writer: &str) -> anyhow::Result<Deployment> {
@@ -439,13 +455,7 @@ async fn gitops_reapply_of_the_autoscaled_example_changes_nothing() -> anyhow::R
     assert!(so.get_opt(&online).await?.is_some());
 
     // The autoscaler scales out, then Argo CD syncs the unchanged file again.
-    let mut scale = deployments.get_scale(&online).await?;
-    scale.spec = Some(ScaleSpec { replicas: Some(7) });
-    let hpa = PostParams {
-        field_manager: Some(HPA_MANAGER.into()),
-        ..Default::default()
-    };
-    deployments.replace_scale(&online, &hpa, &scale).await?;
+    replace_scale_as_hpa(&deployments, &online, 7).await?;
     reconcile_once(&bps.get(&name).await?, &ctx).await?;
     let before = bps.get(&name).await?;
     bps.patch(&name, &argo, &Patch::Apply(&doc)).await?;
