@@ -115,7 +115,7 @@ pub fn render_with_secrets(
             replicas,
         } = deployment::render(bp, &resource, rw, &owner, secrets);
         let autoscaling = w.autoscaling.as_ref().map(|auto| {
-            let auth = trigger_authentication::render(bp, &resource, rw, &owner);
+            let auth = trigger_authentication::render(bp, &resource, rw, &owner, secrets);
             let auth_name = auth.as_ref().and_then(|a| a.metadata.name.clone());
             RenderedAutoscaling {
                 scaled_object: scaled_object::render(

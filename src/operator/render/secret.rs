@@ -297,6 +297,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn keda_authenticates_with_the_files_the_kafka_secret_holds() {
+        let bp = seed_with(json!({
+            "kafka_security_protocol": "SSL", "kafka_sasl_mechanism": null,
+            "writers": [{"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+                "autoscaling": {"max_replicas": 4}}]
+        }));
+        let pem = "-----BEGIN CERTIFICATE-----";
+        let mtls = SecretInputs {
+            entries: BTreeMap::from([(
+                Slot::KafkaSasl,
+                entry(
+                    "kafka/user",
+                    "v1",
+                    &[("ca.pem", pem), ("cert.pem", pem), ("key.pem", pem)],
+                ),
+            )]),
+        };
+        let r = rendered(&bp, &mtls);
+        let auth = r.writers[0]
+            .autoscaling
+            .as_ref()
+            .and_then(|a| a.trigger_authentication.as_ref())
+            .map(|t| t.data["spec"]["secretTargetRef"].clone())
+            .unwrap_or_default();
+        let parameters: Vec<&str> = auth
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["parameter"].as_str())
+            .collect();
+        assert_eq!(parameters, ["ca", "cert", "key"], "{auth}");
+    }
+
     fn inputs(sasl_version: &str, metrics_version: &str, password: &str) -> SecretInputs {
         SecretInputs {
             entries: BTreeMap::from([

@@ -4,6 +4,7 @@
 //! Pub/Sub, KEDA's own GCP Workload Identity (Cloud Monitoring is read by
 //! the KEDA operator, not by the writers).
 
+use super::secret::{SecretInputs, Slot};
 use super::{labels, scaled_object};
 use crate::contract as c;
 use crate::crd::{BackgroundPersistence, BusBackend};
@@ -27,12 +28,26 @@ pub fn name(resource: &str, writer: &str) -> String {
     super::names::deployment_name(resource, writer)
 }
 
-/// The writer's TriggerAuthentication, when its trigger needs credentials.
+/// KEDA's Kafka parameters for the files the Kafka Secret may carry.
+const KAFKA_PARAMETERS: [(&str, &str); 6] = [
+    ("username", c::KAFKA_SASL_USERNAME_FILE),
+    ("password", c::KAFKA_SASL_PASSWORD_FILE),
+    ("ca", c::KAFKA_CA_FILE),
+    ("cert", c::KAFKA_CERT_FILE),
+    ("key", c::KAFKA_KEY_FILE),
+    ("keyPassword", c::KAFKA_KEY_PASSWORD_FILE),
+];
+
+/// The writer's TriggerAuthentication, when its trigger needs credentials:
+/// on Kafka, a reference to each file the synced Kafka Secret holds (the
+/// credentials until a value was read), so KEDA's scaler connects as the
+/// writers do, TLS material included.
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
     rw: &ResolvedWriter,
     owner: &OwnerReference,
+    secrets: &SecretInputs,
 ) -> Option<DynamicObject> {
     let w = rw.spec;
     if !scaled_object::needs_authentication(bp) {
@@ -41,11 +56,16 @@ pub fn render(
     let spec = match bp.spec.common_persistence_specs.bus_backend {
         BusBackend::Kafka => {
             let secret = super::names::kafka_sasl_secret_name(resource);
-            let key = |parameter: &str, key: &str| json!({"parameter": parameter, "name": secret, "key": key});
-            json!({"secretTargetRef": [
-                key("username", c::KAFKA_SASL_USERNAME_FILE),
-                key("password", c::KAFKA_SASL_PASSWORD_FILE),
-            ]})
+            let held = secrets.entries.get(&Slot::KafkaSasl).map(|e| &e.data);
+            let refs: Vec<serde_json::Value> = KAFKA_PARAMETERS
+                .iter()
+                .filter(|(_, file)| match held {
+                    Some(data) => data.contains_key(*file),
+                    None => [c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE].contains(file),
+                })
+                .map(|(parameter, file)| json!({"parameter": parameter, "name": secret, "key": file}))
+                .collect();
+            json!({ "secretTargetRef": refs })
         }
         BusBackend::Pubsub => json!({"podIdentity": {"provider": "gcp"}}),
     };
