@@ -58,6 +58,20 @@ pub const KAFKA_CERT_FILE: &str = "cert.pem";
 pub const KAFKA_KEY_FILE: &str = "key.pem";
 /// The client key's password, when the key is encrypted.
 pub const KAFKA_KEY_PASSWORD_FILE: &str = "key_password";
+/// Every file the Kafka secret may hold, in the order written.
+pub const KAFKA_SECRET_FILES: [&str; 6] = [
+    KAFKA_SASL_USERNAME_FILE,
+    KAFKA_SASL_PASSWORD_FILE,
+    KAFKA_CA_FILE,
+    KAFKA_CERT_FILE,
+    KAFKA_KEY_FILE,
+    KAFKA_KEY_PASSWORD_FILE,
+];
+/// Files that only work together: a value with one and not the other is unusable.
+pub const KAFKA_SECRET_PAIRS: [(&str, &str); 2] = [
+    (KAFKA_SASL_USERNAME_FILE, KAFKA_SASL_PASSWORD_FILE),
+    (KAFKA_CERT_FILE, KAFKA_KEY_FILE),
+];
 
 /// Where a writer's store connection URI is mounted, when the spec names a
 /// cloud secret for its store (`store_uri_secrets`). Only the writer's own

@@ -5,7 +5,7 @@
 
 use crate::harness::*;
 use crate::pg_store::*;
-use crate::support::{rig, unique};
+use crate::support::unique;
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::UsageEvent;
 use std::time::Duration;
@@ -29,22 +29,14 @@ fn event(id: &str, quantity: f64) -> UsageEvent {
 }
 
 fn usage_writer_env(topic: &str, dlq: &str, group: &str, uri: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("BGP_WRITER_TYPE", "USAGE_BUS_WRITER".into()),
-        ("BGP_WRITER_NAME", "usage".into()),
-        ("BGP_RESOURCE", "test".into()),
-        ("BGP_BUS_BACKEND", "KAFKA".into()),
-        ("BGP_SUBSCRIPTION", topic.into()),
-        ("BGP_DLQ_TOPIC", dlq.into()),
-        (
-            "BGP_KAFKA_BOOTSTRAP_SERVERS",
-            rig("kafka", "BGP_KAFKA_PLAINTEXT"),
-        ),
-        ("BGP_KAFKA_CONSUMER_GROUP", group.into()),
-        // As the operator renders the spec's usage_store_uri.
-        ("BGP_USAGE_STORE_URI", uri.into()),
-        ("BGP_STORES_DIR", "/nonexistent".into()),
-    ]
+    // As the operator renders the spec's usage_store_uri.
+    kafka_writer_env(
+        ("USAGE_BUS_WRITER", "usage"),
+        topic,
+        dlq,
+        group,
+        ("BGP_USAGE_STORE_URI", uri),
+    )
 }
 
 #[tokio::test]

@@ -39,21 +39,13 @@ pub fn vector_env_kafka(
     group: &str,
     store_uri: &str,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        ("BGP_WRITER_TYPE", "ONLINE_VECTOR_STORE_WRITER".into()),
-        ("BGP_WRITER_NAME", "vectors".into()),
-        ("BGP_RESOURCE", "test".into()),
-        ("BGP_BUS_BACKEND", "KAFKA".into()),
-        ("BGP_SUBSCRIPTION", topic.into()),
-        ("BGP_DLQ_TOPIC", dlq.into()),
-        (
-            "BGP_KAFKA_BOOTSTRAP_SERVERS",
-            rig("kafka", "BGP_KAFKA_PLAINTEXT"),
-        ),
-        ("BGP_KAFKA_CONSUMER_GROUP", group.into()),
-        ("BGP_VECTOR_STORE_URI", store_uri.into()),
-        ("BGP_STORES_DIR", "/nonexistent".into()),
-    ]
+    crate::harness::kafka_writer_env(
+        ("ONLINE_VECTOR_STORE_WRITER", "vectors"),
+        topic,
+        dlq,
+        group,
+        ("BGP_VECTOR_STORE_URI", store_uri),
+    )
 }
 
 /// A row of a collection table.

@@ -43,7 +43,7 @@ pub fn render(
     let w = rw.spec;
     let image = rw.image.clone();
     let replicas = rw.replicas;
-    let (sasl, store, store_file) = (rw.kafka_sasl, rw.store, rw.store_file);
+    let (sasl, store_file) = (rw.kafka_sasl, rw.store_file);
 
     let mut mounts = vec![VolumeMount {
         name: "tmp".into(),
@@ -101,15 +101,11 @@ pub fn render(
     }
     // The versions (never the values) of the secrets this writer mounts: a
     // rotation rolls exactly the writers that read the rotated secret.
-    let mut versions: Vec<(Slot, &str)> = Vec::new();
-    if sasl && let Some(v) = secrets.version(Slot::KafkaSasl) {
-        versions.push((Slot::KafkaSasl, v));
-    }
-    if store_file.is_some()
-        && let Some(v) = secrets.version(Slot::StoreUri(store))
-    {
-        versions.push((Slot::StoreUri(store), v));
-    }
+    let versions: Vec<(Slot, &str)> = rw
+        .slots()
+        .into_iter()
+        .filter_map(|slot| Some((slot, secrets.version(slot)?)))
+        .collect();
 
     let container = Container {
         name: "writer".into(),

@@ -57,14 +57,7 @@ impl Slot {
     /// the store's URI file.
     pub fn keys(self) -> Vec<&'static str> {
         match self {
-            Slot::KafkaSasl => vec![
-                c::KAFKA_SASL_USERNAME_FILE,
-                c::KAFKA_SASL_PASSWORD_FILE,
-                c::KAFKA_CA_FILE,
-                c::KAFKA_CERT_FILE,
-                c::KAFKA_KEY_FILE,
-                c::KAFKA_KEY_PASSWORD_FILE,
-            ],
+            Slot::KafkaSasl => c::KAFKA_SECRET_FILES.to_vec(),
             Slot::StoreUri(k) => store_uri_file(k).into_iter().collect(),
         }
     }

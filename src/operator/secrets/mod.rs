@@ -324,12 +324,8 @@ fn live_entry(live: Option<&Secret>, slot: Slot) -> Option<SecretEntry> {
         .filter_map(|key| Some((key.to_string(), SecretBytes::new(data.get(key)?.0.clone()))))
         .collect();
     // Half a pair (a username without its password) is not a usable value.
-    let pairs = [
-        (c::KAFKA_SASL_USERNAME_FILE, c::KAFKA_SASL_PASSWORD_FILE),
-        (c::KAFKA_CERT_FILE, c::KAFKA_KEY_FILE),
-    ];
     if out.is_empty()
-        || pairs
+        || c::KAFKA_SECRET_PAIRS
             .iter()
             .any(|(a, b)| out.contains_key(*a) != out.contains_key(*b))
     {

@@ -81,26 +81,20 @@ pub fn sasl(bytes: &[u8]) -> Result<BTreeMap<String, SecretBytes>, SecretError> 
         }
         out.insert(file.to_string(), SecretBytes::new(v.as_bytes().to_vec()));
     }
-    for (a, b, what) in [
-        (
-            c::KAFKA_SASL_USERNAME_FILE,
-            c::KAFKA_SASL_PASSWORD_FILE,
-            "\"username\" and \"password\"",
-        ),
-        (
-            c::KAFKA_CERT_FILE,
-            c::KAFKA_KEY_FILE,
-            "\"ssl_certificate_pem\" and \"ssl_key_pem\"",
-        ),
-    ] {
+    let field = |file: &str| {
+        KAFKA_FIELDS
+            .iter()
+            .find(|(_, f, _)| *f == file)
+            .map_or("", |(names, _, _)| names[0])
+    };
+    for (a, b) in c::KAFKA_SECRET_PAIRS {
         if out.contains_key(a) != out.contains_key(b) {
             let missing = if out.contains_key(a) { b } else { a };
-            let field = KAFKA_FIELDS
-                .iter()
-                .find(|(_, f, _)| *f == missing)
-                .map_or(missing, |(names, _, _)| names[0]);
             return Err(malformed(&format!(
-                "no \"{field}\" field ({what} go together)"
+                "no \"{}\" field (\"{}\" and \"{}\" go together)",
+                field(missing),
+                field(a),
+                field(b)
             )));
         }
     }

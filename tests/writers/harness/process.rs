@@ -99,16 +99,18 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// Base environment of a Kafka → Redis online writer.
-pub fn online_writer_env(
+/// A writer of `writer_type` named `name` on the rig's plaintext Kafka, its
+/// store URI in `store_var`, as the operator renders them.
+pub fn kafka_writer_env(
+    (writer_type, name): (&str, &str),
     topic: &str,
     dlq: &str,
     group: &str,
-    redis_uri: &str,
+    (store_var, store_uri): (&'static str, &str),
 ) -> Vec<(&'static str, String)> {
     vec![
-        ("BGP_WRITER_TYPE", "ONLINE_WRITER".into()),
-        ("BGP_WRITER_NAME", "online".into()),
+        ("BGP_WRITER_TYPE", writer_type.into()),
+        ("BGP_WRITER_NAME", name.into()),
         ("BGP_RESOURCE", "test".into()),
         ("BGP_BUS_BACKEND", "KAFKA".into()),
         ("BGP_SUBSCRIPTION", topic.into()),
@@ -118,9 +120,25 @@ pub fn online_writer_env(
             rig("kafka", "BGP_KAFKA_PLAINTEXT"),
         ),
         ("BGP_KAFKA_CONSUMER_GROUP", group.into()),
-        ("BGP_ONLINE_STORE_URI", redis_uri.into()),
+        (store_var, store_uri.into()),
         ("BGP_STORES_DIR", "/nonexistent".into()),
     ]
+}
+
+/// Base environment of a Kafka → Redis online writer.
+pub fn online_writer_env(
+    topic: &str,
+    dlq: &str,
+    group: &str,
+    redis_uri: &str,
+) -> Vec<(&'static str, String)> {
+    kafka_writer_env(
+        ("ONLINE_WRITER", "online"),
+        topic,
+        dlq,
+        group,
+        ("BGP_ONLINE_STORE_URI", redis_uri),
+    )
 }
 
 /// The value of an unlabelled sample `name` in a Prometheus/OpenMetrics text.

@@ -8,6 +8,7 @@
 use super::PgError;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -110,8 +111,8 @@ impl PgTls {
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PgError> {
         let builder = rustls::ClientConfig::builder();
         let verifier: Arc<dyn ServerCertVerifier> = match self.verify {
-            Verify::Nothing => Arc::new(Unchecked(supported_schemes())),
-            Verify::Chain => Arc::new(AnyName(self.webpki()?)),
+            Verify::Nothing => Arc::new(Lenient::new(None)?),
+            Verify::Chain => Arc::new(Lenient::new(Some(self.webpki()?))?),
             Verify::Full => self.webpki()?,
         };
         Ok(builder
@@ -152,64 +153,25 @@ impl PgTls {
     }
 }
 
-fn supported_schemes() -> Vec<SignatureScheme> {
-    rustls::crypto::CryptoProvider::get_default()
-        .map(|p| p.signature_verification_algorithms.supported_schemes())
-        .unwrap_or_default()
-}
-
-/// libpq's `require`: the handshake is checked, the certificate is not.
+/// libpq's `require` (no `chain`: the certificate is not checked) and
+/// `verify-ca` (the chain is checked, the host name is not). The handshake's
+/// signatures are always checked.
 #[derive(Debug)]
-struct Unchecked(Vec<SignatureScheme>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = provider_algorithms()?;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = provider_algorithms()?;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.clone()
+impl Lenient {
+    fn new(chain: Option<Arc<WebPkiServerVerifier>>) -> Result<Self, PgError> {
+        let algorithms = rustls::crypto::CryptoProvider::get_default()
+            .map(|p| p.signature_verification_algorithms)
+            .ok_or_else(|| PgError::Tls("no crypto provider installed".into()))?;
+        Ok(Lenient { chain, algorithms })
     }
 }
 
-fn provider_algorithms() -> Result<rustls::crypto::WebPkiSupportedAlgorithms, rustls::Error> {
-    rustls::crypto::CryptoProvider::get_default()
-        .map(|p| p.signature_verification_algorithms)
-        .ok_or_else(|| rustls::Error::General("no crypto provider installed".into()))
-}
-
-/// libpq's `verify-ca`: the chain is checked, the host name is not.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -218,12 +180,12 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         // webpki checks the chain before the name: a name error means the
         // chain was good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -237,7 +199,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -246,11 +208,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
