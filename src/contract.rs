@@ -25,6 +25,13 @@ pub const ENV_KAFKA_CONSUMER_GROUP: &str = "BGP_KAFKA_CONSUMER_GROUP";
 pub const ENV_KAFKA_ARGS: &str = "BGP_KAFKA_ARGS";
 /// Prefix of the writer's Kafka client id (`client_id_prefix`).
 pub const ENV_KAFKA_CLIENT_ID_PREFIX: &str = "BGP_KAFKA_CLIENT_ID_PREFIX";
+/// OAUTHBEARER (`kafka_oauthbearer`): `OIDC` or `AWS_MSK_IAM`, and the
+/// settings of each; the OIDC client secret is a file of the Kafka secret.
+pub const ENV_KAFKA_OAUTH_METHOD: &str = "BGP_KAFKA_OAUTH_METHOD";
+pub const ENV_KAFKA_OAUTH_TOKEN_URL: &str = "BGP_KAFKA_OAUTH_TOKEN_URL";
+pub const ENV_KAFKA_OAUTH_CLIENT_ID: &str = "BGP_KAFKA_OAUTH_CLIENT_ID";
+pub const ENV_KAFKA_OAUTH_SCOPE: &str = "BGP_KAFKA_OAUTH_SCOPE";
+pub const ENV_KAFKA_OAUTH_AWS_REGION: &str = "BGP_KAFKA_OAUTH_AWS_REGION";
 /// Directory holding the Kafka SASL credential files (`username`, `password`).
 pub const ENV_KAFKA_SASL_DIR: &str = "BGP_KAFKA_SASL_DIR";
 pub const ENV_REDIS_IS_CLUSTERED: &str = "BGP_REDIS_IS_CLUSTERED";
@@ -58,14 +65,17 @@ pub const KAFKA_CERT_FILE: &str = "cert.pem";
 pub const KAFKA_KEY_FILE: &str = "key.pem";
 /// The client key's password, when the key is encrypted.
 pub const KAFKA_KEY_PASSWORD_FILE: &str = "key_password";
+/// The OIDC client secret, for OAUTHBEARER.
+pub const KAFKA_CLIENT_SECRET_FILE: &str = "client_secret";
 /// Every file the Kafka secret may hold, in the order written.
-pub const KAFKA_SECRET_FILES: [&str; 6] = [
+pub const KAFKA_SECRET_FILES: [&str; 7] = [
     KAFKA_SASL_USERNAME_FILE,
     KAFKA_SASL_PASSWORD_FILE,
     KAFKA_CA_FILE,
     KAFKA_CERT_FILE,
     KAFKA_KEY_FILE,
     KAFKA_KEY_PASSWORD_FILE,
+    KAFKA_CLIENT_SECRET_FILE,
 ];
 /// Files that only work together: a value with one and not the other is unusable.
 pub const KAFKA_SECRET_PAIRS: [(&str, &str); 2] = [

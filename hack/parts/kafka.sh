@@ -15,6 +15,9 @@ KAFKA_SSL_PORT=${BGP_KAFKA_SSL_PORT:-19096}
 KAFKA_MTLS_PORT=${BGP_KAFKA_MTLS_PORT:-19097}
 KAFKA_SASL_SSL_PORT=${BGP_KAFKA_SASL_SSL_PORT:-19098}
 KAFKA_PODS_SSL_PORT=${BGP_KAFKA_PODS_SSL_PORT:-19099}
+# SASL_SSL with OAUTHBEARER: tokens from the rig's OIDC part (hack/parts/oidc.sh),
+# checked by Kafka's own validator against its JWKS.
+KAFKA_OAUTH_PORT=${BGP_KAFKA_OAUTH_PORT:-19100}
 KAFKA_SCRAM_USER=bgpersist
 KAFKA_SCRAM_PASSWORD=bgpersist-secret
 KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
@@ -126,6 +129,7 @@ kafka_config() {
   mkdir -p "$KAFKA_DIR"
   local jaas='org.apache.kafka.common.security.scram.ScramLoginModule required;'
   local plain="org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SCRAM_USER=\"$KAFKA_SCRAM_PASSWORD\";"
+  local oauth='org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;'
   rig_pki
   cat > "$KAFKA_DIR/server.properties" <<PROPS
 # written by hack/parts/kafka.sh on every start
@@ -133,9 +137,9 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,PODS_SSL://$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,PODS_SSL://$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,PODS_SSL:SASL_SSL
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,PODS_SSL://$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT,OAUTH://127.0.0.1:$KAFKA_OAUTH_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT,PODS://$RIG_HOST_IP:$KAFKA_PODS_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT,PODS_SSL://$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT,OAUTH://127.0.0.1:$KAFKA_OAUTH_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT,PODS:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,PODS_SSL:SASL_SSL,OAUTH:SASL_SSL
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$PKI_DIR/server.p12
 ssl.keystore.password=$PKI_PASSWORD
@@ -152,6 +156,13 @@ listener.name.pods_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.pods_ssl.plain.sasl.jaas.config=$plain
 listener.name.pods_ssl.scram-sha-256.sasl.jaas.config=$jaas
 listener.name.pods_ssl.scram-sha-512.sasl.jaas.config=$jaas
+listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.oauth.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+listener.name.oauth.oauthbearer.sasl.jaas.config=$oauth
+# Only the OAUTH listener enables OAUTHBEARER, so these apply to it alone.
+sasl.oauthbearer.jwks.endpoint.url=$OIDC_ISSUER/jwks
+sasl.oauthbearer.expected.audience=$OIDC_AUDIENCE
+sasl.oauthbearer.expected.issuer=$OIDC_ISSUER
 inter.broker.listener.name=PLAINTEXT
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=$jaas
@@ -195,7 +206,7 @@ kafka_format() {
 kafka_port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
 kafka_ports_open() {
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_OAUTH_PORT"; do
     kafka_port_open "$p" || return 1
   done
 }
@@ -204,16 +215,24 @@ kafka_start() {
   if ! is_running kafka; then
     # Otherwise the wait below could mistake someone else's listener for ours.
     local p
-    for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT"; do
+    for p in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_OAUTH_PORT"; do
       kafka_port_open "$p" && fail_part kafka "port $p is held by another process"
     done
     host_ip_up
+    # The OAUTH listener reads the JWKS as the broker starts: bring the
+    # token endpoint up first, also for `hack/rig up kafka` alone.
+    if ! oidc_health; then
+      log "kafka needs the oidc part: starting it"
+      oidc_install
+      oidc_start
+    fi
     kafka_config
     kafka_format
     # C1 only and the serial GC: on 2 busy cores this halves start-up (about
     # 8 s -> 4 s) and costs nothing that matters for a test broker.
     spawn kafka java -Xms128m -Xmx512m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
       -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+      -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="$OIDC_ISSUER/jwks" \
       -Dlog4j2.configurationFile="$KAFKA_HOME/log4j2.properties" \
       -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$KAFKA_DIR/server.properties"
   fi
@@ -240,6 +259,7 @@ kafka_env() {
   echo "BGP_KAFKA_MTLS=127.0.0.1:$KAFKA_MTLS_PORT"
   echo "BGP_KAFKA_SASL_SSL=127.0.0.1:$KAFKA_SASL_SSL_PORT"
   echo "BGP_KAFKA_SASL_SSL_FOR_PODS=$RIG_HOST_IP:$KAFKA_PODS_SSL_PORT"
+  echo "BGP_KAFKA_OAUTH=127.0.0.1:$KAFKA_OAUTH_PORT"
   echo "BGP_RIG_CA=$PKI_DIR/ca.pem"
   echo "BGP_RIG_OTHER_CA=$PKI_DIR/other-ca.pem"
   echo "BGP_RIG_CLIENT_CERT=$PKI_DIR/client.pem"

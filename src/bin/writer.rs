@@ -35,6 +35,21 @@ use tracing::{error, info};
 struct Cli {
     #[command(flatten)]
     log: LogArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Fetch one Kafka OAUTHBEARER token as the writer would
+    /// (BGP_KAFKA_SASL_MECHANISM=OAUTHBEARER, BGP_KAFKA_OAUTH_*, the client
+    /// secret file) and print its principal and expiry as JSON: checks the
+    /// identity provider or the pod's AWS identity without a broker.
+    KafkaToken {
+        /// Print the token itself too (it is a credential until it expires).
+        #[arg(long)]
+        reveal: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +80,12 @@ fn main() -> ExitCode {
             )));
         }
     };
+    if let Some(Command::KafkaToken { reveal }) = cli.command {
+        return match runtime.block_on(kafka_token(reveal)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
@@ -83,6 +104,25 @@ fn fail(e: WriterError) -> ExitCode {
         ),
     }
     ExitCode::from(e.exit_code())
+}
+
+async fn kafka_token(reveal: bool) -> Result<(), WriterError> {
+    use bgpersist::writer::bus::oauth;
+    let source = bgpersist::writer::config::kafka_oauth_from_env()
+        .map_err(|e| WriterError::Config(e.to_string()))?
+        .ok_or_else(|| WriterError::Config("BGP_KAFKA_SASL_MECHANISM is not OAUTHBEARER".into()))?;
+    let token = oauth::token(&source)
+        .await
+        .map_err(|e| WriterError::Config(e.to_string()))?;
+    let mut out = serde_json::json!({
+        "principal": token.principal_name,
+        "expires_ms": token.lifetime_ms,
+    });
+    if reveal {
+        out["token"] = token.token.into();
+    }
+    println!("{out}");
+    Ok(())
 }
 
 async fn run() -> Result<(), WriterError> {

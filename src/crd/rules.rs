@@ -83,6 +83,16 @@ pub fn spec_rules() -> Vec<Rule> {
             .reason(Reason::FieldValueInvalid),
     );
     rules.push(
+        Rule::new(format!("(has(self.kafka_sasl_mechanism) && self.kafka_sasl_mechanism == '{OAUTHBEARER}') == has(self.kafka_oauthbearer)"))
+            .message(Message::Message(format!("kafka_sasl_mechanism {OAUTHBEARER} and kafka_oauthbearer go together: kafka_oauthbearer says where tokens come from (OIDC or AWS_MSK_IAM)")))
+            .reason(Reason::FieldValueRequired),
+    );
+    rules.push(
+        Rule::new("!has(self.kafka_oauthbearer) || self.kafka_oauthbearer.method != 'OIDC' || has(self.kafka_sasl_secret)")
+            .message("kafka_oauthbearer.method OIDC needs kafka_sasl_secret holding the client secret (\"client_secret\")")
+            .reason(Reason::FieldValueRequired),
+    );
+    rules.push(
         Rule::new(format!("self.common_persistence_specs.bus_backend != 'KAFKA' || !has(self.kafka_sasl_mechanism) || self.kafka_sasl_mechanism != '{OAUTHBEARER}' || self.writers.all(w, !has(w.autoscaling))"))
             .message(Message::Message(format!("writers[].autoscaling is not supported with kafka_sasl_mechanism {OAUTHBEARER}: {AUTOSCALING_OAUTHBEARER}")))
             .reason(Reason::FieldValueForbidden),
@@ -112,8 +122,7 @@ pub const EXACTLY_ONCE_TYPES: [super::WriterType; 2] = [
 /// Why `metrics_exactly_once` is refused elsewhere (shared with the operator's own check).
 pub const EXACTLY_ONCE_ONLY: &str = "writers[].metrics_exactly_once is for METRICS_WRITER and GO_RESULT_BUS_METRICS_WRITER on bus_backend KAFKA (Pub/Sub has no transactions)";
 /// Why autoscaling is refused with OAUTHBEARER (shared with the operator's own check).
-pub const AUTOSCALING_OAUTHBEARER: &str =
-    "KEDA's Kafka scaler would need an OAuth token endpoint the spec does not carry";
+pub const AUTOSCALING_OAUTHBEARER: &str = "bgpersist does not hand OAUTHBEARER tokens to KEDA's Kafka scaler yet; scale these writers with replicas";
 
 fn names(types: &[super::WriterType]) -> String {
     types

@@ -37,6 +37,9 @@ pub struct BackgroundPersistenceSpec {
     /// Kafka SASL mechanism; PLAIN when a SASL protocol names none (seed 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// Where OAUTHBEARER tokens come from; required with kafka_sasl_mechanism OAUTHBEARER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_oauthbearer: Option<KafkaOAuthBearer>,
     /// Prefix of the writers' Kafka client ids (`<prefix>bgpersist-<writer>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
@@ -211,6 +214,41 @@ pub enum KafkaSaslMechanism {
     ScramSha512,
     #[serde(rename = "OAUTHBEARER")]
     OauthBearer,
+}
+
+/// The OAUTHBEARER token source.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("self.method != 'OIDC' || (has(self.token_endpoint_url) && has(self.client_id))")
+    .message("kafka_oauthbearer.method OIDC needs token_endpoint_url and client_id"))]
+pub struct KafkaOAuthBearer {
+    /// OIDC: the client-credentials grant at token_endpoint_url, with the
+    /// client secret from kafka_sasl_secret (`client_secret`). AWS_MSK_IAM:
+    /// a token signed with the writers' AWS identity (IRSA through
+    /// common_persistence_specs.aws_role_arn, or the node's role).
+    pub method: KafkaOAuthMethod,
+    /// OIDC token endpoint, `https://...` (the identity provider's `token_endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(r"^https?://[^\s]+$"))]
+    pub token_endpoint_url: Option<String>,
+    /// OIDC client id; it is also the Kafka principal librdkafka reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub client_id: Option<String>,
+    /// OIDC scopes to request, space separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub scope: Option<String>,
+    /// AWS_MSK_IAM: the cluster's region; else the pod's AWS_REGION.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(r"^[a-z0-9-]+$"))]
+    pub aws_region: Option<String>,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum KafkaOAuthMethod {
+    Oidc,
+    AwsMskIam,
 }
 
 /// Names of cloud secrets whose value is a store's connection URI. Each is

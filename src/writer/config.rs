@@ -84,6 +84,24 @@ pub struct KafkaSettings {
     /// Where a new consumer group starts (`auto.offset.reset`; `earliest`
     /// unless `additional_kafka_args` say otherwise).
     pub auto_offset_reset: String,
+    /// Where OAUTHBEARER tokens come from, when that is the mechanism.
+    pub oauth: Option<KafkaOAuth>,
+}
+
+/// The OAUTHBEARER token source (`kafka_oauthbearer`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum KafkaOAuth {
+    /// OIDC client-credentials grant. The secret is read from its file at
+    /// each fetch, so the value in force is always the mounted one.
+    Oidc {
+        token_url: String,
+        client_id: String,
+        client_secret_file: PathBuf,
+        scope: Option<String>,
+    },
+    /// AWS MSK IAM: a SigV4-presigned token from the pod's AWS identity
+    /// (IRSA, instance role, environment); the region, else the SDK's.
+    MskIam { region: Option<String> },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -309,13 +327,16 @@ fn kafka_settings(
     if let Some(m) = get(c::ENV_KAFKA_SASL_MECHANISM) {
         properties.push(("sasl.mechanism".into(), m));
     }
-    let sasl = get(c::ENV_KAFKA_SECURITY_PROTOCOL)
-        .is_some_and(|p| p.to_ascii_uppercase().starts_with("SASL_"));
+    let oauth = kafka_oauth(get)?;
+    // OAUTHBEARER authenticates with tokens, not a username and password.
+    let sasl = oauth.is_none()
+        && get(c::ENV_KAFKA_SECURITY_PROTOCOL)
+            .is_some_and(|p| p.to_ascii_uppercase().starts_with("SASL_"));
     if let Some(dir) = get(c::ENV_KAFKA_SASL_DIR) {
         let dir = PathBuf::from(dir);
         let read = |name: &str| read_secret_file(&dir.join(name));
         // Credentials for a SASL protocol; an SSL-only secret carries TLS material alone.
-        if sasl || dir.join(c::KAFKA_SASL_USERNAME_FILE).exists() {
+        if sasl || (oauth.is_none() && dir.join(c::KAFKA_SASL_USERNAME_FILE).exists()) {
             properties.push(("sasl.username".into(), read(c::KAFKA_SASL_USERNAME_FILE)?));
             properties.push(("sasl.password".into(), read(c::KAFKA_SASL_PASSWORD_FILE)?));
         }
@@ -354,7 +375,58 @@ fn kafka_settings(
         group_id,
         properties,
         auto_offset_reset,
+        oauth,
     })
+}
+
+/// The OAUTHBEARER token source the environment names (`kafka-token`).
+pub fn kafka_oauth_from_env() -> Result<Option<KafkaOAuth>, ConfigError> {
+    kafka_oauth(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+/// The OAUTHBEARER token source, when the mechanism is OAUTHBEARER. OIDC
+/// needs its endpoint, client id and the client secret file; the file is
+/// checked here so a missing one stops the writer at start.
+fn kafka_oauth(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<KafkaOAuth>, ConfigError> {
+    let mechanism = get(c::ENV_KAFKA_SASL_MECHANISM).unwrap_or_default();
+    if !mechanism.eq_ignore_ascii_case("OAUTHBEARER") {
+        return Ok(None);
+    }
+    let method =
+        get(c::ENV_KAFKA_OAUTH_METHOD).ok_or(ConfigError::Missing(c::ENV_KAFKA_OAUTH_METHOD))?;
+    match method.to_ascii_uppercase().as_str() {
+        "OIDC" => {
+            let token_url = get(c::ENV_KAFKA_OAUTH_TOKEN_URL)
+                .ok_or(ConfigError::Missing(c::ENV_KAFKA_OAUTH_TOKEN_URL))?;
+            if !(token_url.starts_with("https://") || token_url.starts_with("http://")) {
+                return Err(ConfigError::Invalid {
+                    name: c::ENV_KAFKA_OAUTH_TOKEN_URL,
+                    value: token_url,
+                    reason: "not an http(s) URL".into(),
+                });
+            }
+            let client_id = get(c::ENV_KAFKA_OAUTH_CLIENT_ID)
+                .ok_or(ConfigError::Missing(c::ENV_KAFKA_OAUTH_CLIENT_ID))?;
+            let dir =
+                get(c::ENV_KAFKA_SASL_DIR).ok_or(ConfigError::Missing(c::ENV_KAFKA_SASL_DIR))?;
+            let client_secret_file = PathBuf::from(dir).join(c::KAFKA_CLIENT_SECRET_FILE);
+            read_secret_file(&client_secret_file)?;
+            Ok(Some(KafkaOAuth::Oidc {
+                token_url,
+                client_id,
+                client_secret_file,
+                scope: get(c::ENV_KAFKA_OAUTH_SCOPE),
+            }))
+        }
+        "AWS_MSK_IAM" => Ok(Some(KafkaOAuth::MskIam {
+            region: get(c::ENV_KAFKA_OAUTH_AWS_REGION),
+        })),
+        _ => Err(ConfigError::Invalid {
+            name: c::ENV_KAFKA_OAUTH_METHOD,
+            value: method,
+            reason: "expected OIDC or AWS_MSK_IAM".into(),
+        }),
+    }
 }
 
 /// `BGP_KAFKA_CONF_*` pass-through, e.g. `BGP_KAFKA_CONF_SSL_CA_LOCATION`.
@@ -370,7 +442,7 @@ fn pass_through(vars: &[(String, String)]) -> Vec<(String, String)> {
     out
 }
 
-fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
         .map_err(|source| ConfigError::File {
@@ -496,6 +568,71 @@ mod tests {
                 .properties
                 .contains(&("sasl.password".into(), "s3cret".into()))
         );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn oauthbearer_takes_its_token_source_and_no_username() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = std::env::temp_dir().join(format!("bgp-oauth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(c::KAFKA_CLIENT_SECRET_FILE), "cs\n")?;
+        let mut v = base();
+        for (k, val) in [
+            (c::ENV_KAFKA_SECURITY_PROTOCOL, "SASL_SSL"),
+            (c::ENV_KAFKA_SASL_MECHANISM, "OAUTHBEARER"),
+            (c::ENV_KAFKA_OAUTH_METHOD, "OIDC"),
+            (c::ENV_KAFKA_OAUTH_TOKEN_URL, "https://idp.example/token"),
+            (c::ENV_KAFKA_OAUTH_CLIENT_ID, "writers"),
+            (c::ENV_KAFKA_OAUTH_SCOPE, "kafka"),
+        ] {
+            v.push((k.into(), val.into()));
+        }
+        v.push((c::ENV_KAFKA_SASL_DIR.into(), dir.display().to_string()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert_eq!(
+            cfg.kafka.oauth,
+            Some(KafkaOAuth::Oidc {
+                token_url: "https://idp.example/token".into(),
+                client_id: "writers".into(),
+                client_secret_file: dir.join(c::KAFKA_CLIENT_SECRET_FILE),
+                scope: Some("kafka".into()),
+            })
+        );
+        assert!(
+            !cfg.kafka
+                .properties
+                .iter()
+                .any(|(k, _)| k.starts_with("sasl.username")),
+            "no username is read for OAUTHBEARER"
+        );
+        // The client secret file must be there at start.
+        std::fs::remove_file(dir.join(c::KAFKA_CLIENT_SECRET_FILE))?;
+        let err = WriterConfig::from_vars(&v)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(
+            err.as_ref().is_err_and(|e| e.contains("client_secret")),
+            "{err:?}"
+        );
+        let mut v = base();
+        v.push((c::ENV_KAFKA_SASL_MECHANISM.into(), "OAUTHBEARER".into()));
+        v.push((c::ENV_KAFKA_OAUTH_METHOD.into(), "AWS_MSK_IAM".into()));
+        v.push((c::ENV_KAFKA_OAUTH_AWS_REGION.into(), "eu-west-1".into()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert_eq!(
+            cfg.kafka.oauth,
+            Some(KafkaOAuth::MskIam {
+                region: Some("eu-west-1".into())
+            })
+        );
+        let mut v = base();
+        v.push((c::ENV_KAFKA_SASL_MECHANISM.into(), "OAUTHBEARER".into()));
+        let err = WriterConfig::from_vars(&v)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(err, Err("BGP_KAFKA_OAUTH_METHOD is not set".into()));
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -338,6 +338,7 @@ async fn lag_threshold_on_pubsub() {
 async fn autoscaling_with_oauthbearer() {
     let mut p = autoscaled(json!({"max_replicas": 3}));
     p["kafka_sasl_mechanism"] = json!("OAUTHBEARER");
+    p["kafka_oauthbearer"] = json!({"method": "AWS_MSK_IAM"});
     assert_refused(
         "OAUTHBEARER",
         p,
@@ -399,6 +400,78 @@ async fn kafka_args_the_writer_owns_are_refused_naming_the_key() {
         "spec.kafka_sasl_mechanism: Unsupported value: \"GSSAPI\"",
     )
     .await;
+}
+
+#[tokio::test]
+async fn oauthbearer_needs_its_token_source() {
+    let p = json!({"kafka_sasl_mechanism": "OAUTHBEARER"});
+    assert_refused(
+        "OAUTHBEARER without a source",
+        p,
+        none,
+        "kafka_sasl_mechanism OAUTHBEARER and kafka_oauthbearer go together",
+    )
+    .await;
+    let p = json!({"kafka_oauthbearer": {"method": "AWS_MSK_IAM"}});
+    assert_refused(
+        "a source without OAUTHBEARER",
+        p,
+        none,
+        "kafka_sasl_mechanism OAUTHBEARER and kafka_oauthbearer go together",
+    )
+    .await;
+    let p = json!({"kafka_sasl_mechanism": "OAUTHBEARER",
+        "kafka_oauthbearer": {"method": "OIDC", "client_id": "writers"}});
+    assert_refused(
+        "OIDC without its endpoint",
+        p,
+        none,
+        "kafka_oauthbearer.method OIDC needs token_endpoint_url and client_id",
+    )
+    .await;
+    let p = json!({"kafka_sasl_mechanism": "OAUTHBEARER", "kafka_sasl_secret": null,
+        "kafka_oauthbearer": {"method": "OIDC", "client_id": "writers",
+            "token_endpoint_url": "https://login.example.com/oauth2/token"}});
+    assert_refused(
+        "OIDC without the client secret",
+        p,
+        none,
+        "kafka_oauthbearer.method OIDC needs kafka_sasl_secret",
+    )
+    .await;
+    let p = json!({"kafka_sasl_mechanism": "OAUTHBEARER",
+        "kafka_oauthbearer": {"method": "OIDC", "client_id": "writers",
+            "token_endpoint_url": "login.example.com/token"}});
+    assert_refused(
+        "a token URL that is not http(s)",
+        p,
+        none,
+        "spec.kafka_oauthbearer.token_endpoint_url",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oidc_and_msk_iam_token_sources_are_accepted() -> anyhow::Result<()> {
+    let client = install_crd().await?;
+    let api: Api<BackgroundPersistence> = Api::all(client);
+    for patch in [
+        json!({"kafka_sasl_mechanism": "OAUTHBEARER",
+            "kafka_oauthbearer": {"method": "OIDC", "client_id": "writers", "scope": "kafka",
+                "token_endpoint_url": "https://login.example.com/oauth2/token"}}),
+        json!({"kafka_sasl_mechanism": "OAUTHBEARER", "kafka_sasl_secret": null,
+            "kafka_oauthbearer": {"method": "AWS_MSK_IAM", "aws_region": "eu-west-1"}}),
+    ] {
+        let bp = seed_resource(patch)?;
+        let created = api.create(&PostParams::default(), &bp).await?;
+        assert_eq!(created.spec, bp.spec);
+        api.delete(
+            &bp.metadata.name.clone().unwrap_or_default(),
+            &Default::default(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The files the operator mounts from the Kafka secret, as `(file, content)`.
-fn secret_dir(files: &[(&str, String)]) -> anyhow::Result<PathBuf> {
+pub(crate) fn secret_dir(files: &[(&str, String)]) -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("kafka-secret"));
     std::fs::create_dir_all(&dir)?;
     for (name, content) in files {
@@ -18,7 +18,7 @@ fn secret_dir(files: &[(&str, String)]) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn rig_file(key: &str) -> anyhow::Result<String> {
+pub(crate) fn rig_file(key: &str) -> anyhow::Result<String> {
     Ok(std::fs::read_to_string(rig("kafka", key))?)
 }
 
@@ -30,7 +30,7 @@ fn scram_files() -> Vec<(&'static str, String)> {
 }
 
 /// An online writer on `bootstrap` with `security` settings and the secret dir.
-fn tls_env(
+pub(crate) fn tls_env(
     topic: &str,
     dlq: &str,
     bootstrap: &str,
@@ -46,7 +46,7 @@ fn tls_env(
 }
 
 /// Produces a small dataset and waits until the writer wrote it to Redis.
-async fn writes_through(
+pub(crate) async fn writes_through(
     env_for: impl Fn(&str, &str) -> Vec<(&'static str, String)>,
 ) -> anyhow::Result<()> {
     let (topic, dlq) = (unique("tls"), unique("dlq"));

@@ -304,6 +304,15 @@ fn env(bp: &BackgroundPersistence, resource: &str, rw: &ResolvedWriter) -> Vec<E
                 sasl.then(|| c::KAFKA_SASL_MOUNT.to_string()),
             ),
         ]);
+        if let Some(o) = &spec.kafka_oauthbearer {
+            vars.extend([
+                (c::ENV_KAFKA_OAUTH_METHOD, Some(to_string(&o.method))),
+                (c::ENV_KAFKA_OAUTH_TOKEN_URL, o.token_endpoint_url.clone()),
+                (c::ENV_KAFKA_OAUTH_CLIENT_ID, o.client_id.clone()),
+                (c::ENV_KAFKA_OAUTH_SCOPE, o.scope.clone()),
+                (c::ENV_KAFKA_OAUTH_AWS_REGION, o.aws_region.clone()),
+            ]);
+        }
     }
     use crate::crd::StoreKind as S;
     match kind.store {

@@ -650,3 +650,36 @@ fn kafka_args_prefixes_and_default_mechanism_reach_writers_and_keda() {
     assert_eq!(meta["offsetResetPolicy"], "latest");
     assert_eq!(meta["sasl"], "plaintext");
 }
+
+#[test]
+fn oauthbearer_token_source_reaches_the_writers_env() {
+    let bp = seed_with(json!({"kafka_sasl_mechanism": "OAUTHBEARER",
+        "kafka_oauthbearer": {"method": "OIDC", "client_id": "writers", "scope": "kafka",
+            "token_endpoint_url": "https://idp.example/token"}}));
+    let env = env_of(&render_all(&bp).writers[0]);
+    assert_eq!(env[c::ENV_KAFKA_SASL_MECHANISM], "OAUTHBEARER");
+    assert_eq!(env[c::ENV_KAFKA_OAUTH_METHOD], "OIDC");
+    assert_eq!(
+        env[c::ENV_KAFKA_OAUTH_TOKEN_URL],
+        "https://idp.example/token"
+    );
+    assert_eq!(env[c::ENV_KAFKA_OAUTH_CLIENT_ID], "writers");
+    assert_eq!(env[c::ENV_KAFKA_OAUTH_SCOPE], "kafka");
+    assert_eq!(
+        env[c::ENV_KAFKA_SASL_DIR],
+        c::KAFKA_SASL_MOUNT,
+        "the client secret's file"
+    );
+    assert!(!env.contains_key(c::ENV_KAFKA_OAUTH_AWS_REGION));
+    let bp = seed_with(
+        json!({"kafka_sasl_mechanism": "OAUTHBEARER", "kafka_sasl_secret": null,
+        "kafka_oauthbearer": {"method": "AWS_MSK_IAM", "aws_region": "eu-west-1"}}),
+    );
+    let env = env_of(&render_all(&bp).writers[0]);
+    assert_eq!(env[c::ENV_KAFKA_OAUTH_METHOD], "AWS_MSK_IAM");
+    assert_eq!(env[c::ENV_KAFKA_OAUTH_AWS_REGION], "eu-west-1");
+    assert!(
+        !env.contains_key(c::ENV_KAFKA_SASL_DIR),
+        "no secret to mount"
+    );
+}

@@ -9,11 +9,11 @@ use crate::operator::render::{SecretBytes, SecretEntry, Slot};
 use std::collections::BTreeMap;
 
 /// The accepted Kafka secret form, for messages.
-pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."}, optionally with PEM "ssl_ca_pem", "ssl_certificate_pem", "ssl_key_pem" (and "ssl_key_password"), or with those alone for SSL"#;
+pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."} (for OAUTHBEARER with OIDC, {"client_secret": "..."}), optionally with PEM "ssl_ca_pem", "ssl_certificate_pem", "ssl_key_pem" (and "ssl_key_password"), or with those alone for SSL"#;
 
 /// Fields of the Kafka secret, each with the file it becomes; the seed's
 /// `sasl_username` / `sasl_password` spellings are taken too.
-const KAFKA_FIELDS: [(&[&str], &str, bool); 6] = [
+const KAFKA_FIELDS: [(&[&str], &str, bool); 7] = [
     (
         &["username", "sasl_username"],
         c::KAFKA_SASL_USERNAME_FILE,
@@ -28,6 +28,7 @@ const KAFKA_FIELDS: [(&[&str], &str, bool); 6] = [
     (&["ssl_certificate_pem"], c::KAFKA_CERT_FILE, true),
     (&["ssl_key_pem"], c::KAFKA_KEY_FILE, true),
     (&["ssl_key_password"], c::KAFKA_KEY_PASSWORD_FILE, false),
+    (&["client_secret"], c::KAFKA_CLIENT_SECRET_FILE, false),
 ];
 
 /// Turns a fetched value into the entry render writes for `slot`.
@@ -167,6 +168,13 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d.get("username").map(|b| b.expose()), Some(&b"alice"[..]));
         assert_eq!(d.get("password").map(|b| b.expose()), Some(&b"s3cr3t"[..]));
+    }
+
+    #[test]
+    fn an_oidc_client_secret_alone_is_a_kafka_secret() {
+        let d = sasl(br#"{"client_secret": "cs"}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.keys().collect::<Vec<_>>(), [c::KAFKA_CLIENT_SECRET_FILE]);
+        assert_eq!(d[c::KAFKA_CLIENT_SECRET_FILE].expose(), b"cs");
     }
 
     #[test]

@@ -3,88 +3,29 @@
 //! off); librdkafka auto-commits stored offsets, and commits them on
 //! revocation, so a rebalance loses nothing.
 
+pub(crate) use super::kafka_context::consumer_lag;
+pub use super::kafka_context::{ClientErrors, KafkaContext, LagContext};
 use super::{AckToken, Bus, BusError, Envelope};
 use crate::writer::config::KafkaSettings;
 use crate::writer::runtime::dlq;
 use crate::writer::runtime::metrics::WriterMetrics;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
 
-/// Feeds librdkafka's statistics into the lag gauge, and keeps the client's
-/// last error: a failed metadata request only says the brokers did not
-/// answer, the error callback says why (TLS, authentication).
-pub struct LagContext {
-    metrics: WriterMetrics,
-    errors: ClientErrors,
-}
-
-impl ClientContext for LagContext {
-    fn stats(&self, stats: Statistics) {
-        self.metrics.lag_messages.set(consumer_lag(&stats));
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.errors.error(error, reason);
-    }
-}
-
-/// The last error librdkafka reported for a client. The producer's is the
-/// one that arrives: its background thread dispatches errors at once, while
-/// the consumer's wait until it is polled, after the bus was reached.
-#[derive(Clone, Default)]
-pub struct ClientErrors(Arc<Mutex<Option<String>>>);
-
-impl ClientErrors {
-    fn last(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|e| e.clone())
-    }
-
-    fn clear(&self) {
-        if let Ok(mut last) = self.0.lock() {
-            *last = None;
-        }
-    }
-}
-
-impl ClientContext for ClientErrors {
-    fn error(&self, error: KafkaError, reason: &str) {
-        warn!(%error, reason, "kafka client error");
-        if let Ok(mut last) = self.0.lock() {
-            *last = Some(reason.to_string());
-        }
-    }
-}
-
-/// The consumer's lag in messages, summed over its assigned partitions.
-pub(crate) fn consumer_lag(stats: &Statistics) -> i64 {
-    stats
-        .topics
-        .values()
-        .flat_map(|t| t.partitions.values())
-        .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-        .map(|p| p.consumer_lag)
-        .sum()
-}
-impl ConsumerContext for LagContext {}
-
 pub struct KafkaBus {
     consumer: StreamConsumer<LagContext>,
-    producer: FutureProducer<ClientErrors>,
+    producer: FutureProducer<KafkaContext>,
     errors: ClientErrors,
     dlq_topic: Option<String>,
     /// Messages received while waiting out an outage, served first.
     pending: VecDeque<Envelope>,
-    topic: String,
 }
 
 impl KafkaBus {
@@ -94,7 +35,8 @@ impl KafkaBus {
         dlq_topic: Option<String>,
         metrics: WriterMetrics,
     ) -> Result<Self, BusError> {
-        let errors = ClientErrors::default();
+        let context = KafkaContext::new(settings);
+        let errors = context.errors.clone();
         let mut base = client_config(settings);
         let consumer: StreamConsumer<LagContext> = base
             .clone()
@@ -106,21 +48,20 @@ impl KafkaBus {
             .set("statistics.interval.ms", "5000")
             .create_with_context(LagContext {
                 metrics,
-                errors: errors.clone(),
+                base: context.clone(),
             })?;
         consumer.subscribe(&[topic])?;
-        let producer: FutureProducer<ClientErrors> = base
+        let producer: FutureProducer<KafkaContext> = base
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
-            .create_with_context(errors.clone())?;
+            .create_with_context(context)?;
         Ok(KafkaBus {
             consumer,
             producer,
             errors,
             dlq_topic,
             pending: VecDeque::new(),
-            topic: topic.to_string(),
         })
     }
 }
@@ -183,14 +124,16 @@ pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
 const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Bus for KafkaBus {
-    /// A metadata request for the subscribed topic: proves the brokers answer
-    /// and accept this client's credentials. The topic itself may not exist
-    /// yet (it may be auto-created on first produce).
+    /// A metadata request: proves the brokers answer and accept this
+    /// client's credentials. Asked by the producer, whose own thread serves
+    /// its events: an OAUTHBEARER token is fetched on an event, and the
+    /// consumer's are served only while it is polled. For all topics, since
+    /// the producer's request for one would auto-create it.
     async fn reached(&self) -> Result<(), BusError> {
         let fetch = || {
-            self.consumer
+            self.producer
                 .client()
-                .fetch_metadata(Some(&self.topic), REACH_TIMEOUT)
+                .fetch_metadata(None, REACH_TIMEOUT)
                 .map(|_| ())
         };
         // librdkafka's metadata call blocks: keep it off the other tasks'

@@ -1,6 +1,8 @@
 //! Bus consumers: what the runtime needs from Kafka and Pub/Sub.
 
 pub mod kafka;
+mod kafka_context;
+pub mod oauth;
 pub mod pubsub;
 
 use std::future::Future;

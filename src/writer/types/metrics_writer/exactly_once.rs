@@ -16,7 +16,9 @@ use super::publish::{
 use super::{outgoing, parse};
 use crate::crd::BusBackend;
 use crate::writer::bus::Envelope;
-use crate::writer::bus::kafka::{client_config, consumer_lag, envelope, next_offsets_by_partition};
+use crate::writer::bus::kafka::{
+    KafkaContext, client_config, consumer_lag, envelope, next_offsets_by_partition,
+};
 use crate::writer::config::WriterConfig;
 use crate::writer::error::WriterError;
 use crate::writer::runtime::dlq;
@@ -98,11 +100,25 @@ pub fn transactional_id(
 struct TxnContext {
     revocations: AtomicU64,
     metrics: WriterMetrics,
+    base: KafkaContext,
 }
 
 impl ClientContext for TxnContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn stats(&self, stats: Statistics) {
         self.metrics.lag_messages.set(consumer_lag(&stats));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason);
+    }
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.base.generate_oauth_token(config)
     }
 }
 
@@ -126,7 +142,7 @@ type PartitionKey = (String, i32);
 
 pub struct ExactlyOnce {
     consumer: StreamConsumer<TxnContext>,
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     topic: String,
     dlq_topic: String,
     writer: String,
@@ -172,12 +188,13 @@ impl ExactlyOnce {
             .create_with_context(TxnContext {
                 revocations: AtomicU64::new(0),
                 metrics: metrics.clone(),
+                base: KafkaContext::new(&cfg.kafka),
             })?;
         consumer.subscribe(&[cfg.subscription.as_str()])?;
-        let producer: FutureProducer = producer_config(&cfg.kafka, Acks::All)
+        let producer: FutureProducer<KafkaContext> = producer_config(&cfg.kafka, Acks::All)
             .set("transactional.id", &id)
             .set("transaction.timeout.ms", "60000")
-            .create()?;
+            .create_with_context(KafkaContext::new(&cfg.kafka))?;
         // Fences any earlier producer with this id and aborts its open transaction.
         tokio::task::block_in_place(|| producer.init_transactions(CALL_TIMEOUT))
             .map_err(ExactlyOnceError::Fatal)?;

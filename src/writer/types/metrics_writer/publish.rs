@@ -9,6 +9,7 @@
 //! repeats by identity. Pub/Sub: the official client's publisher.
 
 use crate::crd::BusBackend;
+use crate::writer::bus::kafka::KafkaContext;
 use crate::writer::bus::pubsub::resource_path;
 use crate::writer::config::{KafkaSettings, WriterConfig};
 use crate::writer::runtime::sink::{Rejected, WriterError};
@@ -106,11 +107,13 @@ impl Publisher {
             BusBackend::Kafka => {
                 let acks = Acks::parse(cfg.publish_acks.as_deref())?;
                 let config = producer_config(&cfg.kafka, acks);
-                let producer = config.create()?;
+                let context = KafkaContext::new(&cfg.kafka);
+                let producer = config.create_with_context(context.clone())?;
                 info!(%topic, acks = acks.as_str(), idempotent = acks == Acks::All, "publishing metrics to kafka");
                 Ok(Publisher::Kafka(KafkaPublisher {
                     topic,
                     config,
+                    context,
                     producer: Mutex::new(producer),
                 }))
             }
@@ -147,15 +150,16 @@ impl Publisher {
 pub struct KafkaPublisher {
     topic: String,
     config: ClientConfig,
+    context: KafkaContext,
     /// Replaced when librdkafka reports a fatal error (the instance is then
     /// unusable for good).
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<FutureProducer<KafkaContext>>,
 }
 
 /// Enqueues `record`, waiting while librdkafka's local queue is full (it
 /// drains as the broker acknowledges).
 pub(super) async fn send_when_queued<'a>(
-    producer: &FutureProducer,
+    producer: &FutureProducer<KafkaContext>,
     mut record: FutureRecord<'a, str, [u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
     loop {
@@ -178,7 +182,7 @@ pub(super) fn too_large(e: &KafkaError) -> bool {
 }
 
 impl KafkaPublisher {
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> FutureProducer<KafkaContext> {
         match self.producer.lock() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -186,10 +190,13 @@ impl KafkaPublisher {
     }
 
     /// Swaps in a new producer if the current one failed fatally.
-    fn renew_if_fatal(&self, producer: &FutureProducer) {
+    fn renew_if_fatal(&self, producer: &FutureProducer<KafkaContext>) {
         if let Some((code, reason)) = producer.client().fatal_error() {
             warn!(?code, %reason, "kafka producer failed fatally; creating a new one");
-            match self.config.create::<FutureProducer>() {
+            match self
+                .config
+                .create_with_context::<_, FutureProducer<KafkaContext>>(self.context.clone())
+            {
                 Ok(fresh) => match self.producer.lock() {
                     Ok(mut p) => *p = fresh,
                     Err(poisoned) => *poisoned.into_inner() = fresh,
