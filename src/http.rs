@@ -55,7 +55,7 @@ impl Readiness {
         self.ready.load(Ordering::SeqCst)
     }
 
-    fn reason(&self) -> Option<String> {
+    pub fn reason(&self) -> Option<String> {
         self.reason.lock().ok().and_then(|r| r.clone())
     }
 }

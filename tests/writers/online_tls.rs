@@ -52,3 +52,48 @@ async fn rediss_with_a_private_ca() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A CA that did not sign the server can never work: the writer stays up,
+/// turns /readyz off naming the TLS failure, logs it once, and says so on
+/// `bgpersist_writer_store_writable`.
+#[tokio::test]
+async fn a_store_ca_that_does_not_match_is_reported_on_readyz() -> anyhow::Result<()> {
+    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
+    let (payloads, _) = dataset(&pkeys(&unique("tls"), 2));
+    produce(&topic, &payloads).await?;
+    let store = format!(
+        "{}?ssl_ca_certs={}",
+        rig("redis", "BGP_REDIS_TLS_URL"),
+        rig("kafka", "BGP_RIG_OTHER_CA")
+    );
+    let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &group, &store))?;
+    let port = writer.http_port;
+    let body = eventually(
+        "/readyz to name the store's TLS failure",
+        Duration::from_secs(30),
+        || async move {
+            let r = http_get(port, "/readyz").unwrap_or_default();
+            Ok((r.contains(" 503 ") && r.contains("store not written")).then_some(r))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    assert!(body.to_lowercase().contains("certificate"), "{body}");
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("bgpersist_writer_store_writable 0"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = writer.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("store write failed"))
+        .count();
+    assert_eq!(lines, 1, "the same reason is logged once a minute:\n{log}");
+    assert!(!writer.exited());
+    writer.signal("TERM")?;
+    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}

@@ -29,6 +29,8 @@ pub struct WriterMetrics {
     pub lag_messages: Gauge,
     /// 1 once the bus answered, 0 while it does not (the reason is on /readyz).
     pub bus_reachable: Gauge,
+    /// 0 while writes to the store fail and are retried, else 1.
+    pub store_writable: Gauge,
     pub lag_seconds: Gauge<f64, AtomicU64>,
 }
 
@@ -44,6 +46,7 @@ impl Default for WriterMetrics {
             bus_to_store_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             lag_messages: Gauge::default(),
             bus_reachable: Gauge::default(),
+            store_writable: Gauge::default(),
             lag_seconds: Gauge::default(),
         }
     }
@@ -78,6 +81,8 @@ impl WriterMetrics {
 
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        // Until a write says otherwise.
+        m.store_writable.set(1);
         let r = registry.sub_registry_with_prefix("bgpersist_writer");
         r.register(
             "errors",
@@ -118,6 +123,11 @@ impl WriterMetrics {
             "bus_reachable",
             "1 once the bus answered, 0 while it does not (the reason is on /readyz)",
             m.bus_reachable.clone(),
+        );
+        r.register(
+            "store_writable",
+            "0 while writes to the store fail and are retried (the reason is on /readyz), else 1",
+            m.store_writable.clone(),
         );
         r.register(
             "consumer_lag_messages",

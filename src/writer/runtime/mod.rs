@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod sink;
 pub mod start;
 
+use crate::http::Readiness;
 use crate::writer::bus::{Bus, BusError, Envelope};
 use crate::writer::error::Class;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -42,7 +43,12 @@ pub struct Runtime<B: Bus, S: Sink> {
     metrics: WriterMetrics,
     settings: Settings,
     totals: Totals,
+    /// `/readyz`: off, with the reason, while store writes fail.
+    ready: Option<Arc<Readiness>>,
 }
+
+/// How often a store failure that keeps its reason is logged again.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a batch was left unfinished (and uncommitted).
 enum Unfinished {
@@ -86,7 +92,15 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             metrics,
             settings,
             totals: Totals::default(),
+            ready: None,
         }
+    }
+
+    /// Store write failures turn `ready` off with their reason, and a
+    /// successful write turns it back on.
+    pub fn with_readiness(mut self, ready: Arc<Readiness>) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     /// Runs until `shutdown` turns true, then finishes the batch in hand,
@@ -327,34 +341,62 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let mut backoff = self.backoff();
         let mut paused = false;
         let mut failure = failure;
+        // (reason, when) of the last log line: a reason is logged when it
+        // changes, and again only every REPEAT_LOG_EVERY.
+        let mut logged: Option<(String, Instant)> = None;
+        let mut retries = 0u64;
         loop {
             match failure.class() {
                 Class::Retriable => {}
                 Class::Poison => {
-                    self.resume_if(paused);
+                    self.store_recovered(paused, retries);
                     return Ok(reject_all(records.len(), failure.reason()));
                 }
                 Class::Fatal => {
-                    self.resume_if(paused);
+                    self.store_recovered(paused, retries);
                     return Err(Unfinished::Fatal(failure));
                 }
             }
             let reason = failure.reason();
             self.metrics.count_error(&failure);
             self.metrics.retries.inc();
+            self.metrics.store_writable.set(0);
+            if let Some(ready) = &self.ready {
+                ready.not_ready(format!("store not written: {reason}"));
+            }
+            retries += 1;
             let delay = backoff.next().unwrap_or(self.settings.max_backoff);
-            warn!(%reason, retry_in_ms = delay.as_millis() as u64, "store write failed; pausing consumption");
+            let repeat = logged
+                .as_ref()
+                .is_some_and(|(r, at)| r == reason && at.elapsed() < REPEAT_LOG_EVERY);
+            if !repeat {
+                warn!(%reason, retries, retry_in_ms = delay.as_millis() as u64, "store write failed; pausing consumption and retrying; not ready");
+                logged = Some((reason.to_string(), Instant::now()));
+            }
             if !paused {
                 paused = self.bus.pause().is_ok();
             }
             self.wait(delay, shutdown).await?;
             match self.sink.write(records).await {
                 Ok(rejected) => {
-                    self.resume_if(paused);
+                    self.store_recovered(paused, retries);
                     return Ok(rejected);
                 }
                 Err(e) => failure = e,
             }
+        }
+    }
+
+    /// The store answered again (or failed for other than an outage):
+    /// consumption and readiness resume.
+    fn store_recovered(&mut self, paused: bool, retries: u64) {
+        self.resume_if(paused);
+        self.metrics.store_writable.set(1);
+        if let Some(ready) = &self.ready {
+            ready.set_ready(true);
+        }
+        if retries > 0 {
+            info!(retries, "store written again; ready");
         }
     }
 

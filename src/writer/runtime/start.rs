@@ -106,7 +106,10 @@ async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(
         return Ok(());
     }
     ready.set_ready(true);
-    let totals = Runtime::new(bus, sink, metrics, settings).run(stop).await?;
+    let totals = Runtime::new(bus, sink, metrics, settings)
+        .with_readiness(ready)
+        .run(stop)
+        .await?;
     info!(?totals, "exiting");
     Ok(())
 }

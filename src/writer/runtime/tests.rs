@@ -286,3 +286,32 @@ async fn the_error_class_decides_retry_dead_letter_or_stop() {
     assert_eq!(result, Err(WriterError::Config("bad password".into())));
     assert!(done_offsets(&done).is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn failing_store_writes_turn_readiness_off_with_the_reason_until_one_succeeds() {
+    let sink = failing(vec![WriterError::Retriable("tls: unknown CA".into()); 30]);
+    let (rt, done) = runtime(vec![vec![envelope(1, "a")]], sink);
+    let metrics = rt.metrics.clone();
+    let ready = Arc::new(crate::http::Readiness::default());
+    ready.set_ready(true);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.with_readiness(ready.clone()).run(stop_rx));
+    for _ in 0..1000 {
+        if metrics.retries.get() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(!ready.is_ready());
+    assert_eq!(
+        ready.reason().as_deref(),
+        Some("store not written: tls: unknown CA")
+    );
+    assert_eq!(metrics.store_writable.get(), 0);
+    until_done(&done, 1).await;
+    assert!(ready.is_ready(), "{:?}", ready.reason());
+    assert_eq!(metrics.store_writable.get(), 1);
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| t.written), Some(1));
+}
