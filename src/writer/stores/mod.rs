@@ -3,6 +3,7 @@
 //! scheme (`uri.rs`). Writer types (`writer::types`) plug a family into the
 //! runtime.
 
+pub mod objects;
 pub mod offline;
 pub mod online;
 pub mod postgres;

@@ -2,11 +2,8 @@
 //! objects (`s3://bucket/key`, `gs://bucket/key`); the objects are fetched
 //! while the batch is written (decode is synchronous and does no I/O).
 //!
-//! Object stores are configured from the environment like the cloud SDKs:
-//! `AWS_REGION`, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` or the pod's web
-//! identity, `AWS_ENDPOINT_URL` (+ `AWS_ALLOW_HTTP=true`) for an S3-compatible
-//! endpoint; `GOOGLE_APPLICATION_CREDENTIALS`/workload identity and
-//! `GOOGLE_BASE_URL` for GCS. A missing object is refused for good
+//! Object stores are configured from the environment (`stores::objects`).
+//! A missing object is refused for good
 //! (dead-lettered with the reason); an unreachable store is retried.
 
 use crate::formats::Message;
@@ -15,33 +12,17 @@ use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
 use crate::writer::stores::offline::{TableRows, ident, parquet};
 use futures::StreamExt;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+pub use crate::writer::stores::objects::{Scheme, parse_uri};
+use crate::writer::stores::objects::open_bucket;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, GetOptions, ObjectStore, RetryConfig};
+use object_store::{GetOptions, ObjectStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Objects fetched at once.
 const FETCH_CONCURRENCY: usize = 4;
 /// Largest object loaded: it is held in memory, decoded, while it is copied.
 pub const MAX_OBJECT_BYTES: u64 = 256 * 1024 * 1024;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scheme {
-    S3,
-    Gcs,
-}
-
-impl Scheme {
-    fn prefix(self) -> &'static str {
-        match self {
-            Scheme::S3 => "s3",
-            Scheme::Gcs => "gs",
-        }
-    }
-}
 
 /// A decoded bulk-insert message.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,24 +35,6 @@ pub struct ObjectRef {
     /// Rows the producer says the object holds; 0: unchecked.
     pub row_count: i64,
     pub idempotency_key: Option<String>,
-}
-
-/// Splits `s3://bucket/key` or `gs://bucket/key`.
-pub fn parse_uri(uri: &str) -> Result<(Scheme, String, String), String> {
-    let (scheme, rest) = uri
-        .split_once("://")
-        .ok_or_else(|| format!("uri {uri:?} is not s3://bucket/key or gs://bucket/key"))?;
-    let scheme = match scheme {
-        "s3" | "s3a" => Scheme::S3,
-        "gs" => Scheme::Gcs,
-        other => return Err(format!("uri {uri:?}: scheme {other:?} is not s3 or gs")),
-    };
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() || key.is_empty() {
-        return Err(format!("uri {uri:?} names no bucket or no object key"));
-    }
-    Path::parse(key).map_err(|e| format!("uri {uri:?}: object key is not valid: {e}"))?;
-    Ok((scheme, bucket.to_string(), key.to_string()))
 }
 
 /// Decodes bulk-insert messages and fetches their objects.
@@ -199,43 +162,6 @@ fn classify(uri: &str, e: object_store::Error) -> Fetch {
     }
 }
 
-/// An object store client for one bucket, from the environment, with short
-/// timeouts and few retries: the writer's own backoff handles outages.
-fn open_bucket(scheme: Scheme, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
-    let retry = RetryConfig {
-        max_retries: 2,
-        retry_timeout: Duration::from_secs(20),
-        ..Default::default()
-    };
-    let store: Arc<dyn ObjectStore> = match scheme {
-        Scheme::S3 => Arc::new(
-            AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry)
-                .with_config(
-                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                    "5s",
-                )
-                .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
-                .build()
-                .map_err(|e| format!("S3 client for bucket {bucket:?}: {e}"))?,
-        ),
-        Scheme::Gcs => Arc::new(
-            GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry)
-                .with_config(
-                    GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
-                    "5s",
-                )
-                .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), "120s")
-                .build()
-                .map_err(|e| format!("GCS client for bucket {bucket:?}: {e}"))?,
-        ),
-    };
-    Ok(store)
-}
-
 impl Decoder for BulkDecoder {
     type Item = ObjectRef;
 
@@ -338,6 +264,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_store_is_retriable() -> Result<(), String> {
+        use object_store::RetryConfig;
+        use object_store::aws::AmazonS3Builder;
         // A closed local port: nothing leaves the machine.
         let d = BulkDecoder::new(None);
         let store = AmazonS3Builder::new()
