@@ -32,6 +32,10 @@ pub const ENV_KAFKA_OAUTH_TOKEN_URL: &str = "BGP_KAFKA_OAUTH_TOKEN_URL";
 pub const ENV_KAFKA_OAUTH_CLIENT_ID: &str = "BGP_KAFKA_OAUTH_CLIENT_ID";
 pub const ENV_KAFKA_OAUTH_SCOPE: &str = "BGP_KAFKA_OAUTH_SCOPE";
 pub const ENV_KAFKA_OAUTH_AWS_REGION: &str = "BGP_KAFKA_OAUTH_AWS_REGION";
+/// `ssl_keystore_location` / `ssl_truststore_location`: a PKCS#12 keystore
+/// and a PEM CA bundle named by `s3://` or `gs://` URI, fetched at start.
+pub const ENV_KAFKA_SSL_KEYSTORE_LOCATION: &str = "BGP_KAFKA_SSL_KEYSTORE_LOCATION";
+pub const ENV_KAFKA_SSL_TRUSTSTORE_LOCATION: &str = "BGP_KAFKA_SSL_TRUSTSTORE_LOCATION";
 /// Directory holding the Kafka SASL credential files (`username`, `password`).
 pub const ENV_KAFKA_SASL_DIR: &str = "BGP_KAFKA_SASL_DIR";
 pub const ENV_REDIS_IS_CLUSTERED: &str = "BGP_REDIS_IS_CLUSTERED";
@@ -67,8 +71,10 @@ pub const KAFKA_KEY_FILE: &str = "key.pem";
 pub const KAFKA_KEY_PASSWORD_FILE: &str = "key_password";
 /// The OIDC client secret, for OAUTHBEARER.
 pub const KAFKA_CLIENT_SECRET_FILE: &str = "client_secret";
+/// The password of the keystore at `ssl_keystore_location`.
+pub const KAFKA_KEYSTORE_PASSWORD_FILE: &str = "keystore_password";
 /// Every file the Kafka secret may hold, in the order written.
-pub const KAFKA_SECRET_FILES: [&str; 7] = [
+pub const KAFKA_SECRET_FILES: [&str; 8] = [
     KAFKA_SASL_USERNAME_FILE,
     KAFKA_SASL_PASSWORD_FILE,
     KAFKA_CA_FILE,
@@ -76,6 +82,7 @@ pub const KAFKA_SECRET_FILES: [&str; 7] = [
     KAFKA_KEY_FILE,
     KAFKA_KEY_PASSWORD_FILE,
     KAFKA_CLIENT_SECRET_FILE,
+    KAFKA_KEYSTORE_PASSWORD_FILE,
 ];
 /// Files that only work together: a value with one and not the other is unusable.
 pub const KAFKA_SECRET_PAIRS: [(&str, &str); 2] = [

@@ -126,7 +126,10 @@ async fn kafka_token(reveal: bool) -> Result<(), WriterError> {
 }
 
 async fn run() -> Result<(), WriterError> {
-    let cfg = WriterConfig::from_env().map_err(|e| WriterError::Config(e.to_string()))?;
+    let mut cfg = WriterConfig::from_env().map_err(|e| WriterError::Config(e.to_string()))?;
+    bgpersist::writer::bus::keystore::fetch_remote_tls(&mut cfg.kafka)
+        .await
+        .map_err(|e| WriterError::Config(e.to_string()))?;
     let mut registry = Registry::default();
     let metrics = WriterMetrics::register(&mut registry);
     // Registered before the registry is served; only the mirror has its own.

@@ -88,6 +88,16 @@ pub fn spec_rules() -> Vec<Rule> {
             .reason(Reason::FieldValueRequired),
     );
     rules.push(
+        Rule::new("(!has(self.ssl_keystore_location) && !has(self.ssl_truststore_location)) || (has(self.kafka_security_protocol) && self.kafka_security_protocol in ['SSL', 'SASL_SSL'])")
+            .message("ssl_keystore_location and ssl_truststore_location need kafka_security_protocol SSL or SASL_SSL")
+            .reason(Reason::FieldValueInvalid),
+    );
+    rules.push(
+        Rule::new("(!has(self.ssl_keystore_location) && !has(self.ssl_truststore_location)) || self.writers.all(w, !has(w.autoscaling))")
+            .message(Message::Message(format!("writers[].autoscaling is not supported with ssl_keystore_location or ssl_truststore_location: {AUTOSCALING_REMOTE_TLS}")))
+            .reason(Reason::FieldValueForbidden),
+    );
+    rules.push(
         Rule::new("!has(self.kafka_oauthbearer) || self.kafka_oauthbearer.method != 'OIDC' || has(self.kafka_sasl_secret)")
             .message("kafka_oauthbearer.method OIDC needs kafka_sasl_secret holding the client secret (\"client_secret\")")
             .reason(Reason::FieldValueRequired),
@@ -121,6 +131,8 @@ pub const EXACTLY_ONCE_TYPES: [super::WriterType; 2] = [
 ];
 /// Why `metrics_exactly_once` is refused elsewhere (shared with the operator's own check).
 pub const EXACTLY_ONCE_ONLY: &str = "writers[].metrics_exactly_once is for METRICS_WRITER and GO_RESULT_BUS_METRICS_WRITER on bus_backend KAFKA (Pub/Sub has no transactions)";
+/// Why autoscaling is refused with a keystore or truststore in object storage.
+pub const AUTOSCALING_REMOTE_TLS: &str = "KEDA's Kafka scaler cannot read them from object storage; put the PEM material in kafka_sasl_secret (ssl_ca_pem, ssl_certificate_pem, ssl_key_pem) instead";
 /// Why autoscaling is refused with OAUTHBEARER (shared with the operator's own check).
 pub const AUTOSCALING_OAUTHBEARER: &str = "bgpersist does not hand OAUTHBEARER tokens to KEDA's Kafka scaler yet; scale these writers with replicas";
 

@@ -37,6 +37,19 @@ pub struct BackgroundPersistenceSpec {
     /// Kafka SASL mechanism; PLAIN when a SASL protocol names none (seed 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_sasl_mechanism: Option<KafkaSaslMechanism>,
+    /// A PKCS#12 keystore for brokers that want a client certificate, as an
+    /// `s3://` or `gs://` URI (seed 000); its password is the Kafka secret's
+    /// `ssl_keystore_password`. The writers fetch it at start with their own
+    /// cloud identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(r"^(s3|s3a|gs)://[^/\s]+/\S+$"))]
+    pub ssl_keystore_location: Option<String>,
+    /// A PEM bundle of the CAs that sign the brokers' certificates, as an
+    /// `s3://` or `gs://` URI (bgpersist extension; the Kafka secret's
+    /// `ssl_ca_pem` is the other way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(r"^(s3|s3a|gs)://[^/\s]+/\S+$"))]
+    pub ssl_truststore_location: Option<String>,
     /// Where OAUTHBEARER tokens come from; required with kafka_sasl_mechanism OAUTHBEARER.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_oauthbearer: Option<KafkaOAuthBearer>,

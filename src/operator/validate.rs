@@ -231,6 +231,15 @@ fn autoscaling_problems(
             "is for KAFKA; on PUBSUB the backlog per replica is the writer's hpa_target_average_value".into(),
         ));
     }
+    if kafka && (spec.ssl_keystore_location.is_some() || spec.ssl_truststore_location.is_some()) {
+        out.push((
+            "",
+            format!(
+                "not supported with ssl_keystore_location or ssl_truststore_location: {}",
+                crate::crd::rules::AUTOSCALING_REMOTE_TLS
+            ),
+        ));
+    }
     if kafka && spec.kafka_sasl_mechanism == Some(KafkaSaslMechanism::OauthBearer) {
         out.push((
             "",

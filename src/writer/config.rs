@@ -86,6 +86,10 @@ pub struct KafkaSettings {
     pub auto_offset_reset: String,
     /// Where OAUTHBEARER tokens come from, when that is the mechanism.
     pub oauth: Option<KafkaOAuth>,
+    /// `s3://` or `gs://` URIs of a PKCS#12 keystore and a PEM CA bundle,
+    /// fetched at start (`bus::keystore`) into librdkafka file settings.
+    pub keystore_location: Option<String>,
+    pub truststore_location: Option<String>,
 }
 
 /// The OAUTHBEARER token source (`kafka_oauthbearer`).
@@ -346,6 +350,7 @@ fn kafka_settings(
             (c::KAFKA_CERT_FILE, "ssl.certificate.pem"),
             (c::KAFKA_KEY_FILE, "ssl.key.pem"),
             (c::KAFKA_KEY_PASSWORD_FILE, "ssl.key.password"),
+            (c::KAFKA_KEYSTORE_PASSWORD_FILE, "ssl.keystore.password"),
         ] {
             if dir.join(file).exists() {
                 properties.push((key.into(), read(file)?));
@@ -376,6 +381,8 @@ fn kafka_settings(
         properties,
         auto_offset_reset,
         oauth,
+        keystore_location: get(c::ENV_KAFKA_SSL_KEYSTORE_LOCATION),
+        truststore_location: get(c::ENV_KAFKA_SSL_TRUSTSTORE_LOCATION),
     })
 }
 

@@ -452,6 +452,30 @@ async fn oauthbearer_needs_its_token_source() {
 }
 
 #[tokio::test]
+async fn keystore_and_truststore_locations_need_tls_and_an_object_uri() {
+    let p = json!({"kafka_security_protocol": "SASL_PLAINTEXT",
+        "ssl_keystore_location": "s3://certs/kafka/client.p12"});
+    assert_refused(
+        "a keystore without TLS",
+        p,
+        none,
+        "ssl_keystore_location and ssl_truststore_location need kafka_security_protocol SSL or SASL_SSL",
+    )
+    .await;
+    let p = json!({"ssl_truststore_location": "/etc/ssl/ca.pem"});
+    assert_refused("a local path", p, none, "spec.ssl_truststore_location").await;
+    let mut p = autoscaled(json!({"max_replicas": 3}));
+    p["ssl_keystore_location"] = json!("gs://certs/kafka/client.p12");
+    assert_refused(
+        "autoscaled with a keystore in object storage",
+        p,
+        none,
+        "writers[].autoscaling is not supported with ssl_keystore_location",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn oidc_and_msk_iam_token_sources_are_accepted() -> anyhow::Result<()> {
     let client = install_crd().await?;
     let api: Api<BackgroundPersistence> = Api::all(client);
@@ -461,6 +485,8 @@ async fn oidc_and_msk_iam_token_sources_are_accepted() -> anyhow::Result<()> {
                 "token_endpoint_url": "https://login.example.com/oauth2/token"}}),
         json!({"kafka_sasl_mechanism": "OAUTHBEARER", "kafka_sasl_secret": null,
             "kafka_oauthbearer": {"method": "AWS_MSK_IAM", "aws_region": "eu-west-1"}}),
+        json!({"ssl_keystore_location": "s3://certs/kafka/client.p12",
+            "ssl_truststore_location": "gs://certs/kafka/ca.pem"}),
     ] {
         let bp = seed_resource(patch)?;
         let created = api.create(&PostParams::default(), &bp).await?;

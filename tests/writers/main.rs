@@ -8,6 +8,7 @@ mod support;
 
 mod harness;
 mod kafka_client;
+mod kafka_keystore;
 mod kafka_oauth;
 mod kafka_tls;
 mod metrics_exactly_once;

@@ -295,6 +295,14 @@ fn env(bp: &BackgroundPersistence, resource: &str, rw: &ResolvedWriter) -> Vec<E
             (c::ENV_KAFKA_CONSUMER_GROUP, Some(rw.consumer_group.clone())),
             (c::ENV_KAFKA_CLIENT_ID_PREFIX, spec.client_id_prefix.clone()),
             (
+                c::ENV_KAFKA_SSL_KEYSTORE_LOCATION,
+                spec.ssl_keystore_location.clone(),
+            ),
+            (
+                c::ENV_KAFKA_SSL_TRUSTSTORE_LOCATION,
+                spec.ssl_truststore_location.clone(),
+            ),
+            (
                 c::ENV_KAFKA_ARGS,
                 (!rw.kafka_args.is_empty())
                     .then(|| serde_json::to_string(&rw.kafka_args).unwrap_or_default()),

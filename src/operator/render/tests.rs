@@ -683,3 +683,18 @@ fn oauthbearer_token_source_reaches_the_writers_env() {
         "no secret to mount"
     );
 }
+
+#[test]
+fn keystore_and_truststore_locations_reach_the_writers_env() {
+    let bp = seed_with(json!({"ssl_keystore_location": "s3://certs/client.p12",
+        "ssl_truststore_location": "gs://certs/ca.pem"}));
+    let env = env_of(&render_all(&bp).writers[0]);
+    assert_eq!(
+        env[c::ENV_KAFKA_SSL_KEYSTORE_LOCATION],
+        "s3://certs/client.p12"
+    );
+    assert_eq!(
+        env[c::ENV_KAFKA_SSL_TRUSTSTORE_LOCATION],
+        "gs://certs/ca.pem"
+    );
+}

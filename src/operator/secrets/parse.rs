@@ -9,11 +9,11 @@ use crate::operator::render::{SecretBytes, SecretEntry, Slot};
 use std::collections::BTreeMap;
 
 /// The accepted Kafka secret form, for messages.
-pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."} (for OAUTHBEARER with OIDC, {"client_secret": "..."}), optionally with PEM "ssl_ca_pem", "ssl_certificate_pem", "ssl_key_pem" (and "ssl_key_password"), or with those alone for SSL"#;
+pub const SASL_FORM: &str = r#"a JSON object {"username": "...", "password": "..."} (for OAUTHBEARER with OIDC, {"client_secret": "..."}), optionally with PEM "ssl_ca_pem", "ssl_certificate_pem", "ssl_key_pem" (and "ssl_key_password") or "ssl_keystore_password", or with those alone for SSL"#;
 
 /// Fields of the Kafka secret, each with the file it becomes; the seed's
 /// `sasl_username` / `sasl_password` spellings are taken too.
-const KAFKA_FIELDS: [(&[&str], &str, bool); 7] = [
+const KAFKA_FIELDS: [(&[&str], &str, bool); 8] = [
     (
         &["username", "sasl_username"],
         c::KAFKA_SASL_USERNAME_FILE,
@@ -29,6 +29,11 @@ const KAFKA_FIELDS: [(&[&str], &str, bool); 7] = [
     (&["ssl_key_pem"], c::KAFKA_KEY_FILE, true),
     (&["ssl_key_password"], c::KAFKA_KEY_PASSWORD_FILE, false),
     (&["client_secret"], c::KAFKA_CLIENT_SECRET_FILE, false),
+    (
+        &["ssl_keystore_password"],
+        c::KAFKA_KEYSTORE_PASSWORD_FILE,
+        false,
+    ),
 ];
 
 /// Turns a fetched value into the entry render writes for `slot`.

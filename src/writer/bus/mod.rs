@@ -2,6 +2,7 @@
 
 pub mod kafka;
 mod kafka_context;
+pub mod keystore;
 pub mod oauth;
 pub mod pubsub;
 

@@ -9,11 +9,11 @@
 use crate::formats::Message;
 use crate::formats::v1::BulkInsertMessage;
 use crate::writer::runtime::sink::{Rejected, WriterError};
+use crate::writer::stores::objects::open_bucket;
+pub use crate::writer::stores::objects::{Scheme, parse_uri};
 use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
 use crate::writer::stores::offline::{TableRows, ident, parquet};
 use futures::StreamExt;
-pub use crate::writer::stores::objects::{Scheme, parse_uri};
-use crate::writer::stores::objects::open_bucket;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore};
 use std::collections::HashMap;
