@@ -79,11 +79,12 @@ fn redis_benchmark(port: &str, requests: u64, args: &[&str]) -> anyhow::Result<f
 
 /// Cumulative (upper bound, count) buckets of a histogram.
 fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
+    let prefix = format!("{name}_bucket{{");
     text.lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"} ")?;
+            let (labels, count) = l.strip_prefix(&prefix)?.split_once("} ")?;
+            let le = labels.split(',').find_map(|p| p.strip_prefix("le=\""))?;
+            let le = le.trim_end_matches('"');
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {

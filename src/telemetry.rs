@@ -21,6 +21,19 @@ pub fn init(json: bool) {
     };
 }
 
+/// `bgpersist_build_info{version, component} 1`: which build runs where.
+pub fn register_build_info(registry: &mut prometheus_client::registry::Registry, component: &str) {
+    let info = prometheus_client::metrics::info::Info::new(vec![
+        ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("component".to_string(), component.to_string()),
+    ]);
+    registry.register(
+        "bgpersist_build",
+        "The running build's version, per component",
+        info,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -26,10 +26,18 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// A sample (`name` with its labels, as written) from a metrics text; 0 when absent.
+/// A sample from a metrics text, whatever the writer's own labels
+/// (resource, writer, type); 0 when absent.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            rest.trim().parse().ok()
+        })
         .unwrap_or(0.0)
 }
 

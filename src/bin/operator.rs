@@ -215,12 +215,15 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
+    let leader_gauge = metrics.leader.clone();
     let ctx = Arc::new(Context::new(client.clone(), metrics));
     let ready_ctl = ready.clone();
     let controller = |stop: leader::Stop| async move {
         ready_ctl.set_ready(true);
+        leader_gauge.set(1);
         info!("controller running");
         run_controller(ctx, stop).await;
+        leader_gauge.set(0);
         ready_ctl.set_ready(false);
         info!("controller stopped");
     };

@@ -131,10 +131,15 @@ async fn run() -> Result<(), WriterError> {
         .await
         .map_err(|e| WriterError::Config(e.to_string()))?;
     let mut registry = Registry::default();
-    let metrics = WriterMetrics::register(&mut registry);
+    // Every series names its writer, whatever the scraper's relabelling.
+    let labelled = registry
+        .sub_registry_with_label(("resource".into(), cfg.resource.clone().into()))
+        .sub_registry_with_label(("writer".into(), cfg.writer_name.clone().into()))
+        .sub_registry_with_label(("type".into(), cfg.writer_type.as_str().into()));
+    let metrics = WriterMetrics::register(labelled);
     // Registered before the registry is served; only the mirror has its own.
     let mirror_metrics = (cfg.writer_type == WriterType::QueryMirrorConsumer)
-        .then(|| MirrorMetrics::register(&mut registry));
+        .then(|| MirrorMetrics::register(labelled));
     let ready = Arc::new(http::Readiness::default());
     let listener = http::bind(cfg.http_addr)
         .await

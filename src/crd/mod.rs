@@ -5,6 +5,7 @@
 
 mod catalog;
 pub mod kafka_args;
+pub mod pod;
 pub mod rules;
 mod spec;
 mod status;

@@ -1,7 +1,7 @@
 //! Admission rules (CEL) derived from the writer catalog, added to the
 //! generated CRD so the API server refuses an unrunnable resource outright.
 
-use super::catalog::{BusField, ImageField};
+use super::catalog::BusField;
 use super::kafka_args;
 use super::spec::BackgroundPersistence;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -42,23 +42,8 @@ pub fn spec_rules() -> Vec<Rule> {
             .reason(Reason::FieldValueRequired),
         );
     }
-    let rust = present("common_persistence_specs.bus_writer_image_rust");
-    for image in [ImageField::Go, ImageField::Python, ImageField::Bswl] {
-        let types = image.used_by();
-        rules.push(
-            Rule::new(format!(
-                "{rust} || {} || self.writers.all(w, has(w.image) || !(w.bus_subscriber_type in {}))",
-                present(image.path()),
-                type_list(&types)
-            ))
-            .message(Message::Message(format!(
-                "{} (or common_persistence_specs.bus_writer_image_rust, or the writer's image) is required by writers of type {}",
-                image.path(),
-                names(&types)
-            )))
-            .reason(Reason::FieldValueRequired),
-        );
-    }
+    // No image rule: a writer without one runs the operator's own image
+    // when the operator has one (the chart hands it), else status says so.
     rules.push(
         Rule::new(format!(
             "self.common_persistence_specs.bus_backend != 'KAFKA' || size(self.writers) == 0 || {}",

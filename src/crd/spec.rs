@@ -130,6 +130,11 @@ pub struct CommonPersistenceSpecs {
     /// Dead-letter topic for messages that cannot be written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_dlq_topic: Option<String>,
+    /// Pod settings for every writer (placement, pull secrets, labels,
+    /// annotations, env, log level, volumes; bgpersist extension); a
+    /// writer's own `pod` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_pod: Option<super::pod::WriterPodSettings>,
 
     /// Image of the Go bus writers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -379,6 +384,10 @@ pub struct WriterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub hpa_target_average_value: Option<i64>,
+    /// Pod settings for this writer, over `common_persistence_specs.writer_pod`
+    /// (bgpersist extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<super::pod::WriterPodSettings>,
     /// Autoscale this writer with KEDA on Kafka consumer lag or Pub/Sub backlog;
     /// the autoscaler then owns the replica count (bgpersist extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]

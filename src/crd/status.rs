@@ -5,10 +5,17 @@ use serde::{Deserialize, Serialize};
 /// Observed state, written by the operator only.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct BackgroundPersistenceStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The `metadata.generation` this status describes. camelCase, unlike the
+    /// spec: kstatus (Flux, kpt, cli-utils) and Argo CD read this name.
+    #[serde(
+        default,
+        rename = "observedGeneration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing and Degraded, each with reason, message and observedGeneration.
+    /// Ready, Progressing and Degraded, each with reason, message and
+    /// observedGeneration; Reconciling and Stalled mirror Progressing and
+    /// Degraded under the names kstatus reads (abnormal-true).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -35,6 +35,8 @@ pub struct Context {
     pub secrets: SecretSettings,
     /// Where the KEDA CRDs autoscaled writers need are looked for.
     pub keda: Keda,
+    /// The operator's own image, for writers whose resource names none.
+    pub defaults: crate::operator::model::Defaults,
 }
 
 impl Context {
@@ -50,6 +52,7 @@ impl Context {
             recorder,
             secrets: SecretSettings::from_env(),
             keda: Keda::default(),
+            defaults: crate::operator::model::Defaults::from_env(),
         }
     }
 
@@ -109,6 +112,15 @@ pub async fn run_selected(
         selection.any_semantic(),
     );
     let resources = controller.store();
+    // Deleted resources' condition series go with them.
+    let (known, metrics) = (resources.clone(), ctx.metrics.clone());
+    let forget = async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let live = known.state().iter().map(|bp| bp.name_any()).collect();
+            metrics.retain_resources(&live);
+        }
+    };
     let controller = controller
         // `secret_client: KUBERNETES`: a change to a Secret a resource reads
         // reconciles that resource at once (its writers roll if the data changed).
@@ -148,6 +160,7 @@ pub async fn run_selected(
     };
     tokio::select! {
         () = controller => {}
+        () = forget => {}
         () = grace => warn!(grace_s = RECONCILE_GRACE.as_secs(), "abandoning in-flight reconciles at shutdown"),
     }
 }
@@ -208,7 +221,7 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
         .name
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
-    let checked = validate::validate(bp);
+    let checked = validate::validate_with(bp, &ctx.defaults);
     let mut report = Report::default();
     let fatal: Vec<Problem> = checked.fatal().cloned().collect();
 
@@ -278,6 +291,7 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
         apply_error: apply_message.as_deref(),
         now: &now,
     });
+    ctx.metrics.set_conditions(&name, &new_status.conditions);
     report.status_written = write_status(bp, &name, new_status, ctx).await?;
     match apply_error {
         Some(e) => Err(e),

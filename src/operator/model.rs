@@ -46,9 +46,30 @@ impl ResolvedWriter<'_> {
     }
 }
 
+/// What the operator itself brings to every resource.
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {
+    /// The operator's own image (`BGP_WRITER_IMAGE`, set by the chart): it
+    /// holds `bgpersist-writer`, which runs every writer type.
+    pub writer_image: Option<String>,
+}
+
+/// The operator's environment variable naming its own image.
+pub const ENV_WRITER_IMAGE: &str = "BGP_WRITER_IMAGE";
+
+impl Defaults {
+    pub fn from_env() -> Self {
+        Defaults {
+            writer_image: std::env::var(ENV_WRITER_IMAGE)
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "writer {writer}: no image (set common_persistence_specs.{field}, bus_writer_image_rust or the writer's image)"
+    "writer {writer}: no image (set common_persistence_specs.bus_writer_image_rust, {field} or the writer's image, or install the operator with its chart, which hands it its own image)"
 )]
 pub struct NoImage {
     pub writer: String,
@@ -60,12 +81,13 @@ pub fn resolve<'a>(
     bp: &BackgroundPersistence,
     resource: &str,
     w: &'a WriterSpec,
+    defaults: &Defaults,
 ) -> Result<ResolvedWriter<'a>, NoImage> {
     let store = w.bus_subscriber_type.kind().store;
     Ok(ResolvedWriter {
         spec: w,
         object_name: deployment_name(resource, &w.name),
-        image: resolve_image(bp, w)?,
+        image: resolve_image(bp, w, defaults)?,
         replicas: replicas(w),
         consumer_group: consumer_group(bp, resource, w),
         kafka_args: kafka_args::merged(
@@ -79,14 +101,20 @@ pub fn resolve<'a>(
 }
 
 /// The image a writer runs: its own, else the Rust image (which runs every
-/// type), else the common image its type names in the catalog.
-fn resolve_image(bp: &BackgroundPersistence, w: &WriterSpec) -> Result<String, NoImage> {
+/// type), else the operator's own image (the same binaries), else the common
+/// image its type names in the catalog.
+fn resolve_image(
+    bp: &BackgroundPersistence,
+    w: &WriterSpec,
+    defaults: &Defaults,
+) -> Result<String, NoImage> {
     let common = &bp.spec.common_persistence_specs;
     let field = w.bus_subscriber_type.kind().image;
     w.image
         .as_deref()
         .or(common.bus_writer_image_rust.as_deref())
         .filter(|s| !s.trim().is_empty())
+        .or(defaults.writer_image.as_deref())
         .or_else(|| field.value(common))
         .map(str::to_string)
         .ok_or_else(|| NoImage {

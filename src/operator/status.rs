@@ -1,4 +1,5 @@
-//! Status: conditions (Ready, Progressing, Degraded) with observedGeneration,
+//! Status: conditions (Ready, Progressing, Degraded, and kstatus's
+//! Reconciling and Stalled) with observedGeneration,
 //! per-writer rollout, written only when something other than time changed.
 
 use super::reasons;
@@ -10,6 +11,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// kstatus's names (sigs.k8s.io/cli-utils): True while a rollout is under
+/// way / while the resource cannot progress without a change.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 
 /// What one reconcile learned about one writer.
 #[derive(Clone, Debug)]
@@ -250,6 +255,24 @@ pub fn compute(inputs: StatusInputs<'_>) -> BackgroundPersistenceStatus {
         condition(
             previous,
             DEGRADED,
+            degraded,
+            degraded_reason,
+            &degraded_msg,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            RECONCILING,
+            progressing && !degraded,
+            prog_reason,
+            &prog_msg,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            STALLED,
             degraded,
             degraded_reason,
             &degraded_msg,

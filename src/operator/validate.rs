@@ -40,7 +40,15 @@ impl Validated<'_> {
     }
 }
 
+/// Validation with no operator defaults (render tests, `kubectl bgpersist render`).
 pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
+    validate_with(bp, &model::Defaults::default())
+}
+
+pub fn validate_with<'a>(
+    bp: &'a BackgroundPersistence,
+    defaults: &model::Defaults,
+) -> Validated<'a> {
     let spec = &bp.spec;
     let resource = bp.metadata.name.as_deref().unwrap_or_default();
     let mut problems = Vec::new();
@@ -121,7 +129,7 @@ pub fn validate(bp: &BackgroundPersistence) -> Validated<'_> {
                 );
             }
         }
-        let resolved = match model::resolve(bp, resource, w) {
+        let resolved = match model::resolve(bp, resource, w, defaults) {
             Ok(r) => Some(r),
             Err(e) => {
                 refuse(format!("writers[{i}].image"), e.to_string());
@@ -265,6 +273,33 @@ mod tests {
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_writer_without_image_runs_the_operators_own_or_is_refused_naming_the_fields() {
+        let bp = seed_with(json!({"common_persistence_specs": {"bus_writer_image_go": null}}));
+        let defaults = model::Defaults {
+            writer_image: Some("registry.example/bgpersist:1".into()),
+        };
+        let v = validate_with(&bp, &defaults);
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        assert!(
+            v.writers
+                .iter()
+                .all(|w| w.image == "registry.example/bgpersist:1")
+        );
+        let p = problems(json!({"common_persistence_specs": {"bus_writer_image_go": null}}));
+        assert!(
+            p.iter()
+                .any(|p| p.contains("bus_writer_image_rust, bus_writer_image_go")
+                    && p.contains("install the operator with its chart")),
+            "{p:?}"
+        );
+        // A Rust image named by the resource wins over the operator's.
+        let bp =
+            seed_with(json!({"common_persistence_specs": {"bus_writer_image_rust": "mine:2"}}));
+        let v = validate_with(&bp, &defaults);
+        assert!(v.writers.iter().all(|w| w.image == "mine:2"));
     }
 
     #[test]

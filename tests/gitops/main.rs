@@ -378,6 +378,18 @@ fn health(obj: &Value) -> anyhow::Result<(String, String)> {
     ))
 }
 
+/// The kstatus library's verdict on `obj` (hack/kstatus, the Go library Flux
+/// and kpt use); returns (status, message).
+fn kstatus(obj: &Value) -> anyhow::Result<(String, String)> {
+    let cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/kstatus/run"));
+    let out = cli::run(cmd, Some(&obj.to_string()))?;
+    let mut lines = out.lines();
+    Ok((
+        lines.next().unwrap_or_default().to_string(),
+        lines.next().unwrap_or_default().to_string(),
+    ))
+}
+
 fn deployment(generation: i64, ready: i32) -> Deployment {
     let mut d = Deployment::default();
     d.metadata.name = Some("bp-online-writer".into());
@@ -413,6 +425,35 @@ fn resource(
         "spec": {},
         "status": st,
     })
+}
+
+#[test]
+fn kstatus_reads_the_operators_status() -> anyhow::Result<()> {
+    let ready = |n| WriterOutcome::applied("online-writer", &deployment(1, n), "img", "h", 1);
+    assert_eq!(kstatus(&resource(1, 1, vec![ready(1)], &[]))?.0, "Current");
+    let rolling = kstatus(&resource(1, 1, vec![ready(0)], &[]))?;
+    assert_eq!(rolling.0, "InProgress");
+    assert!(rolling.1.contains("online-writer"), "{rolling:?}");
+    assert_eq!(
+        kstatus(&resource(2, 1, vec![ready(1)], &[]))?.0,
+        "InProgress",
+        "status of an older generation"
+    );
+    let problem = Problem {
+        writer: Some("online-writer".into()),
+        field: "writers[0].request.cpu".into(),
+        reason: "above its limit".into(),
+    };
+    let refused = WriterOutcome::refused("online-writer", 1, &[&problem]);
+    let failed = kstatus(&resource(
+        1,
+        1,
+        vec![refused],
+        std::slice::from_ref(&problem),
+    ))?;
+    assert_eq!(failed.0, "Failed");
+    assert!(failed.1.contains("above its limit"), "{failed:?}");
+    Ok(())
 }
 
 #[test]

@@ -223,9 +223,19 @@ async fn too_many_writers() {
 }
 
 #[tokio::test]
-async fn image_missing_for_writer_type() {
-    let p = json!({"common_persistence_specs": {"bus_writer_image_go": null}});
-    assert_refused("no go image", p, none, "bus_writer_image_go").await;
+async fn writers_without_images_are_accepted_for_the_operators_own_image() -> anyhow::Result<()> {
+    // The operator runs them on its own image; without one, status says so.
+    let client = install_crd().await?;
+    let bp = seed_resource(json!({"common_persistence_specs": {"bus_writer_image_go": null}}))?;
+    let api: Api<BackgroundPersistence> = Api::all(client);
+    let created = api.create(&PostParams::default(), &bp).await?;
+    assert_eq!(created.spec, bp.spec);
+    api.delete(
+        &bp.metadata.name.clone().unwrap_or_default(),
+        &Default::default(),
+    )
+    .await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -519,4 +529,40 @@ async fn kafka_args_prefixes_and_a_sasl_protocol_without_mechanism_are_accepted(
     )
     .await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn pod_settings_cannot_take_what_the_operator_sets() {
+    let cases = [
+        (
+            json!({"common_persistence_specs": {"writer_pod": {"labels": {"bgpersist.dev/writer": "x"}}}}),
+            "spec.common_persistence_specs.writer_pod.labels: Invalid value",
+            "bgpersist.dev/ and app.kubernetes.io/ labels are set by the operator",
+        ),
+        (
+            json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+                "pod": {"env": [{"name": "BGP_SUBSCRIPTION", "value": "other"}]}}]}),
+            "spec.writers[0].pod.env",
+            "BGP_* variables are rendered from the spec",
+        ),
+        (
+            json!({"common_persistence_specs": {"writer_pod": {"volumes": [{"name": "tmp", "emptyDir": {}}]}}}),
+            "spec.common_persistence_specs.writer_pod.volumes",
+            "volume names tmp, kafka-sasl and stores are the operator's",
+        ),
+        (
+            json!({"common_persistence_specs": {"writer_pod": {"volume_mounts": [{"name": "x", "mountPath": "/etc/bgpersist/kafka-sasl"}]}}}),
+            "spec.common_persistence_specs.writer_pod.volume_mounts",
+            "mount paths under /etc/bgpersist and /tmp are the operator's",
+        ),
+        (
+            json!({"common_persistence_specs": {"writer_pod": {"log_level": "info; rm -rf"}}}),
+            "spec.common_persistence_specs.writer_pod.log_level",
+            "should match",
+        ),
+    ];
+    for (patch, field, reason) in cases {
+        assert_refused(field, patch.clone(), none, field).await;
+        assert_refused(reason, patch, none, reason).await;
+    }
 }

@@ -99,6 +99,30 @@ impl Fixture {
             .await?;
         Ok(())
     }
+
+    /// Marks `writers` ready and reconciles until status counts `ready`:
+    /// the rig's Deployment controller may rewrite a status we patched (its
+    /// pods never start), so the marking is repeated as it would be by
+    /// kubelets reporting.
+    async fn settle_ready(&self, writers: &[&str], ready: &str) -> anyhow::Result<()> {
+        for _ in 0..25 {
+            for w in writers {
+                self.mark_ready(w).await?;
+            }
+            self.reconcile().await?;
+            let shown = self
+                .bps
+                .get(&self.name)
+                .await?
+                .status
+                .and_then(|s| s.writers_ready);
+            if shown.as_deref() == Some(ready) {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
 }
 
 #[tokio::test]
@@ -195,8 +219,7 @@ async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
 async fn ready_when_deployments_roll_out() -> anyhow::Result<()> {
     let f = Fixture::new(json!({})).await?;
     f.reconcile().await?;
-    f.mark_ready("go-metrics-bus-writer").await?;
-    f.reconcile().await?;
+    f.settle_ready(&["go-metrics-bus-writer"], "1/2").await?;
     assert_eq!(
         f.condition("Ready").await?.0,
         "False",
@@ -211,8 +234,11 @@ async fn ready_when_deployments_roll_out() -> anyhow::Result<()> {
             .as_deref(),
         Some("1/2")
     );
-    f.mark_ready("go-result-bus-metrics-writer").await?;
-    f.reconcile().await?;
+    f.settle_ready(
+        &["go-metrics-bus-writer", "go-result-bus-metrics-writer"],
+        "2/2",
+    )
+    .await?;
     let (ready, reason, message, _) = f.condition("Ready").await?;
     assert_eq!(
         (ready.as_str(), reason.as_str(), message.as_str()),
@@ -437,4 +463,100 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::bail!("timed out waiting for {what}")
+}
+
+#[tokio::test]
+async fn pod_settings_reach_the_pods_and_a_resync_writes_nothing() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({
+        "common_persistence_specs": {"writer_pod": {
+            "node_selector": {"pool": "writers", "zone": "a"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "writers", "effect": "NoSchedule"}],
+            "priority_class_name": "bulk",
+            "image_pull_secrets": [{"name": "registry"}],
+            "labels": {"team": "data"},
+            "annotations": {"ad.datadoghq.com/writer.logs": "[]"},
+            "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+            "log_level": "info",
+            "volumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+            "volume_mounts": [{"name": "corp-ca", "mountPath": "/etc/ssl/corp", "readOnly": true}],
+            "topology_spread_constraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"bgpersist.dev/resource": "background-persistence"}}}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}}
+        }},
+        "writers": [
+            {"name": "go-metrics-bus-writer", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "pod": {"node_selector": {"zone": "b"}, "log_level": "debug"}},
+            {"name": "go-result-bus-metrics-writer", "bus_subscriber_type": "GO_RESULT_BUS_METRICS_WRITER"}
+        ]
+    }))
+    .await?;
+    f.reconcile().await?;
+    let d = f
+        .deployments()
+        .get(&f.dep_name("go-metrics-bus-writer"))
+        .await?;
+    let template = d
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let pod = template.spec.unwrap_or_default();
+    assert_eq!(
+        pod.node_selector,
+        Some(std::collections::BTreeMap::from([
+            ("pool".to_string(), "writers".to_string()),
+            ("zone".to_string(), "b".to_string())
+        ])),
+        "the writer's key wins, the resource's others stay"
+    );
+    assert_eq!(pod.priority_class_name.as_deref(), Some("bulk"));
+    assert_eq!(pod.tolerations.map(|t| t.len()), Some(1));
+    assert!(pod.affinity.is_some() && pod.topology_spread_constraints.is_some());
+    assert_eq!(
+        pod.image_pull_secrets
+            .map(|s| s.into_iter().map(|r| r.name).collect::<Vec<_>>()),
+        Some(vec!["registry".to_string()])
+    );
+    let labels = meta.labels.unwrap_or_default();
+    assert_eq!(labels.get("team").map(String::as_str), Some("data"));
+    assert_eq!(
+        labels.get("bgpersist.dev/writer").map(String::as_str),
+        Some("go-metrics-bus-writer")
+    );
+    assert!(
+        meta.annotations
+            .unwrap_or_default()
+            .contains_key("ad.datadoghq.com/writer.logs")
+    );
+    let c = &pod.containers[0];
+    let env: std::collections::BTreeMap<String, String> = c
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect();
+    assert_eq!(env.get("RUST_LOG").map(String::as_str), Some("debug"));
+    assert_eq!(env.get("AWS_REGION").map(String::as_str), Some("eu-west-1"));
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "corp-ca" && m.mount_path == "/etc/ssl/corp")
+    );
+    assert!(pod.volumes.iter().flatten().any(|v| v.name == "corp-ca"));
+
+    // What the server defaulted (configMap defaultMode, ...) is no drift.
+    f.count.reset();
+    let again = f.reconcile().await?;
+    assert_eq!(
+        again,
+        Default::default(),
+        "nothing applied, pruned or written"
+    );
+    assert_eq!(f.count.writes(), 0, "writes: {:?}", f.count.write_log());
+    Ok(())
 }

@@ -140,7 +140,7 @@ async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> an
         "{metrics}"
     );
     assert!(
-        metrics.contains("bgpersist_writer_messages_dead_lettered_total 2"),
+        has_sample(&metrics, "bgpersist_writer_messages_dead_lettered_total 2"),
         "{metrics}"
     );
 

@@ -82,7 +82,7 @@ async fn a_store_ca_that_does_not_match_is_reported_on_readyz() -> anyhow::Resul
     assert!(body.to_lowercase().contains("certificate"), "{body}");
     let metrics = http_get(port, "/metrics").unwrap_or_default();
     assert!(
-        metrics.contains("bgpersist_writer_store_writable 0"),
+        has_sample(&metrics, "bgpersist_writer_store_writable 0"),
         "{metrics}"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -41,6 +41,10 @@ pub fn render(
     secrets: &SecretInputs,
 ) -> WriterDeployment {
     let w = rw.spec;
+    let pod = crate::crd::pod::WriterPodSettings::merged(
+        bp.spec.common_persistence_specs.writer_pod.as_ref(),
+        w.pod.as_ref(),
+    );
     let image = rw.image.clone();
     let replicas = rw.replicas;
     let (sasl, store_file) = (rw.kafka_sasl, rw.store_file);
@@ -99,6 +103,17 @@ pub fn render(
             ..Default::default()
         });
     }
+    mounts.extend(pod.volume_mounts.clone().unwrap_or_default());
+    volumes.extend(pod.volumes.clone().unwrap_or_default());
+    let mut env = env(bp, resource, rw);
+    if let Some(level) = &pod.log_level {
+        env.push(EnvVar {
+            name: "RUST_LOG".into(),
+            value: Some(level.clone()),
+            ..Default::default()
+        });
+    }
+    env.extend(pod.env.clone().unwrap_or_default());
     // The versions (never the values) of the secrets this writer mounts: a
     // rotation rolls exactly the writers that read the rotated secret.
     let versions: Vec<(Slot, &str)> = rw
@@ -110,7 +125,7 @@ pub fn render(
     let container = Container {
         name: "writer".into(),
         image: Some(image.clone()),
-        env: Some(env(bp, resource, rw)),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: c::WRITER_HTTP_PORT,
@@ -156,10 +171,20 @@ pub fn render(
         }),
         containers: vec![container],
         volumes: Some(volumes),
+        node_selector: pod.node_selector.clone(),
+        tolerations: pod.tolerations.clone(),
+        affinity: pod.affinity.clone(),
+        topology_spread_constraints: pod.topology_spread_constraints.clone(),
+        priority_class_name: pod.priority_class_name.clone(),
+        image_pull_secrets: pod.image_pull_secrets.clone(),
         ..Default::default()
     };
     let config_hash = hash_of(&pod_spec, &versions);
     let pod_labels = labels::writer(resource, w);
+    let mut template_labels = pod.labels.clone().unwrap_or_default();
+    template_labels.extend(pod_labels.clone());
+    let mut template_annotations = pod.annotations.clone().unwrap_or_default();
+    template_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.clone());
     let deployment = Deployment {
         metadata: ObjectMeta {
             name: Some(rw.object_name.clone()),
@@ -186,11 +211,8 @@ pub fn render(
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.into(),
-                        config_hash.clone(),
-                    )])),
+                    labels: Some(template_labels),
+                    annotations: Some(template_annotations),
                     ..Default::default()
                 }),
                 spec: Some(pod_spec),

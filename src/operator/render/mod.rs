@@ -179,7 +179,7 @@ pub(crate) mod fixtures {
             .writers
             .iter()
             .map(|w| {
-                crate::operator::model::resolve(bp, resource, w)
+                crate::operator::model::resolve(bp, resource, w, &Default::default())
                     .unwrap_or_else(|e| panic!("resolve: {e}"))
             })
             .collect()

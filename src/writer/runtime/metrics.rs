@@ -31,6 +31,10 @@ pub struct WriterMetrics {
     pub bus_reachable: Gauge,
     /// 0 while writes to the store fail and are retried, else 1.
     pub store_writable: Gauge,
+    /// Dead letters by class (decode, rejected).
+    pub dead_letters: Family<ErrorLabels, Counter>,
+    /// Unix time of the last batch written, so a stalled writer shows.
+    pub last_write: Gauge<f64, AtomicU64>,
     pub lag_seconds: Gauge<f64, AtomicU64>,
 }
 
@@ -47,6 +51,8 @@ impl Default for WriterMetrics {
             lag_messages: Gauge::default(),
             bus_reachable: Gauge::default(),
             store_writable: Gauge::default(),
+            dead_letters: Family::default(),
+            last_write: Gauge::default(),
             lag_seconds: Gauge::default(),
         }
     }
@@ -69,6 +75,23 @@ impl WriterMetrics {
         if let Some(ms) = newest {
             self.lag_seconds.set((now_ms - ms).max(0) as f64 / 1000.0);
         }
+    }
+
+    pub fn count_dead_letter(&self, error: &WriterError) {
+        self.dead_letters
+            .get_or_create(&ErrorLabels {
+                class: error.label(),
+            })
+            .inc();
+    }
+
+    /// A batch was durably written now.
+    pub fn wrote(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_write.set(now);
     }
 
     pub fn count_error(&self, error: &WriterError) {
@@ -130,6 +153,16 @@ impl WriterMetrics {
             m.store_writable.clone(),
         );
         r.register(
+            "dead_letters",
+            "Messages sent to the dead-letter topic, by class (decode, rejected)",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "last_write_timestamp_seconds",
+            "Unix time of the last batch durably written",
+            m.last_write.clone(),
+        );
+        r.register(
             "consumer_lag_messages",
             "Messages behind the end of the assigned partitions",
             m.lag_messages.clone(),
@@ -139,6 +172,7 @@ impl WriterMetrics {
             "Age of the newest message written",
             m.lag_seconds.clone(),
         );
+        crate::telemetry::register_build_info(registry, "writer");
         m
     }
 }

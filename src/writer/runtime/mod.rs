@@ -318,6 +318,9 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
 
         let written = (records.len() - rejected.len()) as u64;
         self.metrics.written.inc_by(written);
+        if written > 0 {
+            self.metrics.wrote();
+        }
         self.metrics.dead_lettered.inc_by(poison.len() as u64);
         self.metrics
             .batch_seconds
@@ -420,6 +423,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             match self.bus.dead_letter(env, &headers).await {
                 Ok(()) => {
                     self.metrics.count_error(error);
+                    self.metrics.count_dead_letter(error);
                     warn!(class = error.label(), %reason, origin = ?env.origin, "message dead-lettered");
                     return Ok(());
                 }

@@ -141,13 +141,48 @@ pub fn online_writer_env(
     )
 }
 
-/// The value of an unlabelled sample `name` in a Prometheus/OpenMetrics text.
+/// A sample line: name, labels, value.
+type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
+/// A sample line split into name, labels and value.
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.trim().parse().ok()?;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix('}')?;
+            let labels = inner
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once("=\"")?;
+                    Some((k, v.trim_end_matches('"')))
+                })
+                .collect();
+            (name, labels)
+        }
+        None => (series, Vec::new()),
+    };
+    Some((name, labels, value))
+}
+
+/// The value of sample `name` in a Prometheus/OpenMetrics text, whatever
+/// the writer's own labels (resource, writer, type); the first when several.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
+    text.lines()
+        .filter_map(parse_sample)
+        .find_map(|(n, _, v)| (n == name).then_some(v))
+}
+
+/// Whether `text` holds the sample `expected` (`name{labels} value` or
+/// `name value`): same name and value, with at least its labels.
+pub fn has_sample(text: &str, expected: &str) -> bool {
+    let Some((name, labels, value)) = parse_sample(expected) else {
+        return false;
+    };
+    text.lines()
+        .filter_map(parse_sample)
+        .any(|(n, ls, v)| n == name && v == value && labels.iter().all(|l| ls.contains(l)))
 }
 
 impl Writer {
