@@ -36,6 +36,29 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/*
+The labels of one object: the chart's own, then the object's extra labels
+(`extra`), then commonLabels; on a clash the earlier wins, so selectors and
+the chart's labels never change. Call with (dict "ctx" $ "extra" <map or nil>).
+*/}}
+{{- define "bgpersist.objectLabels" -}}
+{{- $own := include "bgpersist.labels" .ctx | fromYaml }}
+{{- toYaml (merge $own (deepCopy (.extra | default dict)) (deepCopy (.ctx.Values.commonLabels | default dict))) }}
+{{- end }}
+
+{{/*
+An `annotations:` block (nothing when empty): the object's own annotations
+(`extra`), then commonAnnotations; the object's own win on a clash.
+Call with (dict "ctx" $ "extra" <map or nil>).
+*/}}
+{{- define "bgpersist.objectAnnotations" -}}
+{{- $all := merge (deepCopy (.extra | default dict)) (deepCopy (.ctx.Values.commonAnnotations | default dict)) }}
+{{- with $all }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
 {{- define "bgpersist.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "bgpersist.fullname" .) .Values.serviceAccount.name }}
@@ -44,6 +67,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The operator's image reference, also handed to it as BGP_WRITER_IMAGE. */}}
 {{- define "bgpersist.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.digest }}
