@@ -100,19 +100,24 @@ impl Metrics {
 
     /// A client whose every request is counted in `api_requests` by verb.
     pub fn counting_client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
-        let requests = self.api_requests.clone();
+        let metrics = self.clone();
         let layer =
             tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-                requests
-                    .get_or_create(&VerbLabel {
-                        verb: verb(req.method(), req.uri()).to_string(),
-                    })
-                    .inc();
+                metrics.count_api_request(verb(req.method(), req.uri()));
                 req
             });
         Ok(kube::client::ClientBuilder::try_from(config)?
             .with_layer(&layer)
             .build())
+    }
+
+    /// One request to the API server, by its Kubernetes verb.
+    pub fn count_api_request(&self, verb: &str) {
+        self.api_requests
+            .get_or_create(&VerbLabel {
+                verb: verb.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a reconcile and records its duration when the guard drops.

@@ -15,6 +15,7 @@ mod support;
 mod cli;
 
 mod crd_fresh;
+mod metric_names;
 mod operator_process;
 mod operator_rbac;
 
