@@ -39,6 +39,7 @@ pub fn spec_rules() -> Vec<Rule> {
                 field.path(),
                 names(&types)
             )))
+            .field_path(format!(".{}", field.path()))
             .reason(Reason::FieldValueRequired),
         );
     }
@@ -50,46 +51,55 @@ pub fn spec_rules() -> Vec<Rule> {
             present("kafka_bootstrap_servers")
         ))
         .message("kafka_bootstrap_servers is required when common_persistence_specs.bus_backend is KAFKA")
+        .field_path(".kafka_bootstrap_servers")
         .reason(Reason::FieldValueRequired),
     );
     rules.push(
         Rule::new("!has(self.kafka_sasl_mechanism) || !has(self.kafka_security_protocol) || self.kafka_security_protocol in ['SASL_PLAINTEXT', 'SASL_SSL']")
             .message("kafka_sasl_mechanism needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL")
+            .field_path(".kafka_sasl_mechanism")
             .reason(Reason::FieldValueInvalid),
     );
     rules.push(
         Rule::new("!has(self.kafka_sasl_secret) || has(self.common_persistence_specs.secret_client)")
             .message("kafka_sasl_secret needs common_persistence_specs.secret_client (AWS, GCP or KUBERNETES) to say where the secret lives")
+            .field_path(".kafka_sasl_secret")
             .reason(Reason::FieldValueRequired),
     );
     rules.push(
         Rule::new("self.common_persistence_specs.bus_backend == 'KAFKA' || self.writers.all(w, !has(w.autoscaling) || !has(w.autoscaling.lag_threshold))")
             .message("writers[].autoscaling.lag_threshold is for KAFKA; on PUBSUB the backlog per replica is the writer's hpa_target_average_value")
+            .field_path(".writers")
             .reason(Reason::FieldValueInvalid),
     );
     rules.push(
         Rule::new(format!("(has(self.kafka_sasl_mechanism) && self.kafka_sasl_mechanism == '{OAUTHBEARER}') == has(self.kafka_oauthbearer)"))
             .message(Message::Message(format!("kafka_sasl_mechanism {OAUTHBEARER} and kafka_oauthbearer go together: kafka_oauthbearer says where tokens come from (OIDC or AWS_MSK_IAM)")))
+            .field_path(".kafka_oauthbearer")
             .reason(Reason::FieldValueRequired),
     );
     rules.push(
         Rule::new("(!has(self.ssl_keystore_location) && !has(self.ssl_truststore_location)) || (has(self.kafka_security_protocol) && self.kafka_security_protocol in ['SSL', 'SASL_SSL'])")
             .message("ssl_keystore_location and ssl_truststore_location need kafka_security_protocol SSL or SASL_SSL")
+            .field_path(".kafka_security_protocol")
             .reason(Reason::FieldValueInvalid),
     );
     rules.push(
         Rule::new("(!has(self.ssl_keystore_location) && !has(self.ssl_truststore_location)) || self.writers.all(w, !has(w.autoscaling))")
             .message(Message::Message(format!("writers[].autoscaling is not supported with ssl_keystore_location or ssl_truststore_location: {AUTOSCALING_REMOTE_TLS}")))
+            .field_path(".writers")
             .reason(Reason::FieldValueForbidden),
     );
     rules.push(
         Rule::new("!has(self.kafka_oauthbearer) || self.kafka_oauthbearer.method != 'OIDC' || has(self.kafka_sasl_secret)")
             .message("kafka_oauthbearer.method OIDC needs kafka_sasl_secret holding the client secret (\"client_secret\")")
+            .field_path(".kafka_sasl_secret")
             .reason(Reason::FieldValueRequired),
     );
     rules.push(
         Rule::new(format!("self.common_persistence_specs.bus_backend != 'KAFKA' || !has(self.kafka_sasl_mechanism) || self.kafka_sasl_mechanism != '{OAUTHBEARER}' || self.writers.all(w, !has(w.autoscaling))"))
             .message(Message::Message(format!("writers[].autoscaling is not supported with kafka_sasl_mechanism {OAUTHBEARER}: {AUTOSCALING_OAUTHBEARER}")))
+            .field_path(".writers")
             .reason(Reason::FieldValueForbidden),
     );
     rules.push(
@@ -98,11 +108,13 @@ pub fn spec_rules() -> Vec<Rule> {
             type_list(&EXACTLY_ONCE_TYPES)
         ))
         .message(Message::Message(EXACTLY_ONCE_ONLY.to_string()))
+        .field_path(".writers")
         .reason(Reason::FieldValueForbidden),
     );
     rules.push(
         Rule::new("!has(self.store_uri_secrets) || has(self.common_persistence_specs.secret_client)")
             .message("store_uri_secrets needs common_persistence_specs.secret_client (AWS, GCP or KUBERNETES) to say where the secrets live")
+            .field_path(".store_uri_secrets")
             .reason(Reason::FieldValueRequired),
     );
     rules
@@ -282,5 +294,58 @@ fn push_rules(schema: &mut JSONSchemaProps, rules: Vec<Rule>) {
             field_path: r.field_path,
             optional_old_self: r.optional_old_self,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_resource_level_rule_names_its_field() {
+        for rule in spec_rules() {
+            assert!(
+                rule.field_path
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with('.')),
+                "no fieldPath: {}",
+                rule.rule
+            );
+        }
+    }
+
+    /// `kubectl explain` has something to say about every field.
+    #[test]
+    fn every_field_is_described() {
+        let crd = serde_json::to_value(crd_with_rules()).unwrap_or_default();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert!(
+            schema["description"]
+                .as_str()
+                .is_some_and(|d| !d.contains("Auto-generated")),
+            "the top-level description is kube-rs's placeholder"
+        );
+        fn walk(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
+            if let Some(props) = node["properties"].as_object() {
+                for (k, v) in props {
+                    let p = format!("{path}.{k}");
+                    if v.get("description").is_none()
+                        && !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                    {
+                        missing.push(p.clone());
+                    }
+                    walk(v, &p, missing);
+                }
+            }
+            if node.get("items").is_some() {
+                walk(&node["items"], &format!("{path}[]"), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(schema, "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
     }
 }

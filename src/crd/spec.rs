@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".spec.common_persistence_specs.namespace"}"#,
     printcolumn = r#"{"name":"Writers","type":"string","jsonPath":".status.writers_ready"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "Background persistence: writers that consume query results, metrics, usage events and query logs from Kafka or Google Pub/Sub and persist them into online, offline, metrics, usage and vector stores. The operator runs one Deployment per writer in spec.common_persistence_specs.namespace, with a ServiceAccount and the secrets they mount; status reports each writer's rollout and Ready, Progressing, Degraded, Reconciling and Stalled conditions."
 )]
 pub struct BackgroundPersistenceSpec {
     /// Bus backend, namespace, identity, images and the topic/subscription IDs shared by the writers.
@@ -438,10 +439,12 @@ impl AutoscalingSpec {
 /// CPU and memory as Kubernetes quantities ("200m", "512Mi").
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ResourceAmounts {
+    /// CPU, e.g. "200m" or "1".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"200m\" or \"1\""))]
     #[schemars(length(max = 32))]
     pub cpu: Option<String>,
+    /// Memory, e.g. "512Mi".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"512Mi\""))]
     #[schemars(length(max = 32))]

@@ -49,12 +49,16 @@ pub struct SecretStatus {
 /// What the operator last applied for one writer and how far it has rolled out.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct WriterStatus {
+    /// The writer's name in the spec.
     pub name: String,
     /// The Deployment's name in the target namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// Replicas the operator (or the autoscaler) asks for.
     pub desired_replicas: i32,
+    /// Replicas whose /readyz answers (the writer reached its bus and its store writes succeed).
     pub ready_replicas: i32,
+    /// The image the writer runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The KEDA ScaledObject scaling this writer, when autoscaled (desired replicas are then the autoscaler's).
