@@ -110,7 +110,9 @@ fn resolve_image(
 ) -> Result<String, NoImage> {
     let common = &bp.spec.common_persistence_specs;
     let field = w.bus_subscriber_type.kind().image;
-    let set = |s: &Option<String>| s.as_deref().filter(|s| !s.trim().is_empty());
+    fn set(s: &Option<String>) -> Option<&str> {
+        s.as_deref().filter(|s| !s.trim().is_empty())
+    }
     set(&w.image)
         .or(set(&common.bus_writer_image_rust))
         .or(defaults.writer_image.as_deref())
