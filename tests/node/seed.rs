@@ -101,6 +101,17 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
         "metrics_bus_subscription_id": metrics,
         "metrics_bus_topic_id": metrics,
         "kafka_dlq_topic": dlq,
+        // Pod settings as a platform team sets them: placement, labels,
+        // annotations, env, log level, and a CA bundle from a ConfigMap.
+        "writer_pod": {
+            "node_selector": {"kubernetes.io/os": "linux"},
+            "labels": {"team": "data"},
+            "annotations": {"example.com/scrape": "true"},
+            "env": [{"name": "AWS_REGION", "value": "us-east-1"}],
+            "log_level": "info,bgpersist=debug",
+            "volumes": [{"name": "corp-ca", "configMap": {"name": "corp-ca"}}],
+            "volume_mounts": [{"name": "corp-ca", "mountPath": "/etc/ssl/corp", "readOnly": true}],
+        },
     });
     // The seed's two writers keep their own requests; the two added are small.
     let mut bp = cluster::seed("seed", patch)?;
@@ -118,6 +129,13 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
         &client,
         &ns,
         json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+    )
+    .await?;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let ca = std::fs::read_to_string(rig("kafka", "BGP_RIG_CA"))?;
+    cms.create(
+        &Default::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "corp-ca"}, "data": {"ca.pem": ca}}))?,
     )
     .await?;
     cluster::apply_bp(&client, &bp).await?;
@@ -143,7 +161,64 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
             .unwrap_or_default();
         assert_eq!(csc.read_only_root_filesystem, Some(true), "{writer_name}");
         check_process(pod)?;
+        // The pod settings, on a pod the node runs.
+        assert_eq!(pod.labels().get("team").map(String::as_str), Some("data"));
+        assert!(pod.annotations().contains_key("example.com/scrape"));
+        let env: Vec<(String, String)> = spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert!(
+            env.contains(&("RUST_LOG".into(), "info,bgpersist=debug".into())),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("AWS_REGION".into(), "us-east-1".into())),
+            "{env:?}"
+        );
+        let pid = cluster::container_pid(pod)?;
+        let ca_file = std::fs::read_to_string(format!("/proc/{pid}/root/etc/ssl/corp/ca.pem"));
+        assert!(
+            ca_file
+                .as_deref()
+                .is_ok_and(|c| c.contains("BEGIN CERTIFICATE")),
+            "{writer_name}: the ConfigMap's CA is not mounted: {ca_file:?}"
+        );
     }
+
+    // A writer whose pod settings no node matches stays Pending, unschedulable.
+    let mut unplaceable = writer("unplaceable", "ONLINE_WRITER", 1);
+    unplaceable["pod"] = json!({"node_selector": {"bgpersist.dev/test-pool": "none"}});
+    let mut with_extra = writers.clone();
+    with_extra.push(unplaceable);
+    bp["spec"]["writers"] = json!(with_extra);
+    cluster::apply_bp(&client, &bp).await?;
+    harness::eventually(
+        "the unplaceable writer's pod unschedulable",
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            let selector = cluster::writer_selector(&name, "unplaceable");
+            async move {
+                let list = pods
+                    .list(&kube::api::ListParams::default().labels(&selector))
+                    .await?;
+                Ok(list.items.iter().find_map(|p| {
+                    let conditions = p.status.as_ref()?.conditions.as_ref()?;
+                    conditions
+                        .iter()
+                        .any(|c| {
+                            c.type_ == "PodScheduled"
+                                && c.reason.as_deref() == Some("Unschedulable")
+                        })
+                        .then_some(())
+                }))
+            }
+        },
+    )
+    .await?;
 
     let keys = pkeys("seed", 5);
     let (payloads, expected) = dataset(&keys);
