@@ -97,3 +97,36 @@ async fn a_store_ca_that_does_not_match_is_reported_on_readyz() -> anyhow::Resul
     assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
     Ok(())
 }
+
+/// A TLS-only Redis Cluster (ElastiCache with in-transit encryption, cluster
+/// mode on): the seeds and every node the cluster redirects to over TLS,
+/// verified against the rig's CA.
+#[tokio::test]
+async fn rediss_cluster_with_a_private_ca() -> anyhow::Result<()> {
+    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
+    let keys = pkeys(&unique("tlsc"), 12);
+    let (payloads, expected) = dataset(&keys);
+    produce(&topic, &payloads).await?;
+
+    let nodes = rig("redistls", "BGP_REDIS_TLS_CLUSTER_NODES");
+    let ca = rig("redis", "BGP_REDIS_TLS_CA");
+    let store = format!("{nodes}?clustered=true&ssl_ca_certs={ca}");
+    let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &group, &store))?;
+    let client = redis::cluster::ClusterClient::builder(nodes.split(',').collect::<Vec<_>>())
+        .certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca)?),
+        })
+        .build()?;
+    let conn = client.get_async_connection().await?;
+    eventually("the TLS cluster to hold the values", Duration::from_secs(60), || {
+        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
+        async move { Ok((redis_entities(&mut conn, "", &keys).await? == expected).then_some(())) }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    writer.signal("TERM")?;
+    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}
