@@ -55,6 +55,18 @@ pub fn spec_rules() -> Vec<Rule> {
         .reason(Reason::FieldValueRequired),
     );
     rules.push(
+        Rule::new("!has(self.kafka_security_protocol) || !(self.kafka_security_protocol in ['SASL_PLAINTEXT', 'SASL_SSL']) || has(self.kafka_sasl_secret) || (has(self.kafka_oauthbearer) && self.kafka_oauthbearer.method == 'AWS_MSK_IAM')")
+            .message("kafka_security_protocol SASL_PLAINTEXT or SASL_SSL needs kafka_sasl_secret holding the credentials (or kafka_oauthbearer with method AWS_MSK_IAM)")
+            .field_path(".kafka_sasl_secret")
+            .reason(Reason::FieldValueRequired),
+    );
+    rules.push(
+        Rule::new("self.writers.all(w, !has(w.limit) || ((!has(w.limit.cpu) || !isQuantity(w.limit.cpu) || quantity(w.limit.cpu).isGreaterThan(quantity('0'))) && (!has(w.limit.memory) || !isQuantity(w.limit.memory) || quantity(w.limit.memory).isGreaterThan(quantity('0')))))")
+            .message("writers[].limit: a cpu or memory limit of 0 can never run a pod")
+            .field_path(".writers")
+            .reason(Reason::FieldValueInvalid),
+    );
+    rules.push(
         Rule::new("!has(self.kafka_sasl_mechanism) || !has(self.kafka_security_protocol) || self.kafka_security_protocol in ['SASL_PLAINTEXT', 'SASL_SSL']")
             .message("kafka_sasl_mechanism needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL")
             .field_path(".kafka_sasl_mechanism")

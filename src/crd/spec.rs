@@ -442,11 +442,13 @@ pub struct ResourceAmounts {
     /// CPU, e.g. "200m" or "1".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"200m\" or \"1\""))]
+    #[x_kube(validation = kube::core::Rule::new("!isQuantity(self) || !quantity(self).isLessThan(quantity('0'))").message("must not be negative"))]
     #[schemars(length(max = 32))]
     pub cpu: Option<String>,
     /// Memory, e.g. "512Mi".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as \"512Mi\""))]
+    #[x_kube(validation = kube::core::Rule::new("!isQuantity(self) || !quantity(self).isLessThan(quantity('0'))").message("must not be negative"))]
     #[schemars(length(max = 32))]
     pub memory: Option<String>,
 }

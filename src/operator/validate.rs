@@ -70,6 +70,27 @@ pub fn validate_with<'a>(
             "required when bus_backend is KAFKA",
         ));
     }
+    let sasl_protocol = matches!(
+        spec.kafka_security_protocol,
+        Some(
+            crate::crd::KafkaSecurityProtocol::SaslPlaintext
+                | crate::crd::KafkaSecurityProtocol::SaslSsl
+        )
+    );
+    let msk_iam = spec
+        .kafka_oauthbearer
+        .as_ref()
+        .is_some_and(|o| o.method == crate::crd::KafkaOAuthMethod::AwsMskIam);
+    if spec.common_persistence_specs.bus_backend == BusBackend::Kafka
+        && sasl_protocol
+        && spec.kafka_sasl_secret.is_none()
+        && !msk_iam
+    {
+        problems.push(spec_problem(
+            "kafka_sasl_secret",
+            "required with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL (the credentials), unless kafka_oauthbearer uses AWS_MSK_IAM",
+        ));
+    }
     if spec.kafka_sasl_secret.is_some() && spec.common_persistence_specs.secret_client.is_none() {
         problems.push(spec_problem(
             "common_persistence_specs.secret_client",
@@ -160,11 +181,15 @@ pub fn validate_with<'a>(
         for (what, amounts) in [("request", &w.request), ("limit", &w.limit)] {
             let Some(a) = amounts else { continue };
             for (res, v) in [("cpu", &a.cpu), ("memory", &a.memory)] {
-                if let Some(v) = v.as_deref().filter(|v| quantity::parse(v).is_none()) {
-                    refuse(
-                        format!("writers[{i}].{what}.{res}"),
-                        format!("{v:?} is not a Kubernetes quantity"),
-                    );
+                let Some(v) = v.as_deref() else { continue };
+                let field = format!("writers[{i}].{what}.{res}");
+                match quantity::parse(v) {
+                    None => refuse(field, format!("{v:?} is not a Kubernetes quantity")),
+                    Some(q) if q < 0.0 => refuse(field, "must not be negative".into()),
+                    Some(q) if q == 0.0 && what == "limit" => {
+                        refuse(field, "a limit of 0 can never run a pod".into())
+                    }
+                    Some(_) => {}
                 }
             }
         }

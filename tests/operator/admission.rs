@@ -566,3 +566,34 @@ async fn pod_settings_cannot_take_what_the_operator_sets() {
         assert_refused(reason, patch, none, reason).await;
     }
 }
+
+#[tokio::test]
+async fn what_can_never_work_is_refused_naming_the_field() {
+    let p = json!({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_secret": null});
+    assert_refused(
+        "SASL without credentials: field",
+        p.clone(),
+        none,
+        "spec.kafka_sasl_secret",
+    )
+    .await;
+    assert_refused(
+        "SASL without credentials: reason",
+        p,
+        none,
+        "kafka_security_protocol SASL_PLAINTEXT or SASL_SSL needs kafka_sasl_secret",
+    )
+    .await;
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+        "request": {"cpu": "-200m"}}]});
+    assert_refused("a negative cpu request", p, none, "must not be negative").await;
+    let p = json!({"writers": [{"name": "w", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+        "limit": {"memory": "0"}}]});
+    assert_refused(
+        "a zero memory limit",
+        p,
+        none,
+        "writers[].limit: a cpu or memory limit of 0 can never run a pod",
+    )
+    .await;
+}

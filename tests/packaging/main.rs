@@ -18,6 +18,7 @@ mod crd_fresh;
 mod metric_names;
 mod operator_process;
 mod operator_rbac;
+mod quiet_errors;
 
 /// A real operator process reconciles every resource in the cluster: the
 /// tests that run one take turns, so two never reconcile the same objects.

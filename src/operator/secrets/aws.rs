@@ -93,11 +93,33 @@ impl SecretSource for AwsSecretsManager {
     }
 }
 
+/// A short, stable description of a request that got no service answer.
+fn transport_failure<E, R>(err: &SdkError<E, R>) -> &'static str {
+    match err {
+        SdkError::ConstructionFailure(_) => {
+            "the request could not be built (credentials or region missing?)"
+        }
+        SdkError::TimeoutError(_) => "timed out",
+        SdkError::DispatchFailure(d) if d.is_timeout() => "timed out connecting",
+        SdkError::DispatchFailure(d) if d.is_io() => "could not connect to the endpoint",
+        SdkError::DispatchFailure(d) if d.is_user() => {
+            "no usable credentials or endpoint configuration"
+        }
+        SdkError::DispatchFailure(_) => "the request could not be sent",
+        SdkError::ResponseError(_) => "the response could not be read",
+        _ => "the request failed",
+    }
+}
+
 /// Maps an SDK error to its category. The texts come from the service's error
 /// code and message, which describe the request, never the secret's value.
 fn classify(err: SdkError<GetSecretValueError>) -> SecretError {
     let Some(service) = err.as_service_error() else {
-        return SecretError::Unavailable(DisplayErrorContext(&err).to_string());
+        // The SDK's own text carries response dumps (headers with the date,
+        // request ids): it changes on every attempt, so it goes to the log
+        // and status gets a stable category.
+        tracing::warn!(error = %DisplayErrorContext(&err), "AWS Secrets Manager request failed");
+        return SecretError::Unavailable(transport_failure(&err).into());
     };
     let code = service.code().unwrap_or("Unknown").to_string();
     let detail = match service.message() {
@@ -124,5 +146,41 @@ fn classify(err: SdkError<GetSecretValueError>) -> SecretError {
             SecretError::AccessDenied(detail)
         }
         _ => SecretError::Unavailable(detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_secretsmanager::config::http::HttpResponse;
+    use aws_sdk_secretsmanager::error::ConnectorError;
+
+    type Err = SdkError<GetSecretValueError, HttpResponse>;
+
+    /// No request id, date or dump: the same failure reads the same every time.
+    #[test]
+    fn failures_without_a_service_answer_read_the_same_every_time() {
+        let cases: [(Err, &str); 3] = [
+            (
+                SdkError::timeout_error("after 3.0017s at Sun, 06 Dec"),
+                "timed out",
+            ),
+            (
+                SdkError::dispatch_failure(ConnectorError::io("refused req-id 42".into())),
+                "could not connect to the endpoint",
+            ),
+            (
+                SdkError::construction_failure("region at 01:02:03"),
+                "credentials or region missing",
+            ),
+        ];
+        for (err, want) in cases {
+            let e = classify(err).to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(
+                !e.contains("req-id") && !e.contains("Dec") && !e.contains("01:02"),
+                "{e}"
+            );
+        }
     }
 }

@@ -163,12 +163,19 @@ fn classify(err: google_cloud_secretmanager_v1::Error) -> SecretError {
         Some(code @ (401 | 403)) => return SecretError::AccessDenied(format!("HTTP {code}")),
         _ => {}
     }
+    // The client's own text can carry volatile details: it goes to the log,
+    // status gets a stable category.
+    tracing::warn!(error = %err, "GCP Secret Manager request failed");
     if err.is_authentication() {
-        SecretError::AccessDenied(err.to_string())
+        SecretError::AccessDenied("the credentials were refused or could not be loaded".into())
     } else if err.is_deserialization() {
         SecretError::Unavailable("the response could not be decoded".into())
+    } else if err.is_timeout() {
+        SecretError::Unavailable("timed out".into())
+    } else if err.is_io() {
+        SecretError::Unavailable("could not connect to the endpoint".into())
     } else {
-        SecretError::Unavailable(err.to_string())
+        SecretError::Unavailable("the request failed".into())
     }
 }
 
