@@ -53,8 +53,10 @@ async fn run() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_bgpersist-operator"))
-        .args([
+    let mut operator = support::without_cloud_metadata(&mut Command::new(env!(
+        "CARGO_BIN_EXE_bgpersist-operator"
+    )))
+    .args([
             "--leader-elect=false",
             "--log-format",
             "text",

@@ -147,6 +147,7 @@ impl WriterProcess {
             .port();
         let log = Self::tmp(&format!("{name}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgpersist-writer"));
+        crate::support::without_cloud_metadata(&mut cmd);
         cmd.env("RUST_LOG", "warn")
             .env("BGP_LOG_FORMAT", "text")
             .env("BGP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))

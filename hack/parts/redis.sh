@@ -32,26 +32,29 @@ redis_spawn() {
     --save "" --appendonly no --daemonize no "$@"
 }
 
-redis_cluster_field() {
-  redis_cli "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"
-}
+# Cluster checks shared with the TLS cluster (hack/parts/redistls.sh): CLI is
+# the function that talks to one node (redis_cli, redistls_cli), then the ports.
+cluster_field() { "$1" "$2" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$3://p"; }
 
-# Formed = every node knows all three and all slots are assigned (nodes.conf
-# keeps that across restarts).
-redis_cluster_formed() {
-  local p
-  for p in "${REDIS_CLUSTER_PORTS[@]}"; do
-    [ "$(redis_cluster_field "$p" cluster_known_nodes)" = "${#REDIS_CLUSTER_PORTS[@]}" ] || return 1
-    [ "$(redis_cluster_field "$p" cluster_slots_assigned)" = 16384 ] || return 1
+# Formed = every node knows all the others and all slots are assigned
+# (nodes.conf keeps that across restarts).
+cluster_formed() {
+  local cli=$1 p; shift
+  for p in "$@"; do
+    [ "$(cluster_field "$cli" "$p" cluster_known_nodes)" = "$#" ] || return 1
+    [ "$(cluster_field "$cli" "$p" cluster_slots_assigned)" = 16384 ] || return 1
   done
 }
 
-redis_cluster_ok() {
-  local p
-  for p in "${REDIS_CLUSTER_PORTS[@]}"; do
-    [ "$(redis_cluster_field "$p" cluster_state)" = ok ] || return 1
+cluster_ok() {
+  local cli=$1 p; shift
+  for p in "$@"; do
+    [ "$(cluster_field "$cli" "$p" cluster_state)" = ok ] || return 1
   done
 }
+
+redis_cluster_formed() { cluster_formed redis_cli "${REDIS_CLUSTER_PORTS[@]}"; }
+redis_cluster_ok() { cluster_ok redis_cli "${REDIS_CLUSTER_PORTS[@]}"; }
 
 redis_start() {
   local i p addrs=()

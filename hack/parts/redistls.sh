@@ -14,22 +14,8 @@ redistls_cli() {
   redis-cli -h 127.0.0.1 -p "$port" --tls --cacert "$PKI_DIR/ca.pem" "$@"
 }
 
-redistls_field() { redistls_cli "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n "s/^$2://p"; }
-
-redistls_formed() {
-  local p
-  for p in "${REDIS_TLS_CLUSTER_PORTS[@]}"; do
-    [ "$(redistls_field "$p" cluster_known_nodes)" = "${#REDIS_TLS_CLUSTER_PORTS[@]}" ] || return 1
-    [ "$(redistls_field "$p" cluster_slots_assigned)" = 16384 ] || return 1
-  done
-}
-
-redistls_ok() {
-  local p
-  for p in "${REDIS_TLS_CLUSTER_PORTS[@]}"; do
-    [ "$(redistls_field "$p" cluster_state)" = ok ] || return 1
-  done
-}
+redistls_formed() { cluster_formed redistls_cli "${REDIS_TLS_CLUSTER_PORTS[@]}"; }
+redistls_ok() { cluster_ok redistls_cli "${REDIS_TLS_CLUSTER_PORTS[@]}"; }
 
 redistls_start() {
   local i p addrs=()

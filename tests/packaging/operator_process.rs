@@ -105,6 +105,7 @@ impl Drop for Operator {
 /// The binary with no inherited in-cluster hints, so only KUBECONFIG counts.
 fn base_command() -> Command {
     let mut cmd = Command::new(BIN);
+    crate::support::without_cloud_metadata(&mut cmd);
     cmd.env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("KUBERNETES_SERVICE_PORT")
         .env_remove("BGP_METRICS_ADDR")

@@ -365,6 +365,7 @@ async fn scenario(
     let pod_name = format!("{release}-0");
     let port = free_port()?;
     let mut cmd = Command::new(BIN);
+    support::without_cloud_metadata(&mut cmd);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     for e in container["env"].as_array().into_iter().flatten() {
@@ -393,7 +394,6 @@ async fn scenario(
             "AWS_SECRET_ACCESS_KEY",
             support::rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
         )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         // The shared rig holds other tests' resources naming GCP secrets;
         // without credentials they fail at once instead of waiting 30 s for
         // an unreachable Google (which would also outlast the 8 s shutdown).

@@ -40,14 +40,13 @@ async fn unreadable_secrets_write_status_only_when_its_meaning_changes() -> anyh
     let port = free_port()?;
     let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}.log"));
     let out = std::fs::File::create(&log)?;
-    let mut operator = Command::new(BIN)
+    let mut operator = crate::support::without_cloud_metadata(&mut Command::new(BIN))
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("KUBECONFIG", crate::support::rig("k8s", "BGP_KUBECONFIG"))
         .env("BGP_AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", "info")
         .args([
             "--metrics-addr",

@@ -44,6 +44,21 @@ pub fn rig(part: &str, key: &str) -> String {
     }
 }
 
+/// Keeps a spawned process's cloud SDKs off instance-metadata addresses:
+/// the variables of hack/no-cloud-metadata.env, the one list hack/test
+/// exports too (benchmarks run without hack/test).
+pub fn without_cloud_metadata(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    let list = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/no-cloud-metadata.env"));
+    for (k, v) in list
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+    {
+        cmd.env(k.trim(), v.trim());
+    }
+    cmd
+}
+
 /// A name unique to this test run, so tests can share the rig without clashing.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

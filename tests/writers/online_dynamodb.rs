@@ -121,7 +121,6 @@ fn dynamo_writer_env(
             "AWS_SECRET_ACCESS_KEY",
             rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
         ),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
     ]);
     env
 }

@@ -3,7 +3,6 @@
 //! off); librdkafka auto-commits stored offsets, and commits them on
 //! revocation, so a rebalance loses nothing.
 
-pub(crate) use super::kafka_context::consumer_lag;
 pub use super::kafka_context::{ClientErrors, KafkaContext, LagContext};
 use super::{AckToken, Bus, BusError, Envelope};
 use crate::writer::config::KafkaSettings;
@@ -46,10 +45,7 @@ impl KafkaBus {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &settings.auto_offset_reset)
             .set("statistics.interval.ms", "5000")
-            .create_with_context(LagContext {
-                metrics,
-                base: context.clone(),
-            })?;
+            .create_with_context(LagContext::new(metrics, context.clone()))?;
         consumer.subscribe(&[topic])?;
         let producer: FutureProducer<KafkaContext> = base
             .set("enable.idempotence", "true")

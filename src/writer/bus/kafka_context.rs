@@ -6,9 +6,10 @@ use crate::writer::config::{KafkaOAuth, KafkaSettings};
 use crate::writer::runtime::metrics::WriterMetrics;
 use rdkafka::ClientContext;
 use rdkafka::client::OAuthToken;
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
@@ -79,11 +80,23 @@ impl ClientContext for KafkaContext {
     }
 }
 
-/// The consumer's context: the shared one, and librdkafka's statistics
-/// feeding the lag gauge.
+/// The consumer's context: the shared one, librdkafka's statistics feeding
+/// the lag gauge, and a count of partition revocations (the exactly-once
+/// writer drops what it holds of partitions it lost).
 pub struct LagContext {
     pub metrics: WriterMetrics,
     pub base: KafkaContext,
+    pub revocations: AtomicU64,
+}
+
+impl LagContext {
+    pub fn new(metrics: WriterMetrics, base: KafkaContext) -> Self {
+        LagContext {
+            metrics,
+            base,
+            revocations: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ClientContext for LagContext {
@@ -105,7 +118,13 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !matches!(rebalance, Rebalance::Assign(_)) {
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
 
 /// The consumer's lag in messages, summed over its assigned partitions.
 pub(crate) fn consumer_lag(stats: &Statistics) -> i64 {

@@ -26,8 +26,9 @@ impl Writer {
         let log = dir.join(format!("{}.log", unique("writer")));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgpersist-writer"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+        cmd.env_clear();
+        crate::support::without_cloud_metadata(&mut cmd);
+        cmd.env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("BGP_LOG_FORMAT", "text")
             .env("BGP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))

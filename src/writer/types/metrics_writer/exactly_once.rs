@@ -17,7 +17,7 @@ use super::{outgoing, parse};
 use crate::crd::BusBackend;
 use crate::writer::bus::Envelope;
 use crate::writer::bus::kafka::{
-    KafkaContext, client_config, consumer_lag, envelope, next_offsets_by_partition,
+    KafkaContext, LagContext, client_config, envelope, next_offsets_by_partition,
 };
 use crate::writer::config::WriterConfig;
 use crate::writer::error::WriterError;
@@ -95,41 +95,6 @@ pub fn transactional_id(
     }
 }
 
-/// Counts revocations (so held messages of lost partitions are dropped) and
-/// feeds the lag gauge.
-struct TxnContext {
-    revocations: AtomicU64,
-    metrics: WriterMetrics,
-    base: KafkaContext,
-}
-
-impl ClientContext for TxnContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn stats(&self, stats: Statistics) {
-        self.metrics.lag_messages.set(consumer_lag(&stats));
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.base.error(error, reason);
-    }
-
-    fn generate_oauth_token(
-        &self,
-        config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        self.base.generate_oauth_token(config)
-    }
-}
-
-impl ConsumerContext for TxnContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if !matches!(rebalance, Rebalance::Assign(_)) {
-            self.revocations.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
 /// Why a transaction did not commit.
 enum Attempt {
     /// Abort and try again (the broker refused a message for good: it is
@@ -141,7 +106,7 @@ enum Attempt {
 type PartitionKey = (String, i32);
 
 pub struct ExactlyOnce {
-    consumer: StreamConsumer<TxnContext>,
+    consumer: StreamConsumer<LagContext>,
     producer: FutureProducer<KafkaContext>,
     topic: String,
     dlq_topic: String,
@@ -178,18 +143,17 @@ impl ExactlyOnce {
             cfg.hostname.as_deref(),
         )?;
 
-        let consumer: StreamConsumer<TxnContext> = client_config(&cfg.kafka)
+        let consumer: StreamConsumer<LagContext> = client_config(&cfg.kafka)
             .set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &cfg.kafka.auto_offset_reset)
             .set("isolation.level", "read_committed")
             .set("statistics.interval.ms", "5000")
-            .create_with_context(TxnContext {
-                revocations: AtomicU64::new(0),
-                metrics: metrics.clone(),
-                base: KafkaContext::new(&cfg.kafka),
-            })?;
+            .create_with_context(LagContext::new(
+                metrics.clone(),
+                KafkaContext::new(&cfg.kafka),
+            ))?;
         consumer.subscribe(&[cfg.subscription.as_str()])?;
         let producer: FutureProducer<KafkaContext> = producer_config(&cfg.kafka, Acks::All)
             .set("transactional.id", &id)
