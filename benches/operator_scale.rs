@@ -57,16 +57,16 @@ async fn run() -> anyhow::Result<()> {
         "CARGO_BIN_EXE_bgpersist-operator"
     )))
     .args([
-            "--leader-elect=false",
-            "--log-format",
-            "text",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?;
+        "--leader-elect=false",
+        "--log-format",
+        "text",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .spawn()?;
 
     let run = support::unique("b");
     let tag = format!("b{}", &run[run.len().saturating_sub(5)..]).replace('-', "");

@@ -48,7 +48,10 @@ pub fn rig(part: &str, key: &str) -> String {
 /// the variables of hack/no-cloud-metadata.env, the one list hack/test
 /// exports too (benchmarks run without hack/test).
 pub fn without_cloud_metadata(cmd: &mut std::process::Command) -> &mut std::process::Command {
-    let list = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/no-cloud-metadata.env"));
+    let list = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/hack/no-cloud-metadata.env"
+    ));
     for (k, v) in list
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
