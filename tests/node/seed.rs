@@ -188,6 +188,57 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
         );
     }
 
+    // The chart's PodMonitor selects every writer pod the node runs.
+    let rendered = crate::cli::helm_template(
+        "bgpersist",
+        "bgpersist-system",
+        &["--set", "writers.podMonitor.enabled=true"],
+    )?;
+    let monitor = crate::cli::yaml_docs(&rendered)?
+        .into_iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .ok_or_else(|| anyhow::anyhow!("the chart rendered no PodMonitor"))?;
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["any"], true,
+        "{monitor}"
+    );
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap_or_default();
+    let selected = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items;
+    for w in &writers {
+        let writer_name = w["name"].as_str().unwrap_or_default();
+        let pod = selected
+            .iter()
+            .find(|p| {
+                p.labels().get("bgpersist.dev/writer").map(String::as_str) == Some(writer_name)
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("PodMonitor selector {selector} misses writer {writer_name}")
+            })?;
+        let ports = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers[0].ports.clone().unwrap_or_default())
+            .unwrap_or_default();
+        assert!(
+            ports.iter().any(|p| p.name.as_deref() == Some(port)),
+            "{writer_name}: no container port named {port:?}"
+        );
+    }
+
     // A writer whose pod settings no node matches stays Pending, unschedulable.
     let mut unplaceable = writer("unplaceable", "ONLINE_WRITER", 1);
     unplaceable["pod"] = json!({"node_selector": {"bgpersist.dev/test-pool": "none"}});
