@@ -11,34 +11,11 @@ pub const CONSUMED: &str = "bgpersist_writer_messages_consumed_total";
 /// The writer's count of records in the store.
 pub const WRITTEN: &str = "bgpersist_writer_records_written_total";
 
-/// A plain HTTP/1.1 GET on localhost (no client library: the answer is read
-/// whole, headers included, which is all [`metric`] needs).
-pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
+pub use crate::support::scrape::http_get;
 
-/// A sample from a metrics text, whatever the writer's own labels
-/// (resource, writer, type); 0 when absent.
+/// A sample from a metrics text, whatever the writer's own labels; 0 when absent.
 pub fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.strip_prefix('{') {
-                Some(labelled) => labelled.split_once("} ")?.1,
-                None => rest.strip_prefix(' ')?,
-            };
-            rest.trim().parse().ok()
-        })
-        .unwrap_or(0.0)
+    crate::support::scrape::metric_value(text, name).unwrap_or(0.0)
 }
 
 /// CPU seconds (user + system) a process has used so far; 0 when it is gone.

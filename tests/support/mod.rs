@@ -113,4 +113,5 @@ pub fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
 pub mod cloud;
 pub mod keda;
 pub mod kubeclient;
+pub mod scrape;
 pub mod secrets;

@@ -212,7 +212,7 @@ fn msk_iam_token_is_a_sigv4_presigned_connect_url() -> anyhow::Result<()> {
         expected_signature(&url, &params, secret)
     );
     // Expiry: the signing time plus X-Amz-Expires, in milliseconds.
-    let signed = chrono_free_epoch(&params["X-Amz-Date"])?;
+    let signed = amz_date_epoch(&params["X-Amz-Date"])?;
     assert_eq!(out["expires_ms"].as_i64(), Some((signed + 900) * 1000));
     assert_eq!(out["principal"], "msk-iam");
     Ok(())
@@ -258,16 +258,11 @@ fn msk_iam_token_signed_with_irsa_web_identity_credentials() -> anyhow::Result<(
 }
 
 /// Seconds since the epoch of a SigV4 `YYYYMMDDTHHMMSSZ` time.
-fn chrono_free_epoch(amz_date: &str) -> anyhow::Result<i64> {
-    let n = |r: std::ops::Range<usize>| -> anyhow::Result<i64> { Ok(amz_date[r].parse()?) };
-    let (y, m, d) = (n(0..4)?, n(4..6)?, n(6..8)?);
-    let (hh, mm, ss) = (n(9..11)?, n(11..13)?, n(13..15)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
+fn amz_date_epoch(amz_date: &str) -> anyhow::Result<i64> {
+    use k8s_openapi::jiff;
+    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", amz_date)?;
+    Ok(civil
+        .to_zoned(jiff::tz::TimeZone::UTC)?
+        .timestamp()
+        .as_second())
 }

@@ -5,20 +5,36 @@ use crate::harness::*;
 use crate::support::{rig, unique};
 use std::time::Duration;
 
-#[tokio::test]
-async fn rediss_with_a_private_ca() -> anyhow::Result<()> {
+/// Produces `n` entities, runs an ONLINE_WRITER on `store` until `conn`
+/// reads them all back, and stops it cleanly.
+async fn writes_through<C>(store: &str, conn: C, n: usize, what: &str) -> anyhow::Result<()>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
     let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
     create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
-    let keys = pkeys(&unique("tls"), 5);
+    let keys = pkeys(&unique("tls"), n);
     let (payloads, expected) = dataset(&keys);
     produce(&topic, &payloads).await?;
+    let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &group, store))?;
+    eventually(what, Duration::from_secs(60), || {
+        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
+        async move { Ok((redis_entities(&mut conn, "", &keys).await? == expected).then_some(())) }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    writer.signal("TERM")?;
+    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
+    Ok(())
+}
 
+#[tokio::test]
+async fn rediss_with_a_private_ca() -> anyhow::Result<()> {
     let store = format!(
         "{}?ssl_ca_certs={}",
         rig("redis", "BGP_REDIS_TLS_URL"),
         rig("redis", "BGP_REDIS_TLS_CA")
     );
-    let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &group, &store))?;
     let client = redis::Client::build_with_tls(
         rig("redis", "BGP_REDIS_TLS_URL").as_str(),
         redis::TlsCertificates {
@@ -27,20 +43,14 @@ async fn rediss_with_a_private_ca() -> anyhow::Result<()> {
         },
     )?;
     let conn = client.get_multiplexed_async_connection().await?;
-    eventually("Redis over TLS to hold the values", Duration::from_secs(60), || {
-        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
-        async move { Ok((redis_entities(&mut conn, "", &keys).await? == expected).then_some(())) }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
-    writer.signal("TERM")?;
-    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
+    writes_through(&store, conn, 5, "Redis over TLS to hold the values").await?;
 
     // A CA file that is not there can never work: one line, exit 2.
     let missing = format!(
         "{}?ssl_ca_certs=/nonexistent/ca.pem",
         rig("redis", "BGP_REDIS_TLS_URL")
     );
+    let (topic, dlq) = (unique("result"), unique("dlq"));
     let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &unique("grp"), &missing))?;
     assert_eq!(writer.wait_exit(Duration::from_secs(10))?, Some(2));
     assert!(
@@ -103,16 +113,9 @@ async fn a_store_ca_that_does_not_match_is_reported_on_readyz() -> anyhow::Resul
 /// verified against the rig's CA.
 #[tokio::test]
 async fn rediss_cluster_with_a_private_ca() -> anyhow::Result<()> {
-    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
-    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
-    let keys = pkeys(&unique("tlsc"), 12);
-    let (payloads, expected) = dataset(&keys);
-    produce(&topic, &payloads).await?;
-
     let nodes = rig("redistls", "BGP_REDIS_TLS_CLUSTER_NODES");
     let ca = rig("redis", "BGP_REDIS_TLS_CA");
     let store = format!("{nodes}?clustered=true&ssl_ca_certs={ca}");
-    let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &group, &store))?;
     let client = redis::cluster::ClusterClient::builder(nodes.split(',').collect::<Vec<_>>())
         .certs(redis::TlsCertificates {
             client_tls: None,
@@ -120,13 +123,5 @@ async fn rediss_cluster_with_a_private_ca() -> anyhow::Result<()> {
         })
         .build()?;
     let conn = client.get_async_connection().await?;
-    eventually("the TLS cluster to hold the values", Duration::from_secs(60), || {
-        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
-        async move { Ok((redis_entities(&mut conn, "", &keys).await? == expected).then_some(())) }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
-    writer.signal("TERM")?;
-    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
-    Ok(())
+    writes_through(&store, conn, 12, "the TLS cluster to hold the values").await
 }
