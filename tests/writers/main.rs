@@ -28,6 +28,7 @@ mod online_pubsub;
 mod online_tls;
 mod pg_store;
 mod pg_tls;
+mod preflight;
 mod robustness;
 mod usage_kafka;
 mod vector_common;

@@ -4,6 +4,7 @@
 //! revocation, so a rebalance loses nothing.
 
 pub use super::kafka_context::{ClientErrors, KafkaContext, LagContext};
+use super::kafka_errors;
 use super::{AckToken, Bus, BusError, Envelope};
 use crate::writer::config::KafkaSettings;
 use crate::writer::runtime::dlq;
@@ -22,7 +23,10 @@ pub struct KafkaBus {
     consumer: StreamConsumer<LagContext>,
     producer: FutureProducer<KafkaContext>,
     errors: ClientErrors,
+    topic: String,
     dlq_topic: Option<String>,
+    /// Who the client authenticates as, for error messages.
+    sasl_user: Option<String>,
     /// Messages received while waiting out an outage, served first.
     pending: VecDeque<Envelope>,
 }
@@ -52,11 +56,19 @@ impl KafkaBus {
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
             .create_with_context(context)?;
+        let sasl_user = settings
+            .properties
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "sasl.username")
+            .map(|(_, v)| v.clone());
         Ok(KafkaBus {
             consumer,
             producer,
             errors,
+            topic: topic.to_string(),
             dlq_topic,
+            sasl_user,
             pending: VecDeque::new(),
         })
     }
@@ -124,30 +136,44 @@ impl Bus for KafkaBus {
     /// client's credentials. Asked by the producer, whose own thread serves
     /// its events: an OAUTHBEARER token is fetched on an event, and the
     /// consumer's are served only while it is polled. For all topics, since
-    /// the producer's request for one would auto-create it.
+    /// the producer's request for one would auto-create it; the answer then
+    /// proves the writer's topic and dead-letter topic exist.
     async fn reached(&self) -> Result<(), BusError> {
-        let fetch = || {
-            self.producer
-                .client()
-                .fetch_metadata(None, REACH_TIMEOUT)
-                .map(|_| ())
-        };
+        let fetch = || self.producer.client().fetch_metadata(None, REACH_TIMEOUT);
         // librdkafka's metadata call blocks: keep it off the other tasks'
         // worker where the runtime has more than one.
         let result = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => fetch(),
             _ => tokio::task::block_in_place(fetch),
         };
-        if result.is_ok() {
-            self.errors.clear();
-        }
-        result.map_err(|e| match self.errors.last() {
+        let metadata = result.map_err(|e| match self.errors.last() {
             Some(cause) => BusError::KafkaUnreachable {
                 request: e.to_string(),
-                cause,
+                cause: kafka_errors::describe(&cause, self.sasl_user.as_deref()),
             },
             None => BusError::from(e),
-        })
+        })?;
+        self.errors.clear();
+        let present: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name())
+            .collect();
+        // A subscription starting with '^' is a pattern, not one topic.
+        let needed = [
+            (!self.topic.starts_with('^')).then_some(("topic", &self.topic)),
+            self.dlq_topic.as_ref().map(|t| ("dead-letter topic", t)),
+        ];
+        for (what, name) in needed.into_iter().flatten() {
+            if !present.contains(&name.as_str()) {
+                return Err(BusError::NotFound {
+                    what,
+                    name: name.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {

@@ -7,7 +7,7 @@ use crate::writer::runtime::metrics::WriterMetrics;
 use rdkafka::ClientContext;
 use rdkafka::client::OAuthToken;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,12 @@ impl ClientErrors {
 
     fn record(&self, error: KafkaError, reason: &str) {
         warn!(%error, reason, "kafka client error");
-        if let Ok(mut last) = self.0.lock() {
+        // "N/N brokers are down" follows the failure that explains it (a
+        // refused connection, a failed handshake): keep that one.
+        let summary = matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
+        if let Ok(mut last) = self.0.lock()
+            && !(summary && last.is_some())
+        {
             *last = Some(reason.to_string());
         }
     }

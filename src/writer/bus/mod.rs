@@ -2,6 +2,7 @@
 
 pub mod kafka;
 mod kafka_context;
+pub mod kafka_errors;
 pub mod keystore;
 pub mod oauth;
 pub mod pubsub;
@@ -15,10 +16,15 @@ pub enum BusError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("pubsub: {0}")]
     Pubsub(String),
-    /// The brokers did not answer; with the client's last error (a TLS
-    /// handshake, an authentication failure), which says why.
-    #[error("kafka: {request}: {cause}")]
+    /// The brokers did not answer; `cause` is the client's last error (a
+    /// TLS handshake, an authentication failure) said for people
+    /// (`kafka_errors::describe`); `request` is what failed, for the log.
+    #[error("kafka: {cause}")]
     KafkaUnreachable { request: String, cause: String },
+    /// A topic or subscription the writer needs is not there: it can never
+    /// consume (or dead-letter) until someone creates it or fixes the resource.
+    #[error("{what} '{name}' does not exist; create it or correct the resource")]
+    NotFound { what: &'static str, name: String },
     #[error(
         "dead-letter topic is not configured (BGP_DLQ_TOPIC); refusing to drop a poison message"
     )]

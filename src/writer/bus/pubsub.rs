@@ -28,7 +28,8 @@ use super::{AckToken, Bus, BusError, Envelope};
 use crate::writer::config::PubsubSettings;
 use crate::writer::runtime::dlq;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
-use google_cloud_pubsub::client::{Publisher, Subscriber};
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use std::collections::{HashMap, VecDeque};
@@ -36,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Lease extension (the stream's ack deadline) unless configured: how long a
 /// crashed writer's messages wait before the server redelivers them.
@@ -49,6 +50,8 @@ pub const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
 pub const MAX_OUTSTANDING_BYTES: i64 = 100 * 1024 * 1024;
 /// Pub/Sub refuses attribute values longer than this many bytes.
 const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+/// How long one preflight lookup (subscription, dead-letter topic) may take.
+const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `close` waits for pending acks/nacks and dead letters to flush.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -135,6 +138,73 @@ pub fn envelope(subscription: &str, mut msg: Message, id: u64) -> Envelope {
     }
 }
 
+/// The admin clients the preflight reads the subscription and the
+/// dead-letter topic with.
+struct Admin {
+    subscriptions: SubscriptionAdmin,
+    topics: TopicAdmin,
+}
+
+impl Admin {
+    async fn connect(settings: &PubsubSettings) -> Result<Self, BusError> {
+        let (mut subscriptions, mut topics) = (SubscriptionAdmin::builder(), TopicAdmin::builder());
+        if let Some(endpoint) = &settings.endpoint {
+            subscriptions = subscriptions
+                .with_endpoint(endpoint)
+                .with_credentials(Anonymous::new().build());
+            topics = topics
+                .with_endpoint(endpoint)
+                .with_credentials(Anonymous::new().build());
+        }
+        let subscriptions = subscriptions
+            .build()
+            .await
+            .map_err(|e| BusError::Pubsub(format!("subscription admin client: {e}")))?;
+        let topics = topics
+            .build()
+            .await
+            .map_err(|e| BusError::Pubsub(format!("topic admin client: {e}")))?;
+        Ok(Admin {
+            subscriptions,
+            topics,
+        })
+    }
+}
+
+/// The preflight's verdict on one lookup: not found can never work; a
+/// permission refusal is no verdict, since reading metadata needs
+/// `pubsub.subscriptions.get` / `pubsub.topics.get`, which a consume- and
+/// publish-only identity (roles/pubsub.subscriber, publisher) lacks.
+fn looked_up<T>(
+    result: Result<Result<T, google_cloud_pubsub::Error>, tokio::time::error::Elapsed>,
+    what: &'static str,
+    name: &str,
+) -> Result<(), BusError> {
+    let error = match result {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            return Err(BusError::Pubsub(format!(
+                "{what} {name} not reached within {}s",
+                REACH_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    match error.status().map(|s| s.code) {
+        Some(Code::NotFound) => Err(BusError::NotFound {
+            what,
+            name: name.to_string(),
+        }),
+        Some(Code::PermissionDenied) => {
+            debug!(%name, "no permission to read the {what}'s metadata; not checked");
+            Ok(())
+        }
+        _ => Err(BusError::Pubsub(format!(
+            "{what} {name} not reached: {error}"
+        ))),
+    }
+}
+
 /// What the pump forwards: a message with its handler, or why the stream failed.
 type Received = Result<(Message, Handler), String>;
 
@@ -153,6 +223,7 @@ pub struct PubsubBus {
     /// The pump; returns the shutdowns of the streams it opened.
     pump: Option<JoinHandle<JoinSet<()>>>,
     dlq: Option<(String, Publisher)>,
+    admin: Admin,
     /// Handlers of messages handed out (or waiting in `pending`), by token.
     held: HashMap<u64, Handler>,
     /// Received, not yet handed out: served first by `next_batch`.
@@ -205,6 +276,7 @@ impl PubsubBus {
             }
         };
 
+        let admin = Admin::connect(settings).await?;
         let stream = StreamSettings {
             subscription: subscription.clone(),
             ack_deadline: settings.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE),
@@ -228,6 +300,7 @@ impl PubsubBus {
             stop,
             pump: Some(pump),
             dlq,
+            admin,
             held: HashMap::new(),
             pending: VecDeque::new(),
             next_id: 0,
@@ -314,6 +387,30 @@ async fn pump(
 }
 
 impl Bus for PubsubBus {
+    /// The subscription exists, and the dead-letter topic when one is set:
+    /// a writer is ready only once the server has answered for both.
+    async fn reached(&self) -> Result<(), BusError> {
+        let subscription = timeout(
+            REACH_TIMEOUT,
+            self.admin
+                .subscriptions
+                .get_subscription()
+                .set_subscription(&self.subscription)
+                .send(),
+        )
+        .await;
+        looked_up(subscription, "subscription", &self.subscription)?;
+        if let Some((topic, _)) = &self.dlq {
+            let found = timeout(
+                REACH_TIMEOUT,
+                self.admin.topics.get_topic().set_topic(topic).send(),
+            )
+            .await;
+            looked_up(found, "dead-letter topic", topic)?;
+        }
+        Ok(())
+    }
+
     async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {
         let max = max.max(1);
         if self.pending.is_empty() {
