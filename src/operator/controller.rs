@@ -7,6 +7,7 @@ use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
 use super::secrets::{self, SecretSettings, SecretsRead};
 use super::status::{self, SecretsOutcome, WriterIssue, WriterOutcome};
 use super::validate::{self, Problem};
+use super::writer_health;
 use super::{Error, FIELD_MANAGER, apply, handover, metrics::Metrics};
 use crate::crd::{BackgroundPersistence, BackgroundPersistenceStatus};
 use futures::StreamExt;
@@ -88,6 +89,9 @@ pub struct Report {
     pub pruned: Vec<String>,
     /// Whether the status subresource was written.
     pub status_written: bool,
+    /// Some writer is not rolled out yet: look again soon, since pods that
+    /// never become ready change no Deployment and send no event.
+    pub writers_waiting: bool,
 }
 
 /// Runs the controller over every resource until `shutdown` resolves.
@@ -165,6 +169,10 @@ pub async fn run_selected(
     }
 }
 
+/// How often a resource whose writers are not all ready is looked at again,
+/// so what their pods report is on its status within seconds.
+pub const WAITING_RECHECK: Duration = Duration::from_secs(10);
+
 /// How long in-flight reconciles may finish after shutdown is requested.
 pub const RECONCILE_GRACE: Duration = Duration::from_secs(4);
 
@@ -205,7 +213,12 @@ async fn reconcile(bp: Arc<BackgroundPersistence>, ctx: Arc<Context>) -> Result<
     if !report.applied.is_empty() || !report.pruned.is_empty() {
         info!(resource = %bp.name_any(), applied = ?report.applied, pruned = ?report.pruned, "reconciled");
     }
-    Ok(Action::requeue(ctx.requeue_after(&bp)))
+    let after = ctx.requeue_after(&bp);
+    Ok(Action::requeue(if report.writers_waiting {
+        after.min(WAITING_RECHECK)
+    } else {
+        after
+    }))
 }
 
 fn error_policy(bp: Arc<BackgroundPersistence>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -279,6 +292,7 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
     };
     writers.sort_by_key(|w| order(&w.status.name));
 
+    report.writers_waiting = writers.iter().any(|w| !w.rolled_out);
     let apply_message = apply_error.as_ref().map(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(status::StatusInputs {
@@ -352,7 +366,14 @@ async fn apply_all(
             applied.keep_writer(&w.object_name);
             continue;
         }
-        outcomes.push(apply_writer(w, &deployments, &pdbs, ctx, &ns, &mut applied).await?);
+        let outcome = apply_writer(w, &deployments, &pdbs, ctx, &ns, &mut applied).await?;
+        let outcome = if outcome.rolled_out {
+            outcome
+        } else {
+            let report = writer_health::report(&ctx.client, &ns, &name, &w.name).await;
+            outcome.with_pod_report(report)
+        };
+        outcomes.push(outcome);
     }
     // A refused writer keeps what it last had: nothing half-applied, nothing lost.
     for p in &checked.problems {

@@ -15,6 +15,7 @@ pub mod render;
 pub mod secrets;
 pub mod status;
 pub mod validate;
+pub mod writer_health;
 
 /// The one field manager every server-side apply uses.
 pub const FIELD_MANAGER: &str = "bgpersist-operator";

@@ -13,6 +13,14 @@ pub const ALL_WRITERS_READY: &str = "AllWritersReady";
 pub const WRITERS_NOT_READY: &str = "WritersNotReady";
 pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
 
+// What writer pods report (`writer_health.rs`).
+pub const BUS_AUTHENTICATION_FAILED: &str = "BusAuthenticationFailed";
+pub const BUS_TOPIC_NOT_FOUND: &str = "BusTopicNotFound";
+pub const BUS_UNREACHABLE: &str = "BusUnreachable";
+pub const STORE_NOT_WRITABLE: &str = "StoreNotWritable";
+pub const WRITER_MISCONFIGURED: &str = "WriterMisconfigured";
+pub const WRITER_CRASHING: &str = "WriterCrashing";
+
 // Cloud secrets.
 pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
 pub const SECRET_ACCESS_DENIED: &str = "SecretAccessDenied";
@@ -42,6 +50,12 @@ pub const ALL: &[&str] = &[
     ALL_WRITERS_READY,
     WRITERS_NOT_READY,
     KEDA_NOT_INSTALLED,
+    BUS_AUTHENTICATION_FAILED,
+    BUS_TOPIC_NOT_FOUND,
+    BUS_UNREACHABLE,
+    STORE_NOT_WRITABLE,
+    WRITER_MISCONFIGURED,
+    WRITER_CRASHING,
     SECRET_NOT_FOUND,
     SECRET_ACCESS_DENIED,
     SECRET_MALFORMED,

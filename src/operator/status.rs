@@ -21,6 +21,32 @@ pub const STALLED: &str = "Stalled";
 pub struct WriterOutcome {
     pub status: WriterStatus,
     pub rolled_out: bool,
+    /// Why its pods are not ready, in their own words (`writer_health.rs`).
+    pub pod_report: Option<PodReport>,
+}
+
+/// A writer pod's reason for not being ready, classified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodReport {
+    /// BusAuthenticationFailed, BusTopicNotFound, BusUnreachable, ...
+    pub reason: &'static str,
+    /// "writer '<name>': <the pod's reason>".
+    pub message: String,
+    /// A configuration that can never work: the resource is Degraded and
+    /// Stalled until the spec or the bus changes. Otherwise (an outage) it
+    /// is only not Ready, and still Reconciling.
+    pub never_works: bool,
+}
+
+impl WriterOutcome {
+    /// Adds what the writer's pods say; the writer's status message shows it.
+    pub fn with_pod_report(mut self, report: Option<PodReport>) -> Self {
+        if let Some(r) = &report {
+            self.status.message = Some(r.message.clone());
+        }
+        self.pod_report = report;
+        self
+    }
 }
 
 impl WriterOutcome {
@@ -52,6 +78,7 @@ impl WriterOutcome {
                 message: None,
             },
             rolled_out,
+            pod_report: None,
         }
     }
 
@@ -70,6 +97,7 @@ impl WriterOutcome {
                 ..Default::default()
             },
             rolled_out: false,
+            pod_report: None,
         }
     }
 }
@@ -152,12 +180,24 @@ pub fn compute(inputs: StatusInputs<'_>) -> BackgroundPersistenceStatus {
     } = inputs;
     let ready_count = writers.iter().filter(|w| w.rolled_out).count();
     let total = writers.len();
+    // A writer with a message was refused, unless the message is its pods'.
     let rolling: Vec<&str> = writers
         .iter()
-        .filter(|w| !w.rolled_out && w.status.message.is_none())
+        .filter(|w| !w.rolled_out && (w.status.message.is_none() || w.pod_report.is_some()))
         .map(|w| w.status.name.as_str())
         .collect();
     let fatal = problems.iter().any(|p| p.writer.is_none());
+    let reports: Vec<&PodReport> = writers
+        .iter()
+        .filter_map(|w| w.pod_report.as_ref())
+        .collect();
+    let joined = |rs: &[&PodReport]| {
+        rs.iter()
+            .map(|r| r.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let never_works: Vec<&PodReport> = reports.iter().copied().filter(|r| r.never_works).collect();
 
     let (degraded, degraded_reason, degraded_msg) = if let Some(e) = apply_error {
         (true, reasons::APPLY_FAILED, e.to_string())
@@ -195,6 +235,8 @@ pub fn compute(inputs: StatusInputs<'_>) -> BackgroundPersistenceStatus {
                 .collect::<Vec<_>>()
                 .join("; "),
         )
+    } else if let Some(first) = never_works.first() {
+        (true, first.reason, joined(&never_works))
     } else {
         (
             false,
@@ -226,6 +268,11 @@ pub fn compute(inputs: StatusInputs<'_>) -> BackgroundPersistenceStatus {
         )
     } else if degraded {
         (degraded_reason, degraded_msg.clone())
+    } else if let Some(first) = reports.first() {
+        (
+            first.reason,
+            format!("{ready_count}/{total} writers ready; {}", joined(&reports)),
+        )
     } else {
         (
             reasons::WRITERS_NOT_READY,
@@ -466,6 +513,65 @@ mod tests {
         assert_eq!(
             s.writers[0].message.as_deref(),
             Some("spec.writers[0].image: no image")
+        );
+    }
+
+    fn with_report(text: &str) -> BackgroundPersistenceStatus {
+        let report = crate::operator::writer_health::classify("w", text);
+        let w = WriterOutcome::applied("w", &deployment(0, 1, 1), "img", "h", 1)
+            .with_pod_report(Some(report));
+        let now = t(100);
+        compute(StatusInputs {
+            writers: vec![w],
+            ..StatusInputs::new(Some(1), &now)
+        })
+    }
+
+    fn of(s: &BackgroundPersistenceStatus, ty: &str) -> (String, String, String) {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == ty)
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_configuration_that_never_works_degrades_and_stalls() {
+        let text = "bus not reached: topic 'result-bus-1' does not exist; create it or correct the resource";
+        let s = with_report(text);
+        let expected = format!("writer 'w': {text}");
+        for ty in [DEGRADED, STALLED, READY] {
+            let (status, reason, message) = of(&s, ty);
+            let want = if ty == READY { "False" } else { "True" };
+            assert_eq!(
+                (status.as_str(), reason.as_str(), message.as_str()),
+                (want, reasons::BUS_TOPIC_NOT_FOUND, expected.as_str()),
+                "{ty}"
+            );
+        }
+        assert_eq!(of(&s, RECONCILING).0, "False");
+        assert_eq!(s.writers[0].message.as_deref(), Some(expected.as_str()));
+    }
+
+    #[test]
+    fn an_outage_is_not_ready_but_still_reconciling() {
+        let s =
+            with_report("bus not reached: kafka: broker b:9092 unreachable: Connection refused");
+        let (status, reason, message) = of(&s, READY);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", reasons::BUS_UNREACHABLE)
+        );
+        assert!(
+            message.starts_with("0/1 writers ready; writer 'w': bus not reached"),
+            "{message}"
+        );
+        assert_eq!(of(&s, DEGRADED).0, "False");
+        assert_eq!(of(&s, STALLED).0, "False");
+        assert_eq!(
+            of(&s, RECONCILING).0,
+            "True",
+            "kstatus keeps waiting, not Current"
         );
     }
 }

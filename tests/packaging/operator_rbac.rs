@@ -319,12 +319,17 @@ async fn scenario(
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "scaledobjects.keda.sh", "-n", target_ns],
         &["delete", "triggerauthentications.keda.sh", "-n", target_ns],
+        // Why a writer is not ready: its pods listed, /readyz through the proxy.
+        &["list", "pods", "-n", target_ns],
+        &["get", "pods", "--subresource=proxy", "-n", target_ns],
         // Documented consequence: RBAC cannot narrow Secrets to the operator's own.
         &["list", "secrets", "--all-namespaces"],
     ];
     let no: &[&[&str]] = &[
         &["update", "deployments.apps", "-n", target_ns],
         &["create", "pods", "-n", target_ns],
+        &["delete", "pods", "-n", target_ns],
+        &["create", "pods", "--subresource=exec", "-n", target_ns],
         &["get", "configmaps", "-n", target_ns],
         &["list", "namespaces"],
         &["delete", "namespaces"],

@@ -135,6 +135,9 @@ pub fn render(
         resources: resources(w.request.as_ref(), w.limit.as_ref()),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
+        // A writer that exits at start says why in its last stderr line: the
+        // pod status keeps it, and the operator puts it on the resource.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
