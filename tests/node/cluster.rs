@@ -187,8 +187,28 @@ pub fn writer_selector(resource: &str, writer: &str) -> String {
     format!("bgpersist.dev/resource={resource},bgpersist.dev/writer={writer}")
 }
 
-/// Applies a BackgroundPersistence as a user would (server-side, own manager).
+/// Applies a BackgroundPersistence as a user would (server-side, own manager),
+/// after creating the Kafka topics its spec names: a writer is Ready only once
+/// its topic and dead-letter topic exist, for tests as for users.
 pub async fn apply_bp(client: &Client, bp: &Value) -> anyhow::Result<()> {
+    let specs = &bp["spec"]["common_persistence_specs"];
+    if specs["bus_backend"].as_str().unwrap_or("KAFKA") == "KAFKA"
+        && let Some(fields) = specs.as_object()
+    {
+        let topics: Vec<(&str, i32)> = fields
+            .iter()
+            .filter(|(k, _)| {
+                k.ends_with("_subscription_id") || k.ends_with("_topic") || k.ends_with("_topic_id")
+            })
+            .filter_map(|(_, v)| v.as_str().map(|t| (t, 1)))
+            .collect();
+        crate::seed::ensure_topics(&topics).await?;
+    }
+    apply_bp_as_is(client, bp).await
+}
+
+/// Applies a BackgroundPersistence without creating its topics first.
+pub async fn apply_bp_as_is(client: &Client, bp: &Value) -> anyhow::Result<()> {
     let api: Api<bgpersist::crd::BackgroundPersistence> = Api::all(client.clone());
     let name = bp["metadata"]["name"].as_str().context("no name")?;
     api.patch(
