@@ -89,9 +89,6 @@ pub struct Report {
     pub pruned: Vec<String>,
     /// Whether the status subresource was written.
     pub status_written: bool,
-    /// Some writer is not rolled out yet: look again soon, since pods that
-    /// never become ready change no Deployment and send no event.
-    pub writers_waiting: bool,
 }
 
 /// Runs the controller over every resource until `shutdown` resolves.
@@ -209,12 +206,14 @@ fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<BackgroundPersistence>> {
 
 async fn reconcile(bp: Arc<BackgroundPersistence>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
-    let report = reconcile_once(&bp, &ctx).await?;
+    let (report, writers_waiting) = reconcile_and_wait(&bp, &ctx).await?;
     if !report.applied.is_empty() || !report.pruned.is_empty() {
         info!(resource = %bp.name_any(), applied = ?report.applied, pruned = ?report.pruned, "reconciled");
     }
     let after = ctx.requeue_after(&bp);
-    Ok(Action::requeue(if report.writers_waiting {
+    // Pods that never become ready change no Deployment and send no event:
+    // look again soon, so what they report reaches the status.
+    Ok(Action::requeue(if writers_waiting {
         after.min(WAITING_RECHECK)
     } else {
         after
@@ -229,6 +228,14 @@ fn error_policy(bp: Arc<BackgroundPersistence>, error: &Error, ctx: Arc<Context>
 
 /// One full reconcile of one resource; public so tests drive it directly.
 pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result<Report, Error> {
+    Ok(reconcile_and_wait(bp, ctx).await?.0)
+}
+
+/// One full reconcile, and whether some writer is not rolled out yet.
+async fn reconcile_and_wait(
+    bp: &BackgroundPersistence,
+    ctx: &Context,
+) -> Result<(Report, bool), Error> {
     let name = bp
         .metadata
         .name
@@ -292,7 +299,7 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
     };
     writers.sort_by_key(|w| order(&w.status.name));
 
-    report.writers_waiting = writers.iter().any(|w| !w.rolled_out);
+    let writers_waiting = writers.iter().any(|w| !w.rolled_out);
     let apply_message = apply_error.as_ref().map(|e| e.to_string());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let new_status = status::compute(status::StatusInputs {
@@ -309,7 +316,7 @@ pub async fn reconcile_once(bp: &BackgroundPersistence, ctx: &Context) -> Result
     report.status_written = write_status(bp, &name, new_status, ctx).await?;
     match apply_error {
         Some(e) => Err(e),
-        None => Ok(report),
+        None => Ok((report, writers_waiting)),
     }
 }
 
