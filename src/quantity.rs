@@ -2,7 +2,8 @@
 //! a request with its limit and a rendered value with what the API server
 //! stored (it rewrites "1024Mi" as "1Gi").
 
-/// The quantity's value in base units, or None when it is not a quantity.
+/// The quantity's value in base units, or None when it is not a quantity
+/// (or too large for a number).
 pub fn parse(s: &str) -> Option<f64> {
     let s = s.trim();
     let split = s
@@ -28,10 +29,15 @@ pub fn parse(s: &str) -> Option<f64> {
         "Ti" => 1024.0f64.powi(4),
         "Pi" => 1024.0f64.powi(5),
         "Ei" => 1024.0f64.powi(6),
-        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse::<i32>().ok()?),
+        // The number and its exponent parsed together: "0e310" is 0, where
+        // 0 × 10^310 would be 0 × inf, NaN.
+        e if e.starts_with(['e', 'E']) => {
+            e[1..].parse::<i32>().ok()?;
+            return s.parse::<f64>().ok().filter(|v| v.is_finite());
+        }
         _ => return None,
     };
-    Some(n * factor)
+    Some(n * factor).filter(|v| v.is_finite())
 }
 
 /// Whether two quantity strings denote the same amount.
@@ -54,6 +60,13 @@ mod tests {
         assert_eq!(parse("1.5"), Some(1.5));
         assert_eq!(parse("2e3"), Some(2000.0));
         assert_eq!(parse("1k"), Some(1000.0));
+    }
+
+    #[test]
+    fn exponents_never_make_nan_or_infinity() {
+        assert_eq!(parse("0e310"), Some(0.0));
+        assert_eq!(parse("2e3"), Some(2000.0));
+        assert_eq!(parse("1e400"), None);
     }
 
     #[test]
