@@ -161,6 +161,9 @@ fn rendered_rbac_is_least_privilege() -> anyhow::Result<()> {
             ("", "secrets", RW, &[]),
             ("apps", "deployments", RW, &[]),
             ("policy", "poddisruptionbudgets", RW, &[]),
+            // Why a writer is not ready (operator/writer_health.rs).
+            ("", "pods", &["list"], &[]),
+            ("", "pods/proxy", &["get"], &[]),
             (
                 "keda.sh",
                 "scaledobjects",
