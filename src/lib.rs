@@ -7,6 +7,7 @@ pub mod crd;
 pub mod formats;
 pub mod http;
 pub mod operator;
+pub mod plugin;
 pub mod pod_proxy;
 pub mod quantity;
 pub mod telemetry;

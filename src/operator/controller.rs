@@ -328,11 +328,7 @@ async fn apply_all(
     report: &mut Report,
 ) -> Result<(Vec<WriterOutcome>, Vec<WriterIssue>), Error> {
     let name = bp.name_any();
-    let rendered = render::render_with_secrets(bp, &checked.writers, &secrets_read.inputs)
-        .map_err(|e| match e {
-            render::RenderError::MissingMetadata(m) => Error::MissingMetadata(m),
-            other => Error::Render(other.to_string()),
-        })?;
+    let rendered = super::plan::render_validated(bp, checked, &secrets_read.inputs)?;
     let ns = bp.spec.common_persistence_specs.namespace.clone();
     let client = &ctx.client;
     let m = &ctx.metrics;

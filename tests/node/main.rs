@@ -30,6 +30,7 @@ mod cluster;
 mod image;
 mod lifecycle;
 mod operator_pod;
+mod plugin_status;
 mod preflight;
 mod readiness;
 mod scaling;

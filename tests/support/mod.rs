@@ -113,5 +113,6 @@ pub fn json_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
 pub mod cloud;
 pub mod keda;
 pub mod kubeclient;
+pub mod plugin;
 pub mod scrape;
 pub mod secrets;

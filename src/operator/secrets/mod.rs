@@ -311,6 +311,20 @@ pub async fn read(
     Ok(out)
 }
 
+/// The values and versions last synced into the cluster (`live`, by Secret
+/// name), as render takes them: what the operator renders while the secret
+/// managers answer as before (`kubectl bgpersist diff` reads no manager).
+pub fn last_synced(bp: &BackgroundPersistence, live: &BTreeMap<String, Secret>) -> SecretInputs {
+    let resource = bp.name_any();
+    let mut inputs = SecretInputs::default();
+    for (slot, _) in secret::wanted(bp) {
+        if let Some(entry) = live_entry(live.get(&slot.secret_name(&resource)), slot) {
+            inputs.entries.insert(slot, entry);
+        }
+    }
+    inputs
+}
+
 /// The value a slot was last synced with, read back from its live Secret.
 fn live_entry(live: Option<&Secret>, slot: Slot) -> Option<SecretEntry> {
     let live = live?;
