@@ -513,6 +513,8 @@ mod tests {
             payload: Vec::new(),
             published_ms: None,
             traceparent: None,
+        key: None,
+        headers: Vec::new(),
             origin: Vec::new(),
             token: AckToken::Kafka {
                 topic: topic.into(),
