@@ -43,12 +43,13 @@ pub async fn get(
         "/api/v1/namespaces/{namespace}/pods/{pod}:{WRITER_HTTP_PORT}/proxy/{}",
         path.trim_start_matches('/')
     );
-    let request = Request::get(uri)
-        .body(Body::empty())
-        .map_err(|source| PodProxyError::Request {
-            pod: pod.to_string(),
-            source,
-        })?;
+    let request =
+        Request::get(uri)
+            .body(Body::empty())
+            .map_err(|source| PodProxyError::Request {
+                pod: pod.to_string(),
+                source,
+            })?;
     let response = client
         .send(request)
         .await

@@ -77,8 +77,14 @@ mod tests {
     fn export_is_on_only_with_an_endpoint() {
         assert!(!enabled(env(&[])));
         assert!(!enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])));
-        assert!(enabled(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])));
-        assert!(enabled(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces")])));
+        assert!(enabled(env(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://c:4318"
+        )])));
+        assert!(enabled(env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/v1/traces"
+        )])));
         assert!(!enabled(env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
             ("OTEL_SDK_DISABLED", "TRUE"),
@@ -89,7 +95,10 @@ mod tests {
     fn the_environment_may_name_the_service() {
         assert!(!names_service(env(&[])));
         assert!(names_service(env(&[("OTEL_SERVICE_NAME", "w")])));
-        assert!(names_service(env(&[("OTEL_RESOURCE_ATTRIBUTES", "a=b, service.name=w")])));
+        assert!(names_service(env(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "a=b, service.name=w"
+        )])));
         assert!(!names_service(env(&[("OTEL_RESOURCE_ATTRIBUTES", "a=b")])));
     }
 }

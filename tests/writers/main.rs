@@ -29,6 +29,7 @@ mod online_tls;
 mod pg_store;
 mod pg_tls;
 mod robustness;
+mod traces;
 mod usage_kafka;
 mod vector_common;
 mod vector_fake_qdrant;

@@ -209,7 +209,10 @@ impl Bus for KafkaBus {
             .ok_or(BusError::NoDeadLetterTopic)?;
         let mut h = OwnedHeaders::new();
         for (k, v) in dlq::kept_headers(env, headers) {
-            h = h.insert(Header { key: k, value: Some(v) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         for (k, v) in headers {
             h = h.insert(Header {
