@@ -13,6 +13,13 @@ pub const TRACEPARENT: &str = "traceparent";
 
 /// The span context a `traceparent` value names, if it is a valid one.
 pub fn span_context(traceparent: &str) -> Option<SpanContext> {
+    // The SDK's parser takes ids of any length ("00-abc-def-01"); the W3C
+    // format fixes them (32 and 16 hex digits), and a malformed value must
+    // be ignored, not padded into a context.
+    let lengths: Vec<usize> = traceparent.trim().split('-').map(str::len).collect();
+    if lengths.get(..4) != Some(&[2, 32, 16, 2]) {
+        return None;
+    }
     let carrier = HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
     let cx = TraceContextPropagator::new().extract(&carrier);
     let sc = cx.span().span_context().clone();
