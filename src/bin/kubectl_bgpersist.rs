@@ -90,12 +90,17 @@ struct DefaultsArgs {
     /// own, which its chart sets as BGP_WRITER_IMAGE.
     #[arg(long, env = ENV_WRITER_IMAGE, value_name = "IMAGE")]
     writer_image: Option<String>,
+    /// The OTLP endpoint the operator hands its writers (the chart's
+    /// `tracing.otlpEndpoint`), so the render matches what it applies.
+    #[arg(long, value_name = "URL")]
+    writer_otlp_endpoint: Option<String>,
 }
 
 impl DefaultsArgs {
     fn defaults(self) -> Defaults {
         Defaults {
             writer_image: self.writer_image.filter(|s| !s.trim().is_empty()),
+            otlp_endpoint: self.writer_otlp_endpoint.filter(|s| !s.trim().is_empty()),
         }
     }
 }

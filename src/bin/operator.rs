@@ -139,7 +139,6 @@ fn main() -> ExitCode {
         Err(e) => return parse_failure(&e),
     };
     bgpersist::install_crypto_provider();
-    bgpersist::telemetry::init(cfg.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,17 +146,24 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return startup_failure(&format!("cannot start the async runtime: {e}")),
     };
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        bgpersist::telemetry::init(cfg.log_json, "bgpersist-operator")
+    };
     let result = runtime.block_on(run(cfg));
-    // Don't let a stuck blocking task hold the exit hostage.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Startup(e)) => startup_failure(&e),
         Err(Failure::Runtime(e)) => {
             error!(error = %e, "operator failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Before the runtime goes: a gRPC exporter's connection lives on it.
+    telemetry.shutdown();
+    // Don't let a stuck blocking task hold the exit hostage.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 /// --help and --version print and exit 0; a bad flag or variable is a

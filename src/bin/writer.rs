@@ -68,7 +68,6 @@ fn main() -> ExitCode {
         Err(e) => return fail(WriterError::Config(one_line(&e))),
     };
     bgpersist::install_crypto_provider();
-    bgpersist::telemetry::init(cli.log.log_format.is_json());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,16 +79,21 @@ fn main() -> ExitCode {
             )));
         }
     };
-    if let Some(Command::KafkaToken { reveal }) = cli.command {
-        return match runtime.block_on(kafka_token(reveal)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        };
-    }
-    match runtime.block_on(run()) {
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        bgpersist::telemetry::init(cli.log.log_format.is_json(), "bgpersist-writer")
+    };
+    let result = match cli.command {
+        Some(Command::KafkaToken { reveal }) => runtime.block_on(kafka_token(reveal)),
+        None => runtime.block_on(run()),
+    };
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
-    }
+    };
+    // After the last span (the failure's log line included) has ended.
+    telemetry.shutdown();
+    code
 }
 
 /// A configuration error is one line on stderr, any other a log line; the

@@ -30,6 +30,9 @@ pub struct ResolvedWriter<'a> {
     /// names a secret for that store.
     pub store: StoreKind,
     pub store_file: Option<&'static str>,
+    /// The OTLP endpoint its traces go to unless its pod env names one
+    /// (`Defaults::otlp_endpoint`; docs/tracing.md).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ResolvedWriter<'_> {
@@ -52,17 +55,23 @@ pub struct Defaults {
     /// The operator's own image (`BGP_WRITER_IMAGE`, set by the chart): it
     /// holds `bgpersist-writer`, which runs every writer type.
     pub writer_image: Option<String>,
+    /// The operator's own OTLP endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`, set
+    /// by the chart's `tracing.otlpEndpoint`): its writers export there too,
+    /// unless a resource's pod env sets the variable itself.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The operator's environment variable naming its own image.
 pub const ENV_WRITER_IMAGE: &str = "BGP_WRITER_IMAGE";
+/// The standard OpenTelemetry variable naming the OTLP endpoint.
+pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
 impl Defaults {
     pub fn from_env() -> Self {
+        let var = |k| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
         Defaults {
-            writer_image: std::env::var(ENV_WRITER_IMAGE)
-                .ok()
-                .filter(|s| !s.trim().is_empty()),
+            writer_image: var(ENV_WRITER_IMAGE),
+            otlp_endpoint: var(ENV_OTLP_ENDPOINT),
         }
     }
 }
@@ -97,6 +106,7 @@ pub fn resolve<'a>(
         kafka_sasl: secret::kafka_sasl_wanted(bp),
         store,
         store_file: secret::store_mount(bp, store),
+        otlp_endpoint: defaults.otlp_endpoint.clone(),
     })
 }
 

@@ -305,6 +305,7 @@ mod tests {
         let bp = seed_with(json!({"common_persistence_specs": {"bus_writer_image_go": null}}));
         let defaults = model::Defaults {
             writer_image: Some("registry.example/bgpersist:1".into()),
+            ..Default::default()
         };
         let v = validate_with(&bp, &defaults);
         assert!(v.problems.is_empty(), "{:?}", v.problems);

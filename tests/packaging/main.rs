@@ -255,6 +255,30 @@ fn operator_deployment_is_recreated_restricted_and_leader_elected() -> anyhow::R
     Ok(())
 }
 
+#[test]
+fn tracing_endpoint_sets_the_operators_otlp_env_only_when_given() -> anyhow::Result<()> {
+    let endpoint_of = |set: &[&str]| -> anyhow::Result<Value> {
+        let docs = yaml_docs(&helm_template("bgp", "ops", set)?)?;
+        let dep = docs
+            .iter()
+            .find(|d| kind(d) == "Deployment")
+            .ok_or_else(|| anyhow::anyhow!("no Deployment rendered"))?;
+        Ok(dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|e| e["value"].clone())
+            .unwrap_or(Value::Null))
+    };
+    assert_eq!(endpoint_of(&[])?, Value::Null);
+    assert_eq!(
+        endpoint_of(&["--set", "tracing.otlpEndpoint=http://otel.obs:4318"])?,
+        "http://otel.obs:4318"
+    );
+    Ok(())
+}
+
 /// What `kubectl apply --dry-run=server` needs and the rig lacks: the
 /// Prometheus Operator's CRDs. Those objects are checked by `helm lint` only.
 fn needs_absent_crds(doc: &Value) -> bool {

@@ -30,6 +30,7 @@ mod pg_store;
 mod pg_tls;
 mod preflight;
 mod robustness;
+mod traces;
 mod usage_kafka;
 mod vector_common;
 mod vector_fake_qdrant;

@@ -3,7 +3,7 @@ use super::names::{kafka_sasl_secret_name, stores_secret_name};
 use super::secret::{SecretInputs, Slot};
 use crate::contract as c;
 use crate::crd::{BackgroundPersistence, BusBackend, ResourceAmounts, WriterSpec};
-use crate::operator::model::ResolvedWriter;
+use crate::operator::model::{ENV_OTLP_ENDPOINT, ResolvedWriter};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -113,7 +113,18 @@ pub fn render(
             ..Default::default()
         });
     }
-    env.extend(pod.env.clone().unwrap_or_default());
+    let pod_env = pod.env.clone().unwrap_or_default();
+    // The operator's endpoint is a default: the resource's own env wins.
+    if let Some(endpoint) = &rw.otlp_endpoint
+        && !pod_env.iter().any(|e| e.name == ENV_OTLP_ENDPOINT)
+    {
+        env.push(EnvVar {
+            name: ENV_OTLP_ENDPOINT.into(),
+            value: Some(endpoint.clone()),
+            ..Default::default()
+        });
+    }
+    env.extend(pod_env);
     // The versions (never the values) of the secrets this writer mounts: a
     // rotation rolls exactly the writers that read the rotated secret.
     let versions: Vec<(Slot, &str)> = rw

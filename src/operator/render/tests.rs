@@ -698,3 +698,47 @@ fn keystore_and_truststore_locations_reach_the_writers_env() {
         "gs://certs/ca.pem"
     );
 }
+
+#[test]
+fn the_operators_otlp_endpoint_reaches_writers_unless_their_env_sets_one() {
+    let render_with = |bp: &BackgroundPersistence, endpoint: Option<&str>| {
+        let defaults = crate::operator::model::Defaults {
+            otlp_endpoint: endpoint.map(str::to_string),
+            ..Default::default()
+        };
+        let resource = bp.metadata.name.as_deref().unwrap_or_default();
+        let resolved: Vec<_> = bp
+            .spec
+            .writers
+            .iter()
+            .map(|w| {
+                crate::operator::model::resolve(bp, resource, w, &defaults)
+                    .unwrap_or_else(|e| panic!("resolve: {e}"))
+            })
+            .collect();
+        render(bp, &resolved).unwrap_or_else(|e| panic!("render: {e}"))
+    };
+    let var = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    let bp = seed();
+    // Off unless the operator has an endpoint.
+    let off = render_with(&bp, None);
+    assert!(off.writers.iter().all(|w| !env_of(w).contains_key(var)));
+    let on = render_with(&bp, Some("http://otel-collector.observability:4318"));
+    assert!(on.writers.iter().all(|w| {
+        env_of(w).get(var).map(String::as_str) == Some("http://otel-collector.observability:4318")
+    }));
+    // The resource's pod env wins, and is not doubled.
+    let own = seed_with(json!({"common_persistence_specs": {"writer_pod": {"env": [
+        {"name": var, "value": "http://mine:4318"}]}}}));
+    for w in &render_with(&own, Some("http://otel-collector.observability:4318")).writers {
+        let container = &pod_of(w).containers[0];
+        let set: Vec<_> = container
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == var)
+            .filter_map(|e| e.value.as_deref())
+            .collect();
+        assert_eq!(set, ["http://mine:4318"]);
+    }
+}

@@ -105,16 +105,24 @@ pub(crate) fn next_offsets_by_partition<'a>(
 }
 
 pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
-    let traceparent = m.headers().and_then(|h| {
-        h.iter()
-            .find(|h| h.key == "traceparent")
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    });
+    let headers: Vec<(String, Vec<u8>)> = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let traceparent = headers
+        .iter()
+        .find(|(k, _)| k == crate::telemetry::propagation::TRACEPARENT)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
     Envelope {
         payload: m.payload().unwrap_or_default().to_vec(),
         published_ms: m.timestamp().to_millis(),
         traceparent,
+        key: m.key().map(<[u8]>::to_vec),
+        headers,
         origin: vec![
             (dlq::H_ORIGINAL_TOPIC, m.topic().to_string()),
             (dlq::H_ORIGINAL_PARTITION, m.partition().to_string()),
@@ -226,15 +234,24 @@ impl Bus for KafkaBus {
             .as_deref()
             .ok_or(BusError::NoDeadLetterTopic)?;
         let mut h = OwnedHeaders::new();
+        for (k, v) in dlq::kept_headers(env, headers) {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
         for (k, v) in headers {
             h = h.insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),
             });
         }
-        let record = FutureRecord::<(), _>::to(topic)
+        let mut record = FutureRecord::<[u8], _>::to(topic)
             .payload(&env.payload)
             .headers(h);
+        if let Some(key) = &env.key {
+            record = record.key(key.as_slice());
+        }
         self.producer
             .send(record, Duration::from_secs(30))
             .await

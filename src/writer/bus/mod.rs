@@ -39,6 +39,12 @@ pub struct Envelope {
     pub published_ms: Option<i64>,
     /// W3C trace context from the message headers/attributes, if any.
     pub traceparent: Option<String>,
+    /// The message's key (Kafka) or ordering key (Pub/Sub), kept for its
+    /// dead letter.
+    pub key: Option<Vec<u8>>,
+    /// Every header (Kafka) or attribute (Pub/Sub) as received, in order,
+    /// kept for its dead letter.
+    pub headers: Vec<(String, Vec<u8>)>,
     /// Where it came from, as dead-letter headers.
     pub origin: Vec<(&'static str, String)>,
     /// Bus-specific handle used to acknowledge it.

@@ -123,8 +123,21 @@ pub fn envelope(subscription: &str, mut msg: Message, id: u64) -> Envelope {
         .publish_time
         .as_ref()
         .map(|t| t.seconds() * 1000 + i64::from(t.nanos()) / 1_000_000);
+    let mut headers: Vec<(String, Vec<u8>)> = std::mem::take(&mut msg.attributes)
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    // The attributes are a map: sorted, so a dead letter's are stable.
+    headers.sort();
+    let traceparent = headers
+        .iter()
+        .find(|(k, _)| k == crate::telemetry::propagation::TRACEPARENT)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let ordering_key = std::mem::take(&mut msg.ordering_key);
     Envelope {
-        traceparent: msg.attributes.remove("traceparent"),
+        traceparent,
+        key: (!ordering_key.is_empty()).then(|| ordering_key.into_bytes()),
+        headers,
         published_ms,
         origin: vec![
             (dlq::H_ORIGINAL_TOPIC, subscription.to_string()),
@@ -450,13 +463,21 @@ impl Bus for PubsubBus {
         headers: &[(&'static str, String)],
     ) -> Result<(), BusError> {
         let (topic, publisher) = self.dlq.as_ref().ok_or(BusError::NoDeadLetterTopic)?;
-        let msg = Message::new()
+        let kept = dlq::kept_headers(env, headers)
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()));
+        let mut msg = Message::new()
             .set_data(env.payload.clone())
-            .set_attributes(dlq_attributes(headers));
-        publisher
-            .publish(msg)
-            .await
-            .map_err(|e| BusError::Pubsub(format!("dead-letter publish to {topic}: {e}")))?;
+            .set_attributes(kept.chain(dlq_attributes(headers)));
+        let ordering_key = env.key.as_deref().map(String::from_utf8_lossy);
+        if let Some(key) = &ordering_key {
+            msg = msg.set_ordering_key(key.as_ref());
+        }
+        let published = publisher.publish(msg).await;
+        if let (Err(_), Some(key)) = (&published, &ordering_key) {
+            // A failed publish pauses its ordering key; the retry needs it.
+            publisher.resume_publish(key.as_ref());
+        }
+        published.map_err(|e| BusError::Pubsub(format!("dead-letter publish to {topic}: {e}")))?;
         Ok(())
     }
 

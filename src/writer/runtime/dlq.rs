@@ -1,8 +1,11 @@
-//! The dead-letter format: the original message bytes unchanged, with the
-//! reason in headers (Kafka) or attributes (Pub/Sub). Documented in
+//! The dead-letter format: the original message bytes, key and headers
+//! (Kafka) or attributes and ordering key (Pub/Sub) unchanged, with the
+//! reason in more headers / attributes, and `traceparent` set to the
+//! writer's batch span when traces are exported. Documented in
 //! docs/bus-formats.md. The class header is the error's label
 //! (`decode`, `rejected`).
 
+use crate::writer::bus::Envelope;
 use crate::writer::error::WriterError;
 
 pub const H_ORIGINAL_TOPIC: &str = "bgp-dlq-original-topic";
@@ -38,4 +41,17 @@ pub fn headers(
         (H_FORMAT_VERSION, "1".to_string()),
     ]);
     h
+}
+
+/// The original headers a dead letter keeps: all but those `added` (the
+/// `bgp-dlq-*` ones, `traceparent`) sets anew, so a dead letter replayed and
+/// dead-lettered again does not carry two of each.
+pub fn kept_headers<'a>(
+    env: &'a Envelope,
+    added: &'a [(&'static str, String)],
+) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+    env.headers
+        .iter()
+        .filter(|(k, _)| !added.iter().any(|(a, _)| a == k))
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
 }

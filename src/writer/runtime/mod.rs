@@ -8,6 +8,7 @@ pub mod sink;
 pub mod start;
 
 use crate::http::Readiness;
+use crate::telemetry::propagation;
 use crate::writer::bus::{Bus, BusError, Envelope};
 use crate::writer::error::Class;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -209,8 +210,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let started = Instant::now();
         self.metrics.consumed.inc_by(batch.len() as u64);
         self.totals.consumed += batch.len() as u64;
-        let span = info_span!("write_batch", writer = %self.settings.writer, messages = batch.len(),
-            traceparent = batch.iter().find_map(|e| e.traceparent.as_deref()).unwrap_or(""));
+        let span = batch_span(&self.settings.writer, &batch);
 
         let mut records = Vec::new();
         let mut owner = Vec::new();
@@ -244,7 +244,8 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             tokio::spawn(async { Ok(Vec::new()) })
         } else {
             let (sink, rs) = (self.sink.clone(), records.clone());
-            tokio::spawn(async move { sink.write(&rs).await }.instrument(span.clone()))
+            let write = write_span(&span, 1);
+            tokio::spawn(async move { sink.write(&rs).await }.instrument(write))
         };
         InFlight {
             batch,
@@ -301,8 +302,9 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                 poison.push((env, WriterError::Rejected(reason.clone())));
             }
         }
+        let traceparent = propagation::current();
         for (i, error) in &poison {
-            self.dead_letter_with_retry(&batch[*i], error, shutdown)
+            self.dead_letter_with_retry(&batch[*i], error, traceparent.as_deref(), shutdown)
                 .await?;
         }
         // Only now, with every message written or dead-lettered, may offsets move.
@@ -380,7 +382,8 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                 paused = self.bus.pause().is_ok();
             }
             self.wait(delay, shutdown).await?;
-            match self.sink.write(records).await {
+            let attempt = write_span(&tracing::Span::current(), retries + 1);
+            match self.sink.write(records).instrument(attempt).await {
                 Ok(rejected) => {
                     self.store_recovered(paused, retries);
                     return Ok(rejected);
@@ -413,13 +416,15 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         &mut self,
         env: &Envelope,
         error: &WriterError,
+        traceparent: Option<&str>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Unfinished> {
         let mut backoff = self.backoff();
         let mut attempts = 1u32;
         let reason = error.reason();
         loop {
-            let headers = dlq::headers(&env.origin, error, &self.settings.writer, attempts);
+            let mut headers = dlq::headers(&env.origin, error, &self.settings.writer, attempts);
+            headers.extend(traceparent.map(|t| (propagation::TRACEPARENT, t.to_string())));
             match self.bus.dead_letter(env, &headers).await {
                 Ok(()) => {
                     self.metrics.count_error(error);
@@ -453,6 +458,39 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<B, S> {
         retry_backoff(self.settings.max_backoff)
     }
+}
+
+/// The batch's span, after the OpenTelemetry messaging conventions for a
+/// batch receive: a root span (a batch has no one parent) named
+/// "<destination> process", linked to each message's `traceparent`.
+fn batch_span(writer: &str, batch: &[Envelope]) -> tracing::Span {
+    let destination = batch
+        .first()
+        .and_then(|e| e.origin.iter().find(|(k, _)| *k == dlq::H_ORIGINAL_TOPIC))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let system = match batch.first().map(|e| &e.token) {
+        Some(crate::writer::bus::AckToken::Pubsub(_)) => "gcp_pubsub",
+        _ => "kafka",
+    };
+    let span = info_span!(parent: None, "process_batch",
+        otel.name = %format!("{destination} process"),
+        otel.kind = "consumer",
+        messaging.system = system,
+        messaging.destination.name = destination,
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.batch.message_count = batch.len(),
+        writer = %writer,
+        // Kept for log lines: the first message's context.
+        traceparent = batch.iter().find_map(|e| e.traceparent.as_deref()).unwrap_or(""));
+    propagation::link_all(&span, batch.iter().filter_map(|e| e.traceparent.as_deref()));
+    span
+}
+
+/// One `Sink::write` call of a batch, a child of the batch's span.
+fn write_span(batch: &tracing::Span, attempt: u64) -> tracing::Span {
+    info_span!(parent: batch, "store_write", otel.name = "store write", attempt)
 }
 
 /// Every record of a batch refused with `reason`.

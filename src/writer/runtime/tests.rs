@@ -110,6 +110,8 @@ fn envelope(offset: i64, payload: &str) -> Envelope {
         payload: payload.as_bytes().to_vec(),
         published_ms: None,
         traceparent: None,
+        key: None,
+        headers: Vec::new(),
         origin: Vec::new(),
         token: AckToken::Kafka {
             topic: "t".into(),

@@ -390,15 +390,24 @@ impl ExactlyOnce {
         headers: &[(&'static str, String)],
     ) -> Result<DeliveryFuture, KafkaError> {
         let mut h = OwnedHeaders::new();
+        for (k, v) in dlq::kept_headers(env, headers) {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
         for (k, v) in headers {
             h = h.insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),
             });
         }
-        let record = FutureRecord::<str, [u8]>::to(&self.dlq_topic)
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dlq_topic)
             .payload(env.payload.as_slice())
             .headers(h);
+        if let Some(key) = &env.key {
+            record = record.key(key.as_slice());
+        }
         send_when_queued(&self.producer, record).await
     }
 
@@ -513,6 +522,8 @@ mod tests {
             payload: Vec::new(),
             published_ms: None,
             traceparent: None,
+            key: None,
+            headers: Vec::new(),
             origin: Vec::new(),
             token: AckToken::Kafka {
                 topic: topic.into(),

@@ -9,6 +9,7 @@
 //! repeats by identity. Pub/Sub: the official client's publisher.
 
 use crate::crd::BusBackend;
+use crate::telemetry::propagation;
 use crate::writer::bus::kafka::KafkaContext;
 use crate::writer::bus::pubsub::resource_path;
 use crate::writer::config::{KafkaSettings, WriterConfig};
@@ -16,6 +17,7 @@ use crate::writer::runtime::sink::{Rejected, WriterError};
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Mutex;
@@ -158,9 +160,9 @@ pub struct KafkaPublisher {
 
 /// Enqueues `record`, waiting while librdkafka's local queue is full (it
 /// drains as the broker acknowledges).
-pub(super) async fn send_when_queued<'a>(
+pub(super) async fn send_when_queued<'a, K: rdkafka::message::ToBytes + ?Sized>(
     producer: &FutureProducer<KafkaContext>,
-    mut record: FutureRecord<'a, str, [u8]>,
+    mut record: FutureRecord<'a, K, [u8]>,
 ) -> Result<DeliveryFuture, KafkaError> {
     loop {
         match producer.send_result(record) {
@@ -211,10 +213,18 @@ impl KafkaPublisher {
         let mut rejected = Vec::new();
         let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(msgs.len());
         let mut failure: Option<KafkaError> = None;
+        // The batch's store-write span: every message of it joins its trace.
+        let traceparent = propagation::current();
         'enqueue: for (i, m) in msgs.iter().enumerate() {
             let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(&m.payload);
             if !m.key.is_empty() {
                 record = record.key(&m.key);
+            }
+            if let Some(tp) = &traceparent {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: propagation::TRACEPARENT,
+                    value: Some(tp.as_bytes()),
+                }));
             }
             match send_when_queued(&producer, record).await {
                 Ok(delivery) => pending.push((i, delivery)),
@@ -267,6 +277,7 @@ impl PubsubPublisher {
         use google_cloud_pubsub::model::Message;
         let mut rejected = Vec::new();
         let mut pending = Vec::with_capacity(msgs.len());
+        let traceparent = propagation::current();
         for (i, m) in msgs.iter().enumerate() {
             if m.payload.len() > PUBSUB_MAX_MESSAGE_BYTES {
                 rejected.push(Rejected {
@@ -278,10 +289,11 @@ impl PubsubPublisher {
                 });
                 continue;
             }
-            pending.push(
-                self.publisher
-                    .publish(Message::new().set_data(m.payload.clone())),
-            );
+            let mut msg = Message::new().set_data(m.payload.clone());
+            if let Some(tp) = &traceparent {
+                msg = msg.set_attributes([(propagation::TRACEPARENT, tp.as_str())]);
+            }
+            pending.push(self.publisher.publish(msg));
         }
         let mut failure = None;
         for fut in pending {

@@ -13,6 +13,7 @@ pub mod settings;
 
 use crate::formats::Message;
 use crate::formats::v1::QueryLogEntry;
+use crate::telemetry::propagation;
 use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
@@ -150,7 +151,9 @@ impl MirrorSink {
         self.answered.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn replay(&self, r: &Replay) -> Outcome {
+    /// Sends `r` until answered or out of attempts; `traceparent` is the
+    /// batch's store-write span, so the replayed query joins its trace.
+    async fn replay(&self, r: &Replay, traceparent: Option<&HeaderValue>) -> Outcome {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(self.settings.max_backoff)
@@ -165,14 +168,15 @@ impl MirrorSink {
                 self.limiter.until_ready().await;
             }
             let started = Instant::now();
-            let sent = self
+            let mut request = self
                 .client
                 .post(self.settings.endpoint.clone())
                 .headers(r.headers.clone())
-                .header(H_ATTEMPT, attempt)
-                .body(r.body.clone())
-                .send()
-                .await;
+                .header(H_ATTEMPT, attempt);
+            if let Some(tp) = traceparent {
+                request = request.header(propagation::TRACEPARENT, tp.clone());
+            }
+            let sent = request.body(r.body.clone()).send().await;
             // Read the body so the connection goes back to the pool.
             let answer = match sent {
                 Ok(resp) => {
@@ -259,8 +263,10 @@ impl Sink for MirrorSink {
             .map(|(i, r)| (i, r.fingerprint()))
             .filter(|key| !done.contains(key))
             .collect();
+        let traceparent = propagation::current().and_then(|t| HeaderValue::from_str(&t).ok());
+        let traceparent = traceparent.as_ref();
         let mut outcomes = futures::stream::iter(todo)
-            .map(|(i, fp)| async move { (i, fp, self.replay(&records[i]).await) })
+            .map(|(i, fp)| async move { (i, fp, self.replay(&records[i], traceparent).await) })
             .buffer_unordered(self.settings.concurrency);
         let mut rejected = Vec::new();
         let mut exhausted: Vec<String> = Vec::new();
