@@ -460,6 +460,21 @@ async fn redis_down_20s_then_restarted_loses_nothing() -> anyhow::Result<()> {
     tokio::time::sleep_until((down + Duration::from_secs(20)).into()).await;
 
     redis.restart()?;
+    // How soon the writer writes again: its backoff cap (jitter inside) and
+    // the store's reconnect decide; reported, not asserted.
+    let back = std::time::Instant::now();
+    while w.metric("bgpersist_writer_store_writable") != Some(1.0) {
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(60),
+            "the writer never wrote again after Redis came back\n{}",
+            tail(&w)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "writing again {} ms after Redis came back",
+        back.elapsed().as_millis()
+    );
     let mut conn = connect(&redis.url()).await?;
     wait_converged(
         &mut conn,

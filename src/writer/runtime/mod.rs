@@ -503,12 +503,15 @@ fn reject_all(records: usize, reason: &str) -> Vec<Rejected> {
         .collect()
 }
 
-/// The longest wait between two retries of a failing store or transaction.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest wait between two retries of a failing store or transaction,
+/// jitter included: a writer resumes within this long of its store coming
+/// back, and a store that is down gets one write per writer this often.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Delays between retries of a failing write: from 100 ms, doubling with
-/// jitter up to `max`, never giving up (nothing is dropped). Every loop that
-/// retries a store or a transaction uses this one.
+/// jitter, never above `max` (the jitter is inside the cap), never giving up
+/// (nothing is dropped). Every loop that retries a store or a transaction
+/// uses this one.
 pub fn retry_backoff(max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -516,6 +519,7 @@ pub fn retry_backoff(max: Duration) -> impl Iterator<Item = Duration> {
         .with_jitter()
         .without_max_times()
         .build()
+        .map(move |delay| delay.min(max))
 }
 
 #[cfg(test)]

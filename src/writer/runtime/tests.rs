@@ -317,3 +317,15 @@ async fn failing_store_writes_turn_readiness_off_with_the_reason_until_one_succe
     let totals = run.await.ok().and_then(Result::ok);
     assert_eq!(totals.map(|t| t.written), Some(1));
 }
+
+#[test]
+fn backoff_jitter_stays_within_the_cap() {
+    let cap = Duration::from_millis(300);
+    let delays: Vec<Duration> = retry_backoff(cap).take(200).collect();
+    assert!(delays.iter().all(|d| *d <= cap), "{delays:?}");
+    // It does reach the cap: a long outage is retried every `cap`, not faster.
+    assert!(
+        delays[20..].iter().any(|d| *d >= cap * 9 / 10),
+        "{delays:?}"
+    );
+}

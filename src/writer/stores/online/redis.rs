@@ -201,7 +201,15 @@ impl RedisStore {
         conn: &mut ConnectionManager,
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Result<i64, RedisError>>, RedisError> {
-        let results: Vec<Result<i64, RedisError>> = pipe.query_async(conn).await?;
+        let results: Vec<Result<i64, RedisError>> = match pipe.query_async(conn).await {
+            // The manager hands back the error of its last reconnect attempt
+            // once, then reconnects: ask again at once, so a server that is
+            // back answers this write rather than the next retry.
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => {
+                pipe.query_async(conn).await?
+            }
+            other => other?,
+        };
         if results
             .iter()
             .any(|r| r.as_ref().is_err_and(|e| e.code() == Some("NOSCRIPT")))
