@@ -12,8 +12,11 @@ use bgpersist::writer::types::{
 };
 use proptest::prelude::*;
 
-/// Every decoder, as one function: Ok(()) or the reason it refused.
-fn decoders() -> Vec<(&'static str, fn(&[u8]) -> Result<(), String>)> {
+/// A decoder as one function: Ok(()) or the reason it refused.
+type Decode = fn(&[u8]) -> Result<(), String>;
+
+/// Every decoder, by name.
+fn decoders() -> Vec<(&'static str, Decode)> {
     vec![
         ("online", |b| online_writer::decode(b).map(drop)),
         ("vector", |b| {
