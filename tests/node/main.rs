@@ -18,7 +18,7 @@ mod support;
 #[path = "../cli/mod.rs"]
 mod cli;
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../writers/harness/mod.rs"]
 mod harness;
 
