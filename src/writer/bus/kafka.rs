@@ -41,8 +41,13 @@ impl KafkaBus {
         let context = KafkaContext::new(settings);
         let errors = context.errors.clone();
         let mut base = client_config(settings);
-        let consumer: StreamConsumer<LagContext> = base
-            .clone()
+        let mut consumer_config = base.clone();
+        for (key, value) in CONSUMER_DEFAULTS {
+            if !settings.properties.iter().any(|(k, _)| k == key) {
+                consumer_config.set(*key, *value);
+            }
+        }
+        let consumer: StreamConsumer<LagContext> = consumer_config
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -73,6 +78,16 @@ impl KafkaBus {
         })
     }
 }
+
+/// Consumer settings a writer uses unless `additional_kafka_args` say
+/// otherwise. A writer that crashes holds its partitions until its session
+/// expires: 10 s instead of librdkafka's 45 s lets its restarted container
+/// (or the other replicas) take them over within seconds; heartbeats every
+/// 3 s (a third of it) keep a busy but live writer in the group.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "3000"),
+];
 
 /// Connection settings shared by every client: brokers, then the
 /// pass-through librdkafka properties (security, client id, extras).
