@@ -19,7 +19,11 @@ async fn network_policies_are_applied_kept_without_writes_and_pruned_when_off() 
     let report = f.reconcile().await?;
     for w in writers {
         let want = format!("NetworkPolicy/{}", f.dep_name(w));
-        assert!(report.applied.contains(&want), "{want} in {:?}", report.applied);
+        assert!(
+            report.applied.contains(&want),
+            "{want} in {:?}",
+            report.applied
+        );
     }
 
     // Admitted as rendered, selecting by the Deployment's own selector.
@@ -34,13 +38,19 @@ async fn network_policies_are_applied_kept_without_writes_and_pruned_when_off() 
             "{w}: the policy selects the Deployment's pods"
         );
         let ingress = serde_json::to_value(&spec.ingress)?;
-        assert_eq!(ingress[0]["ports"], json!([{"port": 9090, "protocol": "TCP"}]));
+        assert_eq!(
+            ingress[0]["ports"],
+            json!([{"port": 9090, "protocol": "TCP"}])
+        );
         assert_eq!(
             ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
             "monitoring"
         );
         assert_eq!(
-            np.metadata.owner_references.as_ref().map(|o| o[0].name.clone()),
+            np.metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].name.clone()),
             Some(f.name.clone())
         );
     }
@@ -65,8 +75,14 @@ async fn network_policies_are_applied_kept_without_writes_and_pruned_when_off() 
             "{name} pruned: {:?}",
             off.pruned
         );
-        assert!(policies.get_opt(&name).await?.is_none(), "{name} still there");
-        assert!(f.deployments().get_opt(&name).await?.is_some(), "Deployment {name} kept");
+        assert!(
+            policies.get_opt(&name).await?.is_none(),
+            "{name} still there"
+        );
+        assert!(
+            f.deployments().get_opt(&name).await?.is_some(),
+            "Deployment {name} kept"
+        );
     }
     Ok(())
 }

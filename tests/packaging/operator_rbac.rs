@@ -320,9 +320,23 @@ async fn scenario(
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "scaledobjects.keda.sh", "-n", target_ns],
         &["delete", "triggerauthentications.keda.sh", "-n", target_ns],
-        &["patch", "networkpolicies.networking.k8s.io", "-n", target_ns],
-        &["delete", "networkpolicies.networking.k8s.io", "-n", target_ns],
-        &["list", "networkpolicies.networking.k8s.io", "--all-namespaces"],
+        &[
+            "patch",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
+        &[
+            "delete",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
+        &[
+            "list",
+            "networkpolicies.networking.k8s.io",
+            "--all-namespaces",
+        ],
         // Why a writer is not ready: its pods listed, /readyz through the proxy.
         &["list", "pods", "-n", target_ns],
         &["get", "pods", "--subresource=proxy", "-n", target_ns],
@@ -353,8 +367,18 @@ async fn scenario(
         &["watch", "scaledobjects.keda.sh", "-n", target_ns],
         &["update", "scaledobjects.keda.sh", "-n", target_ns],
         &["get", "scaledjobs.keda.sh", "-n", target_ns],
-        &["watch", "networkpolicies.networking.k8s.io", "-n", target_ns],
-        &["update", "networkpolicies.networking.k8s.io", "-n", target_ns],
+        &[
+            "watch",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
+        &[
+            "update",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
     ];
     for (args, want) in yes
         .iter()

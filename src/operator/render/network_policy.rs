@@ -96,7 +96,10 @@ pub fn render(
     }))
 }
 
-fn egress(settings: &NetworkPolicySettings, endpoints: &[Endpoint]) -> Vec<NetworkPolicyEgressRule> {
+fn egress(
+    settings: &NetworkPolicySettings,
+    endpoints: &[Endpoint],
+) -> Vec<NetworkPolicyEgressRule> {
     let mut rules = vec![
         NetworkPolicyEgressRule {
             to: peers(settings.dns_to.as_ref()),
@@ -156,7 +159,11 @@ pub fn endpoints(
     let spec = &bp.spec;
     let mut out = Vec::new();
     if spec.common_persistence_specs.bus_backend == BusBackend::Kafka {
-        for server in spec.kafka_bootstrap_servers.iter().flat_map(|s| s.split(',')) {
+        for server in spec
+            .kafka_bootstrap_servers
+            .iter()
+            .flat_map(|s| s.split(','))
+        {
             // librdkafka also takes `PLAINTEXT://host:port`.
             let server = server.rsplit("://").next().unwrap_or_default();
             out.extend(host_port(server, KAFKA_DEFAULT_PORT));
@@ -178,7 +185,12 @@ pub fn endpoints(
     }
     match rw.store {
         StoreKind::UsageStore => {
-            out.extend(rw.spec.usage_store_uri.iter().flat_map(|u| uri_endpoints(u)));
+            out.extend(
+                rw.spec
+                    .usage_store_uri
+                    .iter()
+                    .flat_map(|u| uri_endpoints(u)),
+            );
         }
         StoreKind::QueryMirror => {
             if let Some(host) = spec.api_server_host.as_deref().map(str::trim) {

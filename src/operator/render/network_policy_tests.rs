@@ -57,10 +57,19 @@ fn tcp(p: u16) -> Value {
 #[test]
 fn off_unless_enabled() {
     let r = with_secrets(&seed(), &SecretInputs::default());
-    assert!(r.writers.iter().all(|w| w.network_policy == WriterPolicy::Off));
-    let off = seed_with(json!({"common_persistence_specs": {"network_policy": {"enabled": false}}}));
+    assert!(
+        r.writers
+            .iter()
+            .all(|w| w.network_policy == WriterPolicy::Off)
+    );
+    let off =
+        seed_with(json!({"common_persistence_specs": {"network_policy": {"enabled": false}}}));
     let r = with_secrets(&off, &SecretInputs::default());
-    assert!(r.writers.iter().all(|w| w.network_policy == WriterPolicy::Off));
+    assert!(
+        r.writers
+            .iter()
+            .all(|w| w.network_policy == WriterPolicy::Off)
+    );
 }
 
 #[test]
@@ -70,12 +79,24 @@ fn selects_the_writers_pods_and_opens_only_the_metrics_port() {
     let w = &r.writers[0];
     let p = policy(w);
     let np: NetworkPolicy = serde_json::from_value(p.clone()).unwrap_or_default();
-    assert_eq!(np.metadata.name.as_deref(), Some("background-persistence-online"));
-    assert_eq!(np.metadata.namespace.as_deref(), Some("background-persistence"));
-    assert_eq!(np.metadata.owner_references, w.deployment.metadata.owner_references);
+    assert_eq!(
+        np.metadata.name.as_deref(),
+        Some("background-persistence-online")
+    );
+    assert_eq!(
+        np.metadata.namespace.as_deref(),
+        Some("background-persistence")
+    );
+    assert_eq!(
+        np.metadata.owner_references,
+        w.deployment.metadata.owner_references
+    );
     // Exactly the Deployment's selector, so it selects exactly its pods.
     let selector = w.deployment.spec.as_ref().map(|s| s.selector.clone());
-    assert_eq!(np.spec.as_ref().and_then(|s| s.pod_selector.clone()), selector);
+    assert_eq!(
+        np.spec.as_ref().and_then(|s| s.pod_selector.clone()),
+        selector
+    );
     assert_eq!(p["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     assert_eq!(
         p["spec"]["ingress"],
@@ -129,7 +150,10 @@ fn metrics_from_dns_to_and_extra_egress_are_the_users() {
     assert_eq!(p["spec"]["egress"][0]["to"], json!([dns]));
     let egress = p["spec"]["egress"].as_array().cloned().unwrap_or_default();
     assert_eq!(egress.last(), Some(&proxy), "extra rules come last");
-    assert!(egress.contains(&json!({"ports": [tcp(6379), tcp(9096)]})), "{egress:?}");
+    assert!(
+        egress.contains(&json!({"ports": [tcp(6379), tcp(9096)]})),
+        "{egress:?}"
+    );
 }
 
 #[test]
@@ -175,7 +199,10 @@ fn uri_hosts_and_default_ports() {
         uri_endpoints("rediss://[fd00::5]:6390,redis-2:6391"),
         [ep("fd00::5", 6390), ep("redis-2", 6391)]
     );
-    assert_eq!(uri_endpoints("qdrants://q.example"), [ep("q.example", 6333)]);
+    assert_eq!(
+        uri_endpoints("qdrants://q.example"),
+        [ep("q.example", 6333)]
+    );
     assert_eq!(uri_endpoints("https://q.example/p"), [ep("q.example", 443)]);
     // Reached through a cloud SDK over HTTPS, which the policy always allows.
     assert!(uri_endpoints("bigquery://project/dataset").is_empty());
