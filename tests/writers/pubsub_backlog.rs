@@ -21,6 +21,9 @@ use std::time::Duration;
 const UNDELIVERED: &str = "pubsub.googleapis.com/subscription/num_undelivered_messages";
 const OLDEST: &str = "pubsub.googleapis.com/subscription/oldest_unacked_message_age";
 
+/// One request to the fake: the project in its path and its query parameters.
+type Request = (String, HashMap<String, String>);
+
 /// The fake's script and what it was asked.
 #[derive(Clone)]
 struct FakeMonitoring {
@@ -28,7 +31,7 @@ struct FakeMonitoring {
     subscription_id: String,
     refuse: bool,
     /// (project, query parameters) of every request.
-    requests: Arc<Mutex<Vec<(String, HashMap<String, String>)>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl FakeMonitoring {
@@ -49,7 +52,7 @@ impl FakeMonitoring {
         Ok((fake, url))
     }
 
-    fn requests(&self) -> Vec<(String, HashMap<String, String>)> {
+    fn requests(&self) -> Vec<Request> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
