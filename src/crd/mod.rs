@@ -5,6 +5,7 @@
 
 mod catalog;
 pub mod kafka_args;
+pub mod network_policy;
 pub mod pod;
 pub mod rules;
 mod spec;

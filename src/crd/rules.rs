@@ -129,7 +129,36 @@ pub fn spec_rules() -> Vec<Rule> {
             .field_path(".store_uri_secrets")
             .reason(Reason::FieldValueRequired),
     );
+    rules.extend(network_policy_rules());
     rules
+}
+
+/// `common_persistence_specs.network_policy`: what would open everything, or
+/// what the API server would refuse only when the operator applies it.
+fn network_policy_rules() -> Vec<Rule> {
+    let np = format!("self.{}", super::network_policy::PATH);
+    let has = |field: &str| format!("has({np}) && has({np}.{field})");
+    let peer = "has(p.podSelector) || has(p.namespaceSelector) || has(p.ipBlock)";
+    vec![
+        Rule::new(format!(
+            "!({}) || {np}.extra_egress.all(r, (has(r.to) && size(r.to) > 0) || (has(r.ports) && size(r.ports) > 0))",
+            has("extra_egress")
+        ))
+        .message("network_policy.extra_egress: a rule with neither `to` nor `ports` allows all egress; name its peers or ports")
+        .field_path(format!(".{}.extra_egress", super::network_policy::PATH))
+        .reason(Reason::FieldValueInvalid),
+        Rule::new(format!(
+            "!({}) || {np}.metrics_from.all(p, {peer})",
+            has("metrics_from")
+        ))
+        .message("network_policy.metrics_from: each peer needs podSelector, namespaceSelector or ipBlock")
+        .field_path(format!(".{}.metrics_from", super::network_policy::PATH))
+        .reason(Reason::FieldValueInvalid),
+        Rule::new(format!("!({}) || {np}.dns_to.all(p, {peer})", has("dns_to")))
+            .message("network_policy.dns_to: each peer needs podSelector, namespaceSelector or ipBlock")
+            .field_path(format!(".{}.dns_to", super::network_policy::PATH))
+            .reason(Reason::FieldValueInvalid),
+    ]
 }
 
 const OAUTHBEARER: &str = "OAUTHBEARER";

@@ -136,6 +136,11 @@ pub struct CommonPersistenceSpecs {
     /// writer's own `pod` wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer_pod: Option<super::pod::WriterPodSettings>,
+    /// A NetworkPolicy per writer, when `enabled` (bgpersist extension):
+    /// ingress only on the metrics port; egress only to DNS, HTTPS, the
+    /// Kafka bootstrap ports and the writer's store ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<super::network_policy::NetworkPolicySettings>,
 
     /// Image of the Go bus writers.
     #[serde(default, skip_serializing_if = "Option::is_none")]

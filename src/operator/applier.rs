@@ -8,6 +8,7 @@
 use super::{Error, apply, metrics::Metrics, render};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
@@ -23,26 +24,30 @@ pub enum Kind {
     PodDisruptionBudget,
     ScaledObject,
     TriggerAuthentication,
+    NetworkPolicy,
 }
 
 impl Kind {
     /// Pruned kinds, in the order they are pruned: a writer's Deployment
     /// goes before what it uses.
-    pub const PRUNE_ORDER: [Kind; 6] = [
+    pub const PRUNE_ORDER: [Kind; 7] = [
         Kind::Deployment,
         Kind::PodDisruptionBudget,
         Kind::ScaledObject,
         Kind::TriggerAuthentication,
+        // After the Deployment: its pods never run unconfined.
+        Kind::NetworkPolicy,
         Kind::ServiceAccount,
         Kind::Secret,
     ];
 
     /// Kinds of which a writer has one each, named like its Deployment.
-    pub const PER_WRITER: [Kind; 4] = [
+    pub const PER_WRITER: [Kind; 5] = [
         Kind::Deployment,
         Kind::PodDisruptionBudget,
         Kind::ScaledObject,
         Kind::TriggerAuthentication,
+        Kind::NetworkPolicy,
     ];
 
     /// How the kind is named in reports and events.
@@ -55,6 +60,7 @@ impl Kind {
             Kind::PodDisruptionBudget => "PodDisruptionBudget",
             Kind::ScaledObject => "ScaledObject",
             Kind::TriggerAuthentication => "TriggerAuthentication",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
@@ -68,7 +74,8 @@ impl Kind {
             | Kind::Deployment
             | Kind::PodDisruptionBudget
             | Kind::ScaledObject
-            | Kind::TriggerAuthentication => true,
+            | Kind::TriggerAuthentication
+            | Kind::NetworkPolicy => true,
         }
     }
 }
@@ -146,6 +153,10 @@ impl Applied {
                     let api = Api::<PodDisruptionBudget>::all(c());
                     apply::prune(&api, selector, keep, m).await?
                 }
+                // Also when the resource turns `network_policy` off.
+                Kind::NetworkPolicy => {
+                    apply::prune(&Api::<NetworkPolicy>::all(c()), selector, keep, m).await?
+                }
                 Kind::ScaledObject | Kind::TriggerAuthentication if keda_served => {
                     let ar = if kind == Kind::ScaledObject {
                         render::scaled_object::api_resource()
@@ -168,7 +179,7 @@ impl Applied {
 mod tests {
     use super::*;
 
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::ServiceAccount,
         Kind::Secret,
@@ -176,6 +187,7 @@ mod tests {
         Kind::PodDisruptionBudget,
         Kind::ScaledObject,
         Kind::TriggerAuthentication,
+        Kind::NetworkPolicy,
     ];
 
     #[test]

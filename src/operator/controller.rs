@@ -461,6 +461,8 @@ async fn apply_writer(
 ) -> Result<WriterOutcome, Error> {
     let (client, m) = (&ctx.client, &ctx.metrics);
     let deployment = &w.object_name;
+    // Before the Deployment, so its new pods never run without it.
+    super::network_policy::apply(client, ns, w, m, applied).await?;
     let (live, wrote) = handover::ensure_deployment(deployments, w, m).await?;
     applied.record(Kind::Deployment, deployment, wrote);
     let (_, wrote) = apply::ensure(pdbs, &w.pdb, m).await?;

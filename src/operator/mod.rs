@@ -10,6 +10,7 @@ pub mod keda;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod network_policy;
 pub mod plan;
 pub mod reasons;
 pub mod render;

@@ -1,12 +1,14 @@
 //! A rendered resource as the list of objects the operator applies, in its
 //! order (Namespace, ServiceAccount, synced Secrets, then per writer its
-//! Deployment, PodDisruptionBudget and KEDA objects), each as JSON.
+//! NetworkPolicy when enabled, Deployment, PodDisruptionBudget and KEDA
+//! objects), each as JSON.
 
 use super::PluginError;
 use crate::operator::applier::Kind;
 use crate::operator::render::{self, Rendered};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::discovery::ApiResource;
@@ -60,6 +62,11 @@ pub fn flatten(rendered: &Rendered) -> Result<Vec<Object>, PluginError> {
     }
     for w in &rendered.writers {
         let writer = Some(w.name.as_str());
+        // Applied before the Deployment, as the operator does. Offline a
+        // policy whose store secret is not read (KeepLive) is not shown.
+        if let render::network_policy::WriterPolicy::Apply(policy) = &w.network_policy {
+            out.push(Object::new(Kind::NetworkPolicy, writer, policy.as_ref())?);
+        }
         out.push(Object::new(Kind::Deployment, writer, &w.deployment)?);
         out.push(Object::new(Kind::PodDisruptionBudget, writer, &w.pdb)?);
         if let Some(a) = &w.autoscaling {
@@ -90,6 +97,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::Secret => ApiResource::erase::<Secret>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::PodDisruptionBudget => ApiResource::erase::<PodDisruptionBudget>(&()),
+        Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
         Kind::ScaledObject => render::scaled_object::api_resource(),
         Kind::TriggerAuthentication => render::trigger_authentication::api_resource(),
     }

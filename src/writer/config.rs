@@ -117,6 +117,12 @@ pub struct PubsubSettings {
     /// Streaming-pull ack deadline (lease extension), 10..=600 s; `None`: the
     /// bus default. How soon a crashed writer's messages are redelivered.
     pub ack_deadline: Option<Duration>,
+    /// How often the subscription's backlog is read from Cloud Monitoring
+    /// (`writer/bus/pubsub_backlog.rs`); `None`: not read.
+    pub backlog_interval: Option<Duration>,
+    /// Cloud Monitoring endpoint override (a fake in tests); anonymous
+    /// credentials when set.
+    pub monitoring_endpoint: Option<String>,
 }
 
 /// Environment prefix for pass-through librdkafka settings:
@@ -125,6 +131,14 @@ pub const KAFKA_CONF_PREFIX: &str = "BGP_KAFKA_CONF_";
 pub const ENV_PUBSUB_PROJECT: &str = "BGP_PUBSUB_PROJECT";
 pub const ENV_PUBSUB_ENDPOINT: &str = "BGP_PUBSUB_ENDPOINT";
 pub const ENV_PUBSUB_ACK_DEADLINE_SECONDS: &str = "BGP_PUBSUB_ACK_DEADLINE_SECONDS";
+/// Seconds between two reads of the subscription's backlog from Cloud
+/// Monitoring; 0 turns them off. Default 60, or off with the emulator
+/// (`BGP_PUBSUB_ENDPOINT`), which has no Monitoring.
+pub const ENV_PUBSUB_BACKLOG_INTERVAL_SECONDS: &str = "BGP_PUBSUB_BACKLOG_INTERVAL_SECONDS";
+/// Cloud Monitoring endpoint override, e.g. `http://127.0.0.1:8085`.
+pub const ENV_MONITORING_ENDPOINT: &str = "BGP_MONITORING_ENDPOINT";
+/// The backlog read interval when none is set.
+pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(60);
 /// The project Google's own libraries and GKE conventionally set; used when
 /// `BGP_PUBSUB_PROJECT` is not.
 pub const ENV_GOOGLE_CLOUD_PROJECT: &str = "GOOGLE_CLOUD_PROJECT";
@@ -218,6 +232,11 @@ impl WriterConfig {
                             })?,
                     ),
                 },
+                backlog_interval: backlog_interval(
+                    get(ENV_PUBSUB_BACKLOG_INTERVAL_SECONDS),
+                    get(ENV_PUBSUB_ENDPOINT).is_some(),
+                )?,
+                monitoring_endpoint: get(ENV_MONITORING_ENDPOINT),
             },
             max_batch_size: number(c::ENV_MAX_BATCH_SIZE, 1000)?,
             max_batch_wait: Duration::from_millis(number(ENV_MAX_BATCH_WAIT_MS, 50)? as u64),
@@ -284,6 +303,26 @@ impl WriterConfig {
             }
             Err(source) => Err(ConfigError::File { path, source }),
         }
+    }
+}
+
+/// `BGP_PUBSUB_BACKLOG_INTERVAL_SECONDS`: 0 is off; unset is the default,
+/// or off on the emulator.
+fn backlog_interval(
+    value: Option<String>,
+    emulator: bool,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = value else {
+        return Ok((!emulator).then_some(DEFAULT_BACKLOG_INTERVAL));
+    };
+    match v.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(s) if s <= 3600 => Ok(Some(Duration::from_secs(s))),
+        _ => Err(ConfigError::Invalid {
+            name: ENV_PUBSUB_BACKLOG_INTERVAL_SECONDS,
+            value: v,
+            reason: "must be whole seconds from 0 (off) to 3600".into(),
+        }),
     }
 }
 
@@ -685,6 +724,36 @@ mod tests {
         for bad in ["9", "601", "ten"] {
             let mut v = v.clone();
             v.push((ENV_PUBSUB_ACK_DEADLINE_SECONDS.into(), bad.into()));
+            assert!(WriterConfig::from_vars(&v).is_err(), "{bad} accepted");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn backlog_reads_default_to_a_minute_off_on_the_emulator_unless_set() -> Result<(), ConfigError>
+    {
+        let mut v = base();
+        v.push((c::ENV_BUS_BACKEND.into(), "PUBSUB".into()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert_eq!(cfg.pubsub.backlog_interval, Some(DEFAULT_BACKLOG_INTERVAL));
+        v.push((ENV_PUBSUB_ENDPOINT.into(), "127.0.0.1:8085".into()));
+        assert_eq!(WriterConfig::from_vars(&v)?.pubsub.backlog_interval, None);
+        v.push((ENV_PUBSUB_BACKLOG_INTERVAL_SECONDS.into(), "5".into()));
+        v.push((ENV_MONITORING_ENDPOINT.into(), "http://127.0.0.1:1".into()));
+        let cfg = WriterConfig::from_vars(&v)?;
+        assert_eq!(cfg.pubsub.backlog_interval, Some(Duration::from_secs(5)));
+        assert_eq!(
+            cfg.pubsub.monitoring_endpoint.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        for (value, want) in [("0", None), ("3600", Some(Duration::from_secs(3600)))] {
+            let mut v = v.clone();
+            v.push((ENV_PUBSUB_BACKLOG_INTERVAL_SECONDS.into(), value.into()));
+            assert_eq!(WriterConfig::from_vars(&v)?.pubsub.backlog_interval, want);
+        }
+        for bad in ["3601", "-1", "soon"] {
+            let mut v = v.clone();
+            v.push((ENV_PUBSUB_BACKLOG_INTERVAL_SECONDS.into(), bad.into()));
             assert!(WriterConfig::from_vars(&v).is_err(), "{bad} accepted");
         }
         Ok(())

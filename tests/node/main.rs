@@ -29,6 +29,7 @@ mod offline_harness;
 mod cluster;
 mod image;
 mod lifecycle;
+mod network_policy;
 mod operator_pod;
 mod plugin_status;
 mod preflight;

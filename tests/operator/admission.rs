@@ -597,3 +597,27 @@ async fn what_can_never_work_is_refused_naming_the_field() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn network_policy_extra_egress_that_opens_everything() {
+    let p = json!({"common_persistence_specs": {"network_policy": {"enabled": true, "extra_egress": [{}]}}});
+    assert_refused(
+        "egress rule without peers or ports",
+        p,
+        none,
+        "network_policy.extra_egress",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn network_policy_metrics_from_empty_peer() {
+    let p = json!({"common_persistence_specs": {"network_policy": {"enabled": true, "metrics_from": [{}]}}});
+    assert_refused(
+        "metrics peer without selector",
+        p,
+        none,
+        "network_policy.metrics_from",
+    )
+    .await;
+}

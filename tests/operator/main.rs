@@ -10,6 +10,7 @@ mod support;
 
 mod admission;
 mod autoscaling;
+mod network_policy;
 mod reconcile;
 mod secrets;
 

@@ -210,6 +210,7 @@ async fn operator_reconciles_the_seed_with_only_the_charts_rbac() -> anyhow::Res
         "secrets",
         "scaledobjects.keda.sh",
         "triggerauthentications.keda.sh",
+        "networkpolicies.networking.k8s.io",
     ] {
         let _ = kubectl(
             &[
@@ -319,6 +320,23 @@ async fn scenario(
         &["create", "events.events.k8s.io", "-n", "default"],
         &["patch", "scaledobjects.keda.sh", "-n", target_ns],
         &["delete", "triggerauthentications.keda.sh", "-n", target_ns],
+        &[
+            "patch",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
+        &[
+            "delete",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
+        &[
+            "list",
+            "networkpolicies.networking.k8s.io",
+            "--all-namespaces",
+        ],
         // Why a writer is not ready: its pods listed, /readyz through the proxy.
         &["list", "pods", "-n", target_ns],
         &["get", "pods", "--subresource=proxy", "-n", target_ns],
@@ -349,6 +367,18 @@ async fn scenario(
         &["watch", "scaledobjects.keda.sh", "-n", target_ns],
         &["update", "scaledobjects.keda.sh", "-n", target_ns],
         &["get", "scaledjobs.keda.sh", "-n", target_ns],
+        &[
+            "watch",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
+        &[
+            "update",
+            "networkpolicies.networking.k8s.io",
+            "-n",
+            target_ns,
+        ],
     ];
     for (args, want) in yes
         .iter()
@@ -434,6 +464,8 @@ async fn scenario(
     let mut bp = seed(bp_name, target_ns, cloud)?;
     // The writer pruned below is autoscaled: its KEDA objects go with it.
     bp["spec"]["writers"][1]["autoscaling"] = json!({"max_replicas": 3});
+    // And NetworkPolicies, applied and pruned through the chart's rule.
+    bp["spec"]["common_persistence_specs"]["network_policy"] = json!({"enabled": true});
     apply_bp(&bp)?;
 
     let writers = ["go-metrics-bus-writer", "go-result-bus-metrics-writer"];
@@ -478,6 +510,10 @@ async fn scenario(
         assert!(
             exists(&["pdb", &dep, "-n", target_ns])?,
             "PodDisruptionBudget {dep}"
+        );
+        assert!(
+            exists(&["networkpolicy", &dep, "-n", target_ns])?,
+            "NetworkPolicy {dep}"
         );
     }
     let autoscaled = format!("{bp_name}-{}", writers[1]);
@@ -530,6 +566,7 @@ async fn scenario(
         || {
             let left = exists(&["deployment", &gone, "-n", target_ns])?
                 || exists(&["pdb", &gone, "-n", target_ns])?
+                || exists(&["networkpolicy", &gone, "-n", target_ns])?
                 || exists(&["scaledobject.keda.sh", &gone, "-n", target_ns])?
                 || exists(&["triggerauthentication.keda.sh", &gone, "-n", target_ns])?;
             Ok((!left).then_some(()))

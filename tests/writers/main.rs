@@ -29,6 +29,7 @@ mod online_tls;
 mod pg_store;
 mod pg_tls;
 mod preflight;
+mod pubsub_backlog;
 mod robustness;
 mod traces;
 mod usage_kafka;

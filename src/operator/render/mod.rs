@@ -5,6 +5,7 @@ mod deployment;
 mod labels;
 mod names;
 mod namespace;
+pub mod network_policy;
 mod pdb;
 pub mod scaled_object;
 pub mod secret;
@@ -48,6 +49,8 @@ pub struct RenderedWriter {
     pub replicas: i32,
     /// KEDA objects, when the writer is autoscaled.
     pub autoscaling: Option<RenderedAutoscaling>,
+    /// Its NetworkPolicy, when `common_persistence_specs.network_policy` is enabled.
+    pub network_policy: network_policy::WriterPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -134,6 +137,7 @@ pub fn render_with_secrets(
             name: w.name.clone(),
             object_name: rw.object_name.clone(),
             pdb: pdb::render(bp, &resource, rw, &owner),
+            network_policy: network_policy::render(bp, &resource, rw, &owner, secrets),
             deployment,
             image,
             config_hash,
@@ -204,3 +208,6 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod network_policy_tests;

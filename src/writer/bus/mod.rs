@@ -6,6 +6,7 @@ pub mod kafka_errors;
 pub mod keystore;
 pub mod oauth;
 pub mod pubsub;
+pub mod pubsub_backlog;
 
 use std::future::Future;
 use std::time::Duration;

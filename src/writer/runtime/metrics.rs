@@ -26,7 +26,12 @@ pub struct WriterMetrics {
     pub retries: Counter,
     pub batch_seconds: Histogram,
     pub bus_to_store_seconds: Histogram,
+    /// Kafka: messages behind the end of the assigned partitions. Pub/Sub:
+    /// the subscription's backlog from Cloud Monitoring, -1 while unknown.
     pub lag_messages: Gauge,
+    /// Pub/Sub: age of the subscription's oldest unacked message, from Cloud
+    /// Monitoring; -1 while unknown (and always on Kafka).
+    pub oldest_unacked_seconds: Gauge,
     /// 1 once the bus answered, 0 while it does not (the reason is on /readyz).
     pub bus_reachable: Gauge,
     /// 0 while writes to the store fail and are retried, else 1.
@@ -49,6 +54,7 @@ impl Default for WriterMetrics {
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             bus_to_store_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             lag_messages: Gauge::default(),
+            oldest_unacked_seconds: Gauge::default(),
             bus_reachable: Gauge::default(),
             store_writable: Gauge::default(),
             dead_letters: Family::default(),
@@ -106,6 +112,8 @@ impl WriterMetrics {
         let m = Self::default();
         // Until a write says otherwise.
         m.store_writable.set(1);
+        // Until Cloud Monitoring says (Pub/Sub only).
+        m.oldest_unacked_seconds.set(-1);
         let r = registry.sub_registry_with_prefix("bgpersist_writer");
         r.register(
             "errors",
@@ -164,8 +172,13 @@ impl WriterMetrics {
         );
         r.register(
             "consumer_lag_messages",
-            "Messages behind the end of the assigned partitions",
+            "Kafka: messages behind the end of the assigned partitions; Pub/Sub: the subscription's backlog from Cloud Monitoring (-1 while unknown)",
             m.lag_messages.clone(),
+        );
+        r.register(
+            "oldest_unacked_seconds",
+            "Pub/Sub: age of the subscription's oldest unacked message from Cloud Monitoring (-1 while unknown, and on Kafka)",
+            m.oldest_unacked_seconds.clone(),
         );
         r.register(
             "consumer_lag_seconds",

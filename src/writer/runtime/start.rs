@@ -6,6 +6,7 @@ use crate::http::Readiness;
 use crate::writer::bus::Bus;
 use crate::writer::bus::kafka::KafkaBus;
 use crate::writer::bus::pubsub::PubsubBus;
+use crate::writer::bus::pubsub_backlog;
 use crate::writer::config::WriterConfig;
 use crate::writer::error::WriterError;
 use crate::writer::runtime::metrics::WriterMetrics;
@@ -50,8 +51,18 @@ pub async fn on_bus<S: Sink>(sink: S, wiring: Wiring<'_>) -> Result<(), WriterEr
             )
             .await
             .map_err(|e| WriterError::Config(e.to_string()))?;
+            let backlog = pubsub_backlog::spawn(
+                &cfg.pubsub,
+                &cfg.subscription,
+                wiring.metrics.clone(),
+                wiring.stop.clone(),
+            );
             // Boxed: one runtime per writer type would otherwise nest too deep for the compiler.
-            Box::pin(drive(bus, sink, wiring)).await
+            let result = Box::pin(drive(bus, sink, wiring)).await;
+            if let Some(task) = backlog {
+                task.abort();
+            }
+            result
         }
     }
 }
