@@ -2,16 +2,10 @@
 //! environments, parquet bodies, dead letters read back from Kafka, and a
 //! bucket on the rig's S3 (moto).
 
-use crate::harness::kafka_plain;
 use crate::support::{rig, unique};
 use arrow_array::RecordBatch;
 use bgpersist::formats::Message as _;
 use bgpersist::formats::v1::{BulkInsertMessage, StreamingInsertMessage};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// A schema of its own for one test, dropped with everything in it by `drop`.
 pub struct PgSchema {
@@ -167,38 +161,7 @@ pub fn bulk_message(uri: &str, table: &str, rows: i64, key: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// One dead letter: payload and headers.
-pub type Letter = (Vec<u8>, BTreeMap<String, String>);
-
-/// Reads `n` dead letters from `dlq` from the beginning.
-pub async fn dlq_letters(dlq: &str, n: usize) -> anyhow::Result<Vec<Letter>> {
-    let consumer: StreamConsumer = kafka_plain()
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[dlq])?;
-    let mut letters = Vec::new();
-    while letters.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("{} of {n} dead letters in 30 s", letters.len()))??;
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        letters.push((m.payload().unwrap_or_default().to_vec(), headers));
-    }
-    Ok(letters)
-}
+pub use crate::harness::{Letter, dead_letters as dlq_letters};
 
 /// The reason header of the dead letter carrying `payload`.
 pub fn reason_of<'a>(letters: &'a [Letter], payload: &[u8]) -> Option<&'a str> {

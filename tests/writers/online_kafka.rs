@@ -2,10 +2,6 @@
 
 use crate::harness::*;
 use crate::support::{rig, unique};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[tokio::test]
@@ -51,29 +47,7 @@ async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> an
     assert_eq!(got.len(), 20);
 
     // Both poison messages sit on the DLQ, bytes unchanged, with the reason.
-    let consumer: StreamConsumer = kafka_plain()
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[&dlq])?;
-    let mut letters = Vec::new();
-    while letters.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await??;
-        let headers: BTreeMap<String, String> = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        letters.push((m.payload().unwrap_or_default().to_vec(), headers));
-    }
+    let mut letters = dead_letters(&dlq, 2).await?;
     // The garbage bytes first, then the message without a value.
     letters.sort_by_key(|(p, _)| poison.iter().position(|q| q == p));
     for ((payload, headers), expected_payload) in letters.iter().zip(&poison) {

@@ -2,12 +2,8 @@
 //! rig's server, a TCP proxy that can take the server away, and reading
 //! Kafka dead letters.
 
-use crate::harness::{committed_and_end, eventually, kafka_plain};
+use crate::harness::{committed_and_end, eventually};
 use crate::support::{rig, unique};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,38 +86,7 @@ pub async fn drained(
     Ok(())
 }
 
-/// A dead letter: payload and headers.
-pub type Letter = (Vec<u8>, BTreeMap<String, String>);
-
-/// The first `n` messages of a Kafka dead-letter topic.
-pub async fn kafka_letters(topic: &str, n: usize) -> anyhow::Result<Vec<Letter>> {
-    let consumer: StreamConsumer = kafka_plain()
-        .set("group.id", unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[topic])?;
-    let mut letters = Vec::new();
-    while letters.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("{} of {n} dead letters on {topic}", letters.len()))??;
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        letters.push((m.payload().unwrap_or_default().to_vec(), headers));
-    }
-    Ok(letters)
-}
+pub use crate::harness::dead_letters as kafka_letters;
 
 /// Forwards 127.0.0.1:<port> to the rig's Postgres while up; while down it
 /// cuts the open connections and refuses new ones, like a server that died.

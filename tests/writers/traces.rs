@@ -8,7 +8,7 @@ use crate::harness::*;
 use crate::support::{rig, unique};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -229,19 +229,7 @@ async fn read_dead_letter(dlq: &str) -> anyhow::Result<Letter> {
         .create()?;
     consumer.subscribe(&[dlq])?;
     let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_string(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = headers_of(&m);
     Ok((m.key().map(<[u8]>::to_vec), headers))
 }
 

@@ -220,3 +220,44 @@ pub async fn delete_topics(names: &[&str]) -> anyhow::Result<()> {
     admin.delete_topics(names, &AdminOptions::new()).await?;
     Ok(())
 }
+
+/// A dead letter: payload and headers.
+pub type Letter = (Vec<u8>, std::collections::BTreeMap<String, String>);
+
+/// A Kafka message's headers as (key, UTF-8 value) pairs, in any collection.
+pub fn headers_of<C: FromIterator<(String, String)>>(m: &impl rdkafka::Message) -> C {
+    use rdkafka::message::Headers;
+    m.headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| {
+            (
+                h.key.to_string(),
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The first `n` messages of a Kafka dead-letter topic, from the beginning.
+pub async fn dead_letters(topic: &str, n: usize) -> anyhow::Result<Vec<Letter>> {
+    use rdkafka::consumer::StreamConsumer;
+    let consumer: StreamConsumer = kafka_plain()
+        .set("group.id", crate::support::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut letters = Vec::new();
+    while letters.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("{} of {n} dead letters on {topic} in 30 s", letters.len())
+            })??;
+        letters.push((
+            rdkafka::Message::payload(&m).unwrap_or_default().to_vec(),
+            headers_of(&m),
+        ));
+    }
+    Ok(letters)
+}
