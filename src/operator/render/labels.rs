@@ -1,6 +1,8 @@
 //! Recommended labels (app.kubernetes.io/*) plus the two the operator selects on.
 
-use crate::crd::WriterSpec;
+use crate::crd::{BackgroundPersistence, WriterSpec};
+use crate::operator::model::ResolvedWriter;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeMap;
 
 pub const MANAGER: &str = "bgpersist-operator";
@@ -39,6 +41,24 @@ pub fn writer(resource: &str, w: &WriterSpec) -> BTreeMap<String, String> {
     }
     l.insert(LABEL_WRITER.into(), w.name.clone());
     l
+}
+
+/// The metadata of a writer's own objects (its PodDisruptionBudget,
+/// NetworkPolicy): named like its Deployment, in the target namespace, with
+/// the writer's labels and the resource as owner.
+pub fn writer_object_meta(
+    bp: &BackgroundPersistence,
+    resource: &str,
+    rw: &ResolvedWriter,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(rw.object_name.clone()),
+        namespace: Some(bp.spec.common_persistence_specs.namespace.clone()),
+        labels: Some(writer(resource, rw.spec)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
 }
 
 /// The immutable selector of a writer's pods.

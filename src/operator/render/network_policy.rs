@@ -21,7 +21,6 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::ObjectMeta;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -74,13 +73,7 @@ pub fn render(
     };
     let w = rw.spec;
     WriterPolicy::Apply(Box::new(NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(rw.object_name.clone()),
-            namespace: Some(bp.spec.common_persistence_specs.namespace.clone()),
-            labels: Some(labels::writer(resource, w)),
-            owner_references: Some(vec![owner.clone()]),
-            ..Default::default()
-        },
+        metadata: labels::writer_object_meta(bp, resource, rw, owner),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
                 match_labels: Some(labels::selector(resource, &w.name)),

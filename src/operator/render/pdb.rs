@@ -4,7 +4,6 @@ use crate::operator::model::ResolvedWriter;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::ObjectMeta;
 
 /// At most one pod of a writer down at a time during voluntary disruptions.
 pub fn render(
@@ -15,13 +14,7 @@ pub fn render(
 ) -> PodDisruptionBudget {
     let w = rw.spec;
     PodDisruptionBudget {
-        metadata: ObjectMeta {
-            name: Some(rw.object_name.clone()),
-            namespace: Some(bp.spec.common_persistence_specs.namespace.clone()),
-            labels: Some(labels::writer(resource, w)),
-            owner_references: Some(vec![owner.clone()]),
-            ..Default::default()
-        },
+        metadata: labels::writer_object_meta(bp, resource, rw, owner),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector {
