@@ -132,6 +132,14 @@ node_save_sysctls() {
   for k in "${NODE_SYSCTLS[@]}"; do echo "$k=$(sysctl -n "$k")"; done > "$NODE_DIR/sysctls.saved"
 }
 
+# The sandbox image, imported when missing: at start, and again by
+# hack/image, since the kubelet may garbage-collect it under disk pressure
+# (every sandbox then fails trying to pull it).
+node_ensure_pause() {
+  node_ctr images ls -q | grep -qx "$PAUSE_IMAGE" \
+    || node_ctr images import "$PAUSE_ARCHIVE" >/dev/null
+}
+
 node_ready() {
   [ "$(kubectl --kubeconfig "$KUBECONFIG_FILE" get node "$NODE_NAME" \
     -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
@@ -150,9 +158,7 @@ node_start() {
   local i p
   for i in $(seq 1 100); do node_ctr version >/dev/null 2>&1 && break; sleep 0.2; done
   node_ctr version >/dev/null 2>&1 || fail_part containerd "not answering on $NODE_SOCK"
-  node_ctr images ls -q | grep -qx "$PAUSE_IMAGE" \
-    || node_ctr images import "$PAUSE_ARCHIVE" >/dev/null \
-    || fail_part containerd "pause image import failed"
+  node_ensure_pause || fail_part containerd "pause image import failed"
 
   local common=(--kubeconfig "$NODE_KUBECONFIG" --authentication-kubeconfig "$NODE_KUBECONFIG"
     --authorization-kubeconfig "$NODE_KUBECONFIG" --leader-elect=false --bind-address 127.0.0.1)
