@@ -164,6 +164,13 @@ fn rendered_rbac_is_least_privilege() -> anyhow::Result<()> {
             // Why a writer is not ready (operator/writer_health.rs).
             ("", "pods", &["list"], &[]),
             ("", "pods/proxy", &["get"], &[]),
+            // Writers' NetworkPolicies (operator/network_policy.rs): not watched.
+            (
+                "networking.k8s.io",
+                "networkpolicies",
+                &["get", "list", "create", "patch", "delete"],
+                &[]
+            ),
             (
                 "keda.sh",
                 "scaledobjects",
