@@ -73,7 +73,8 @@ pub async fn get(
 }
 
 /// The reason a writer pod gives for not being ready, or None when it is
-/// ready. A 503 body is the writer's own reason (`http::Readiness`).
+/// ready: a 503 body is "not ready: <the writer's reason>" (`http.rs`), and
+/// the reason is returned without that prefix.
 pub async fn not_ready_reason(
     client: &Client,
     namespace: &str,
@@ -85,6 +86,10 @@ pub async fn not_ready_reason(
     } else if reply.body.is_empty() {
         Some(format!("/readyz answered {}", reply.status))
     } else {
-        Some(reply.body)
+        let reason = reply
+            .body
+            .strip_prefix("not ready: ")
+            .unwrap_or(&reply.body);
+        Some(reason.to_string())
     })
 }

@@ -55,10 +55,7 @@ pub async fn report(client: &Client, ns: &str, resource: &str, writer: &str) -> 
         )
         .await
         {
-            Ok(Ok(Some(reason))) => {
-                let reason = reason.strip_prefix("not ready: ").unwrap_or(&reason);
-                return Some(classify(writer, reason));
-            }
+            Ok(Ok(Some(reason))) => return Some(classify(writer, &reason)),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => debug!(pod = %name, error = %e, "writer /readyz not read"),
             Err(_) => debug!(pod = %name, "writer /readyz did not answer in time"),
