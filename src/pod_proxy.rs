@@ -2,7 +2,9 @@
 //! server's pod proxy. The operator uses it to put a writer's not-ready reason
 //! on the resource, and `kubectl-bgpersist status` to read writer metrics;
 //! going through the API server means neither needs a route to pod addresses,
-//! only RBAC `get` on `pods/proxy`.
+//! only RBAC `get` on `pods/proxy`. Use a client without kube's default
+//! retries (`Config::default_retry`): they retry a 503, which `/readyz` answers
+//! while not ready.
 
 use crate::contract::WRITER_HTTP_PORT;
 use http::Request;

@@ -206,6 +206,12 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         .map_err(|e| Failure::Startup(format!("no Kubernetes client configuration: {e}")))?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    // Writer pods' /readyz answers 503 while not ready: read it without retries.
+    let mut without_retries = config.clone();
+    without_retries.default_retry = false;
+    let pod_reader = metrics
+        .counting_client(without_retries)
+        .map_err(|e| Failure::Startup(format!("cannot build the Kubernetes client: {e}")))?;
     let client = metrics
         .counting_client(config)
         .map_err(|e| Failure::Startup(format!("cannot build the Kubernetes client: {e}")))?;
@@ -222,7 +228,7 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         stopped(stop_rx.clone()),
     ));
     let leader_gauge = metrics.leader.clone();
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let ctx = Arc::new(Context::new(client.clone(), metrics).with_pod_reader(pod_reader));
     let ready_ctl = ready.clone();
     let controller = |stop: leader::Stop| async move {
         ready_ctl.set_ready(true);

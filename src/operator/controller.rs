@@ -38,6 +38,10 @@ pub struct Context {
     pub keda: Keda,
     /// The operator's own image, for writers whose resource names none.
     pub defaults: crate::operator::model::Defaults,
+    /// The client writer pods' `/readyz` is read with through the pod proxy:
+    /// without kube's retries, which take its 503 (an answer: "not ready,
+    /// because ...") for an overloaded server and retry until the read times out.
+    pub pod_reader: Client,
 }
 
 impl Context {
@@ -48,6 +52,7 @@ impl Context {
         };
         let recorder = Recorder::new(client.clone(), reporter);
         Context {
+            pod_reader: client.clone(),
             client,
             metrics,
             recorder,
@@ -55,6 +60,12 @@ impl Context {
             keda: Keda::default(),
             defaults: crate::operator::model::Defaults::from_env(),
         }
+    }
+
+    /// The same context reading writer pods with `client` (see `pod_reader`).
+    pub fn with_pod_reader(mut self, client: Client) -> Self {
+        self.pod_reader = client;
+        self
     }
 
     /// The same context looking for KEDA as `keda` says.
@@ -373,7 +384,7 @@ async fn apply_all(
         let outcome = if outcome.rolled_out {
             outcome
         } else {
-            let report = writer_health::report(&ctx.client, &ns, &name, &w.name).await;
+            let report = writer_health::report(&ctx.pod_reader, &ns, &name, &w.name).await;
             outcome.with_pod_report(report)
         };
         outcomes.push(outcome);

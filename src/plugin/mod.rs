@@ -44,6 +44,10 @@ impl KubeOptions {
             // KUBECONFIG, ~/.kube/config, else in-cluster, as kubectl.
             (None, None) => Config::infer().await?,
         };
+        // A command fails fast; and kube's retries would take a writer's 503
+        // from /readyz (an answer) for an overloaded server.
+        let mut config = config;
+        config.default_retry = false;
         Ok(Client::try_from(config)?)
     }
 
