@@ -22,7 +22,7 @@ mod cli;
 #[path = "../writers/harness/mod.rs"]
 mod harness;
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../writers/offline_harness.rs"]
 mod offline_harness;
 

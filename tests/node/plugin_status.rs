@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 /// The only pod of `selector` once its `/readyz` gives a reason.
 async fn not_ready_with_reason(
-    client: &kube::Client,
     pods: &Api<Pod>,
     ns: &str,
     selector: &str,
 ) -> anyhow::Result<(String, String)> {
+    let client = crate::support::kubeclient::pod_reader().await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let all = pods
@@ -28,7 +28,7 @@ async fn not_ready_with_reason(
         if let [pod] = all.as_slice() {
             let name = pod.name_any();
             if let Ok(Some(reason)) =
-                bgpersist::pod_proxy::not_ready_reason(client, ns, &name).await
+                bgpersist::pod_proxy::not_ready_reason(&client, ns, &name).await
             {
                 return Ok((name, reason));
             }
@@ -104,7 +104,7 @@ async fn status_reads_the_writers_through_the_pod_proxy() -> anyhow::Result<()> 
 
     let bad_pods: Api<Pod> = Api::namespaced(client.clone(), &bad_ns);
     let selector = cluster::writer_selector(&bad_name, "online");
-    let (pod, reason) = not_ready_with_reason(&client, &bad_pods, &bad_ns, &selector).await?;
+    let (pod, reason) = not_ready_with_reason(&bad_pods, &bad_ns, &selector).await?;
     assert!(reason.starts_with("bus not reached"), "{reason}");
     let out = on_rig(&["status", &bad_name, "--window", "200ms", "-o", "json"])?;
     assert_eq!(out.code, 3, "{out}");

@@ -14,6 +14,14 @@ pub async fn client() -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config().await?)?)
 }
 
+/// A client without kube's retries, for reads through the pod proxy: a
+/// writer's /readyz answers 503 while not ready, which kube retries for minutes.
+pub async fn pod_reader() -> anyhow::Result<kube::Client> {
+    let mut config = config().await?;
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// Counts requests by whether they can change state (anything but GET/LIST/WATCH).
 #[derive(Clone, Default)]
 pub struct RequestCount {
