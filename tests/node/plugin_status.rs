@@ -12,7 +12,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// The only pod of `selector` once its `/readyz` gives a reason.
+/// The only pod of `selector` once its `/readyz` says why the bus is not reached.
 async fn not_ready_with_reason(
     pods: &Api<Pod>,
     ns: &str,
@@ -27,8 +27,11 @@ async fn not_ready_with_reason(
             .items;
         if let [pod] = all.as_slice() {
             let name = pod.name_any();
+            // A writer just started says only "not ready" until its first
+            // attempt at the bus has a reason.
             if let Ok(Some(reason)) =
                 bgpersist::pod_proxy::not_ready_reason(&client, ns, &name).await
+                && reason.starts_with("bus not reached")
             {
                 return Ok((name, reason));
             }
