@@ -49,14 +49,28 @@ pub(crate) fn tls_env(
 pub(crate) async fn writes_through(
     env_for: impl Fn(&str, &str) -> Vec<(&'static str, String)>,
 ) -> anyhow::Result<()> {
+    let conn = standalone().await?;
+    writes_through_to(env_for, conn, 5, "Redis to hold the values").await
+}
+
+/// Produces `n` entities, runs the writer `env_for(topic, dlq)` describes
+/// until `conn` reads them all back, and stops it cleanly.
+pub(crate) async fn writes_through_to<C>(
+    env_for: impl Fn(&str, &str) -> Vec<(&'static str, String)>,
+    conn: C,
+    n: usize,
+    what: &str,
+) -> anyhow::Result<()>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
     let (topic, dlq) = (unique("tls"), unique("dlq"));
     create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
-    let keys = pkeys(&unique("t"), 5);
+    let keys = pkeys(&unique("t"), n);
     let (payloads, expected) = dataset(&keys);
     produce(&topic, &payloads).await?;
     let mut writer = Writer::start(&env_for(&topic, &dlq))?;
-    let conn = standalone().await?;
-    eventually("Redis to hold the values", Duration::from_secs(60), || {
+    eventually(what, Duration::from_secs(60), || {
         let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
         async move { Ok((redis_entities(&mut conn, "", &keys).await? == expected).then_some(())) }
     })

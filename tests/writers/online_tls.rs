@@ -2,6 +2,7 @@
 //! named on the URI as redis-py spells it (`ssl_ca_certs`).
 
 use crate::harness::*;
+use crate::kafka_tls::writes_through_to;
 use crate::support::{rig, unique};
 use std::time::Duration;
 
@@ -11,21 +12,8 @@ async fn writes_through<C>(store: &str, conn: C, n: usize, what: &str) -> anyhow
 where
     C: redis::aio::ConnectionLike + Clone + Send + 'static,
 {
-    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
-    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
-    let keys = pkeys(&unique("tls"), n);
-    let (payloads, expected) = dataset(&keys);
-    produce(&topic, &payloads).await?;
-    let mut writer = Writer::start(&online_writer_env(&topic, &dlq, &group, store))?;
-    eventually(what, Duration::from_secs(60), || {
-        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
-        async move { Ok((redis_entities(&mut conn, "", &keys).await? == expected).then_some(())) }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
-    writer.signal("TERM")?;
-    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
-    Ok(())
+    let env = |topic: &str, dlq: &str| online_writer_env(topic, dlq, &unique("grp"), store);
+    writes_through_to(env, conn, n, what).await
 }
 
 #[tokio::test]
