@@ -118,16 +118,7 @@ pub fn ensure_crd() -> anyhow::Result<()> {
         ],
         None,
     )?;
-    kubectl(
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=60s",
-            "crd/backgroundpersistences.bgpersist.dev",
-        ],
-        None,
-    )?;
-    Ok(())
+    wait_established(&["backgroundpersistences.bgpersist.dev"])
 }
 
 /// Installs KEDA's ScaledObject and TriggerAuthentication CRDs (see
@@ -148,16 +139,33 @@ pub fn ensure_keda_crds() -> anyhow::Result<()> {
             None,
         )?;
     }
-    kubectl(
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=60s",
-            "crd/scaledobjects.keda.sh",
-            "crd/triggerauthentications.keda.sh",
-        ],
-        None,
-    )?;
+    wait_established(&["scaledobjects.keda.sh", "triggerauthentications.keda.sh"])
+}
+
+/// Polls until each CRD is Established. Not `kubectl wait` (nor a jsonpath
+/// filter): both fail at once, instead of waiting, on a CRD whose status has
+/// no conditions yet, which is what a fresh CRD looks like for a moment.
+fn wait_established(crds: &[&str]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for crd in crds {
+        loop {
+            let doc = get_json(&["crd", crd])?;
+            let established = doc["status"]["conditions"]
+                .as_array()
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c["type"] == "Established" && c["status"] == "True")
+                });
+            if established {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("CRD {crd} not Established after 60 s: {}", doc["status"]);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
     Ok(())
 }
 

@@ -301,9 +301,10 @@ fn plain_manifests_reapply_as_a_no_op() -> anyhow::Result<()> {
         );
     }
     let drift = diff(&stream)?;
-    // Gone again: `hack/demo` and users install the chart under these names.
+    // Gone again, namespace included, before the next apply under these
+    // names (`hack/demo`, a rerun) meets a namespace still terminating.
     kubectl(
-        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+        &["delete", "--ignore-not-found", "--timeout=120s", "-f", "-"],
         Some(&stream),
     )?;
     if let Some(d) = drift {
