@@ -63,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
         "--metrics-addr",
         &format!("127.0.0.1:{port}"),
     ])
+    .env("BGP_WRITER_IMAGE", support::OPERATOR_IMAGE)
     .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 //! an existing configuration pastes under `spec:` unchanged.
 
 mod catalog;
+pub mod image;
 pub mod kafka_args;
 pub mod network_policy;
 pub mod pod;

@@ -156,7 +156,7 @@ pub struct CommonPersistenceSpecs {
     pub bus_writer_image_bswl: Option<String>,
     /// Image of the Rust bus writers (this project's `bgpersist-writer`); when set it runs every writer type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512))]
+    #[schemars(length(max = 512), pattern(crate::crd::image::REFERENCE_PATTERN))]
     pub bus_writer_image_rust: Option<String>,
 
     /// Subscription (Kafka: topic) of parquet-upload notifications for bulk inserts.
@@ -342,7 +342,10 @@ pub struct WriterSpec {
     pub default_replica_count: Option<i32>,
     /// Image for this writer only, overriding the common images (bgpersist extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(
+        length(min = 1, max = 512),
+        pattern(crate::crd::image::REFERENCE_PATTERN)
+    )]
     pub image: Option<String>,
 
     /// Largest number of messages written in one batch.

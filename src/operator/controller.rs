@@ -68,6 +68,12 @@ impl Context {
         self
     }
 
+    /// The same context with `defaults` in place of the environment's.
+    pub fn with_defaults(mut self, defaults: crate::operator::model::Defaults) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
     /// The same context looking for KEDA as `keda` says.
     pub fn with_keda(mut self, keda: Keda) -> Self {
         self.keda = keda;

@@ -76,22 +76,65 @@ impl Defaults {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "writer {writer}: no image (set common_persistence_specs.bus_writer_image_rust, {field} or the writer's image, or install the operator with its chart, which hands it its own image)"
-)]
-pub struct NoImage {
-    pub writer: String,
-    pub field: &'static str,
+/// Where a writer's image came from, so a refusal names that field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    /// `writers[].image`.
+    Writer,
+    /// `common_persistence_specs.bus_writer_image_rust`.
+    Rust,
+    /// The operator's own image (`BGP_WRITER_IMAGE`).
+    Operator,
+    /// The image field the writer's type names in the catalog.
+    Common(ImageField),
 }
 
-/// Resolves `w` of resource `resource`; fails only when it has no image.
+impl ImageSource {
+    /// The field to name in a refusal of writer `index`.
+    pub fn field(self, index: usize) -> String {
+        match self {
+            ImageSource::Writer => format!("writers[{index}].image"),
+            ImageSource::Rust => "common_persistence_specs.bus_writer_image_rust".into(),
+            ImageSource::Operator => format!("{ENV_WRITER_IMAGE} (the operator's own image)"),
+            ImageSource::Common(field) => field.path().into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "writer {writer}: no image (set common_persistence_specs.bus_writer_image_rust, {field} or the writer's image, or install the operator with its chart, which hands it its own image)"
+    )]
+    Missing { writer: String, field: &'static str },
+    #[error(
+        "writer {writer}: {image:?} is not an image reference ([registry/]repository[:tag][@digest]): {reason}"
+    )]
+    Invalid {
+        writer: String,
+        from: ImageSource,
+        image: String,
+        reason: String,
+    },
+}
+
+impl ImageError {
+    /// The field to name in a refusal of writer `index`.
+    pub fn field(&self, index: usize) -> String {
+        match self {
+            ImageError::Missing { .. } => format!("writers[{index}].image"),
+            ImageError::Invalid { from, .. } => from.field(index),
+        }
+    }
+}
+
+/// Resolves `w` of resource `resource`; fails only on its image.
 pub fn resolve<'a>(
     bp: &BackgroundPersistence,
     resource: &str,
     w: &'a WriterSpec,
     defaults: &Defaults,
-) -> Result<ResolvedWriter<'a>, NoImage> {
+) -> Result<ResolvedWriter<'a>, ImageError> {
     let store = w.bus_subscriber_type.kind().store;
     Ok(ResolvedWriter {
         spec: w,
@@ -112,30 +155,43 @@ pub fn resolve<'a>(
 
 /// The image a writer runs: its own, else the Rust image (which runs every
 /// type), else the operator's own image (the same binaries), else the common
-/// image its type names in the catalog.
+/// image its type names in the catalog. Only the chosen one must be a valid
+/// reference: the seeds carry placeholders in fields a Rust image overrides.
 fn resolve_image(
     bp: &BackgroundPersistence,
     w: &WriterSpec,
     defaults: &Defaults,
-) -> Result<String, NoImage> {
+) -> Result<String, ImageError> {
     let common = &bp.spec.common_persistence_specs;
     let field = w.bus_subscriber_type.kind().image;
     fn set(s: &Option<String>) -> Option<&str> {
         s.as_deref().filter(|s| !s.trim().is_empty())
     }
-    set(&w.image)
-        .or(set(&common.bus_writer_image_rust))
-        .or(defaults.writer_image.as_deref())
-        .or_else(|| field.value(common))
-        .map(str::to_string)
-        .ok_or_else(|| NoImage {
+    let (image, from) = set(&w.image)
+        .map(|i| (i, ImageSource::Writer))
+        .or(set(&common.bus_writer_image_rust).map(|i| (i, ImageSource::Rust)))
+        .or(defaults
+            .writer_image
+            .as_deref()
+            .map(|i| (i, ImageSource::Operator)))
+        .or_else(|| field.value(common).map(|i| (i, ImageSource::Common(field))))
+        .ok_or_else(|| ImageError::Missing {
             writer: w.name.clone(),
             field: match field {
                 ImageField::Go => "bus_writer_image_go",
                 ImageField::Python => "bus_writer_image_python",
                 ImageField::Bswl => "bus_writer_image_bswl",
             },
-        })
+        })?;
+    match crate::crd::image::reference_problem(image) {
+        None => Ok(image.to_string()),
+        Some(reason) => Err(ImageError::Invalid {
+            writer: w.name.clone(),
+            from,
+            image: image.to_string(),
+            reason,
+        }),
+    }
 }
 
 /// The replicas the operator sets; for an autoscaled writer, the count its

@@ -153,7 +153,7 @@ pub fn validate_with<'a>(
         let resolved = match model::resolve(bp, resource, w, defaults) {
             Ok(r) => Some(r),
             Err(e) => {
-                refuse(format!("writers[{i}].image"), e.to_string());
+                refuse(e.field(i), e.to_string());
                 None
             }
         };
@@ -288,10 +288,22 @@ fn autoscaling_problems(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::render::fixtures::seed_with;
+    use crate::operator::render::fixtures::{defaults, seed_with};
     use serde_json::json;
 
+    /// Problems under the chart's operator, which runs the seed's writers
+    /// with its own image (the seed names placeholders for the others).
     fn problems(patch: serde_json::Value) -> Vec<String> {
+        let bp = seed_with(patch);
+        validate_with(&bp, &defaults())
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    /// Problems under an operator with no image of its own.
+    fn problems_without_operator_image(patch: serde_json::Value) -> Vec<String> {
         let bp = seed_with(patch);
         validate(&bp)
             .problems
@@ -314,7 +326,9 @@ mod tests {
                 .iter()
                 .all(|w| w.image == "registry.example/bgpersist:1")
         );
-        let p = problems(json!({"common_persistence_specs": {"bus_writer_image_go": null}}));
+        let p = problems_without_operator_image(
+            json!({"common_persistence_specs": {"bus_writer_image_go": null}}),
+        );
         assert!(
             p.iter()
                 .any(|p| p.contains("bus_writer_image_rust, bus_writer_image_go")
@@ -370,7 +384,7 @@ mod tests {
             cpu: Some("2".into()),
             memory: None,
         });
-        let v = validate(&bp2);
+        let v = validate_with(&bp2, &defaults());
         assert_eq!(v.writers.len(), 1, "only the other writer stays");
         assert!(
             v.problems[0]
@@ -437,8 +451,45 @@ mod tests {
 
     #[test]
     fn missing_image_is_refused_for_that_writer() {
-        let p = problems(json!({"common_persistence_specs": {"bus_writer_image_go": null}}));
+        let p = problems_without_operator_image(
+            json!({"common_persistence_specs": {"bus_writer_image_go": null}}),
+        );
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p.iter().all(|m| m.contains("bus_writer_image_go")));
+    }
+
+    #[test]
+    fn the_image_a_writer_runs_must_be_a_reference_naming_the_field_it_came_from() {
+        // The seed's placeholders are refused only when a writer would run them.
+        let p = problems_without_operator_image(json!({}));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p.iter().all(|m| m
+                .contains("spec.common_persistence_specs.bus_writer_image_go: writer go-")
+                && m.contains("\"<go bus writer image>\" is not an image reference")),
+            "{p:?}"
+        );
+        assert_eq!(problems(json!({})), Vec::<String>::new());
+        let p = problems(json!({"writers": [
+            {"name": "w", "bus_subscriber_type": "ONLINE_WRITER", "image": "acme/writer :1"}]}));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("writer w: spec.writers[0].image: writer w: \"acme/writer :1\""),
+            "{p:?}"
+        );
+        let bp = seed_with(json!({}));
+        let bad_operator = model::Defaults {
+            writer_image: Some("bgpersist:".into()),
+            ..Default::default()
+        };
+        let v = validate_with(&bp, &bad_operator);
+        assert!(
+            v.problems
+                .iter()
+                .all(|p| p.field == "BGP_WRITER_IMAGE (the operator's own image)"),
+            "{:?}",
+            v.problems
+        );
+        assert_eq!(v.writers.len(), 0);
     }
 }

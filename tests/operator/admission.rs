@@ -621,3 +621,21 @@ async fn network_policy_metrics_from_empty_peer() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn malformed_image_references() {
+    for (what, patch, field) in [
+        (
+            "a space in the Rust image",
+            json!({"common_persistence_specs": {"bus_writer_image_rust": "acme/writer :1"}}),
+            "bus_writer_image_rust",
+        ),
+        (
+            "an empty tag on a writer's image",
+            json!({"writers": [{"name": "w", "bus_subscriber_type": "ONLINE_WRITER", "image": "acme/writer:"}]}),
+            "writers[0].image",
+        ),
+    ] {
+        assert_refused(what, patch, none, field).await;
+    }
+}

@@ -342,6 +342,7 @@ async fn without_keda_an_autoscaled_writer_is_degraded_and_not_applied() -> anyh
     .await?;
     let count = RequestCount::default();
     let ctx = Context::new(counting_client(&count).await?, Metrics::default())
+        .with_defaults(crate::support::operator_defaults())
         .with_secrets(crate::support::secrets::in_memory())
         .with_keda(Keda::probing("absent.keda.sh/v1alpha1"));
     let bp: BackgroundPersistence = f.bps.get(&f.name).await?;
@@ -447,6 +448,7 @@ async fn gitops_reapply_of_the_autoscaled_example_changes_nothing() -> anyhow::R
 
     let count = RequestCount::default();
     let ctx = Context::new(counting_client(&count).await?, Metrics::default())
+        .with_defaults(crate::support::operator_defaults())
         .with_secrets(crate::support::secrets::in_memory());
     reconcile_once(&bps.get(&name).await?, &ctx).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);

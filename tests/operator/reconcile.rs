@@ -34,6 +34,7 @@ impl Fixture {
         let count = RequestCount::default();
         // The seed names a Kafka SASL cloud secret: serve it from memory.
         let ctx = Context::new(counting_client(&count).await?, Metrics::default())
+            .with_defaults(crate::support::operator_defaults())
             .with_secrets(crate::support::secrets::in_memory());
         Ok(Fixture {
             name: bp.name_any(),
@@ -171,7 +172,7 @@ async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no pod spec"))?;
     assert_eq!(
         pod.containers[0].image.as_deref(),
-        Some("<go bus writer image>")
+        Some(crate::support::OPERATOR_IMAGE)
     );
     let limits = serde_json::to_value(&pod.containers[0].resources)?;
     assert_eq!(
@@ -414,6 +415,7 @@ async fn controller_applies_and_restores_drift_from_watch_events() -> anyhow::Re
     let f = Fixture::new(json!({})).await?;
     let ctx = Arc::new(
         Context::new(f.client.clone(), Metrics::default())
+            .with_defaults(crate::support::operator_defaults())
             .with_secrets(crate::support::secrets::in_memory()),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

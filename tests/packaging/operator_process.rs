@@ -112,6 +112,8 @@ fn base_command() -> Command {
         .env_remove("BGP_LEASE_NAME")
         .env_remove("BGP_LEASE_IDENTITY")
         .env("RUST_LOG", "info")
+        // As the chart installs it: its own image runs the seed's writers.
+        .env("BGP_WRITER_IMAGE", crate::support::OPERATOR_IMAGE)
         .stdin(Stdio::null());
     cmd
 }

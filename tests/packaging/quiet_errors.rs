@@ -42,6 +42,7 @@ async fn unreadable_secrets_write_status_only_when_its_meaning_changes() -> anyh
     let out = std::fs::File::create(&log)?;
     let mut operator = crate::support::without_cloud_metadata(&mut Command::new(BIN))
         .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("BGP_WRITER_IMAGE", crate::support::OPERATOR_IMAGE)
         .env("KUBECONFIG", crate::support::rig("k8s", "BGP_KUBECONFIG"))
         .env("BGP_AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
         .env("AWS_ACCESS_KEY_ID", "testing")

@@ -52,7 +52,7 @@ async fn diff_shows_drift_and_what_an_edit_would_create_or_prune() -> anyhow::Re
             .any(|l| l.starts_with(sign) && l.contains("image:") && l.contains(text))
     };
     assert!(changed('-', "edited.example/writer:drift"), "{drift}");
-    assert!(changed('+', "<go bus writer image>"), "{drift}");
+    assert!(changed('+', crate::support::OPERATOR_IMAGE), "{drift}");
     assert_eq!(
         drift.stdout.matches("(live)").count(),
         1,

@@ -41,6 +41,7 @@ impl Applied {
         let bps: Api<BackgroundPersistence> = Api::all(client.clone());
         bps.create(&PostParams::default(), &bp).await?;
         let ctx = Context::new(client.clone(), Metrics::default())
+            .with_defaults(crate::support::operator_defaults())
             .with_secrets(support::secrets::in_memory());
         let applied = Applied {
             client,

@@ -2,7 +2,7 @@
 //! the operator applies.
 
 use crate::Applied;
-use crate::support::plugin::{run, yaml_docs};
+use crate::support::plugin::{run, run_as_chart, yaml_docs};
 use crate::support::{self, json_merge};
 use bgpersist::operator::apply::contains;
 use bgpersist::operator::render::CONFIG_HASH_ANNOTATION;
@@ -41,7 +41,7 @@ fn temp_json(value: &Value) -> anyhow::Result<std::path::PathBuf> {
 #[test]
 fn render_prints_the_seed_offline_and_names_what_it_leaves_out() -> anyhow::Result<()> {
     // No cluster: a kubeconfig that does not exist must not matter.
-    let out = run(&["--kubeconfig", "/nonexistent/kubeconfig", "render", SEED])?;
+    let out = run_as_chart(&["--kubeconfig", "/nonexistent/kubeconfig", "render", SEED])?;
     assert_eq!(out.code, 0, "{out}");
     let docs = yaml_docs(&out.stdout)?;
     let r = "background-persistence";
@@ -62,8 +62,18 @@ fn render_prints_the_seed_offline_and_names_what_it_leaves_out() -> anyhow::Resu
         "{out}"
     );
     assert_eq!(
-        docs[2]["spec"]["template"]["spec"]["containers"][0]["image"], "<go bus writer image>",
-        "the seed's own image field"
+        docs[2]["spec"]["template"]["spec"]["containers"][0]["image"],
+        crate::support::OPERATOR_IMAGE,
+        "the operator's own image: the seed's image fields are placeholders"
+    );
+    // Without it, a writer would run the placeholder: refused, naming the field.
+    let bare = run(&["render", SEED])?;
+    assert_eq!(bare.code, 1, "{bare}");
+    assert!(
+        bare.stderr.contains(
+            "spec.common_persistence_specs.bus_writer_image_go: writer go-metrics-bus-writer: \"<go bus writer image>\" is not an image reference"
+        ),
+        "{bare}"
     );
     assert!(
         out.stderr.contains(&format!(
@@ -78,8 +88,8 @@ fn render_prints_the_seed_offline_and_names_what_it_leaves_out() -> anyhow::Resu
 fn render_reads_json_as_it_reads_yaml() -> anyhow::Result<()> {
     let yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(SEED)?)?;
     let file = temp_json(&yaml)?;
-    let from_json = run(&["render", &file.display().to_string()])?;
-    let from_yaml = run(&["render", SEED])?;
+    let from_json = run_as_chart(&["render", &file.display().to_string()])?;
+    let from_yaml = run_as_chart(&["render", SEED])?;
     let _ = std::fs::remove_file(&file);
     assert_eq!(from_json.code, 0, "{from_json}");
     assert!(!from_json.stdout.is_empty());
@@ -149,7 +159,7 @@ fn render_lists_each_problem_with_its_field_and_exits_1() -> anyhow::Result<()> 
 #[tokio::test]
 async fn render_prints_what_the_operator_applies() -> anyhow::Result<()> {
     let applied = Applied::new("render").await?;
-    let out = run(&["render", &applied.file.display().to_string()])?;
+    let out = run_as_chart(&["render", &applied.file.display().to_string()])?;
     assert_eq!(out.code, 0, "{out}");
     let uid = applied.bps.get(&applied.name).await?.metadata.uid;
     let (c, ns) = (applied.client.clone(), applied.ns.as_str());

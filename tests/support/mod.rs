@@ -78,6 +78,18 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The image the chart hands the operator (`BGP_WRITER_IMAGE`); it runs the
+/// seed's writers, whose other image fields are placeholders.
+pub const OPERATOR_IMAGE: &str = "bgpersist:0.1.0";
+
+/// The operator's defaults as the chart installs it.
+pub fn operator_defaults() -> bgpersist::operator::model::Defaults {
+    bgpersist::operator::model::Defaults {
+        writer_image: Some(OPERATOR_IMAGE.into()),
+        ..Default::default()
+    }
+}
+
 /// The documented seed example with a short unique name (`<prefix>…`) and its
 /// own target namespace, with `patch` merged into its spec.
 pub fn seed_value(prefix: &str, patch: serde_json::Value) -> anyhow::Result<serde_json::Value> {

@@ -21,12 +21,24 @@ impl std::fmt::Display for Outcome {
 }
 
 /// `kubectl-bgpersist ARGS`, with no BGP_WRITER_IMAGE from the test's own
-/// environment; `-1` as the code when it was killed by a signal.
+/// environment (an operator with no image of its own); `-1` as the code when
+/// it was killed by a signal.
 pub fn run(args: &[&str]) -> anyhow::Result<Outcome> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-bgpersist"))
-        .args(args)
-        .env_remove("BGP_WRITER_IMAGE")
-        .output()?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-bgpersist"));
+    cmd.env_remove("BGP_WRITER_IMAGE");
+    output(cmd.args(args))
+}
+
+/// `run` told the operator's image the way the chart tells the operator
+/// (`BGP_WRITER_IMAGE`), so it renders what the tests' operator applies.
+pub fn run_as_chart(args: &[&str]) -> anyhow::Result<Outcome> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-bgpersist"));
+    cmd.env("BGP_WRITER_IMAGE", super::OPERATOR_IMAGE);
+    output(cmd.args(args))
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<Outcome> {
+    let out = cmd.output()?;
     Ok(Outcome {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -39,7 +51,7 @@ pub fn on_rig(args: &[&str]) -> anyhow::Result<Outcome> {
     let kubeconfig = super::rig("k8s", "BGP_KUBECONFIG");
     let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
     all.extend_from_slice(args);
-    run(&all)
+    run_as_chart(&all)
 }
 
 /// The documents of a multi-document YAML text.

@@ -177,14 +177,33 @@ pub(crate) mod fixtures {
         serde_json::from_value(v).unwrap_or_else(|e| panic!("patched seed parses: {e}"))
     }
 
-    /// Every writer of `bp` resolved, as validation would (without its checks).
+    /// What the chart hands the operator: its own image, which runs the
+    /// seed's writers (the seed names placeholders for the other images).
+    pub fn defaults() -> crate::operator::model::Defaults {
+        crate::operator::model::Defaults {
+            writer_image: Some(OPERATOR_IMAGE.into()),
+            ..Default::default()
+        }
+    }
+
+    pub const OPERATOR_IMAGE: &str = "registry.example/bgpersist:1";
+
+    /// Every writer of `bp` resolved, as validation would (without its
+    /// checks), under the chart's operator.
     pub fn resolved(bp: &BackgroundPersistence) -> Vec<crate::operator::model::ResolvedWriter<'_>> {
+        resolved_with(bp, &defaults())
+    }
+
+    pub fn resolved_with<'a>(
+        bp: &'a BackgroundPersistence,
+        defaults: &crate::operator::model::Defaults,
+    ) -> Vec<crate::operator::model::ResolvedWriter<'a>> {
         let resource = bp.metadata.name.as_deref().unwrap_or_default();
         bp.spec
             .writers
             .iter()
             .map(|w| {
-                crate::operator::model::resolve(bp, resource, w, &Default::default())
+                crate::operator::model::resolve(bp, resource, w, defaults)
                     .unwrap_or_else(|e| panic!("resolve: {e}"))
             })
             .collect()

@@ -1,6 +1,6 @@
 //! Render tests: spec in, objects out, no server.
 
-use super::fixtures::{resolved, seed, seed_with};
+use super::fixtures::{resolved, resolved_with, seed, seed_with};
 use super::*;
 use crate::contract as c;
 use crate::crd::WriterType;
@@ -35,12 +35,16 @@ fn env_of(w: &RenderedWriter) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-/// A seed variant running one writer of `t`, with every bus ID and image filled in.
+/// A seed variant running one writer of `t`, with every bus ID and image
+/// filled in (real references where the seed has placeholders).
 fn one_writer(t: WriterType) -> BackgroundPersistence {
     seed_with(json!({
         "common_persistence_specs": {
             "usage_bus_subscription_id": "usage-bus-1",
             "vector_bus_subscription_id": "vector-bus-1",
+            "bus_writer_image_go": "acme/go-writer:1",
+            "bus_writer_image_python": "acme/python-writer:1",
+            "bus_writer_image_bswl": "acme/bswl:1",
         },
         "writers": [{"name": "w", "bus_subscriber_type": t.as_str(), "default_replica_count": 2}]
     }))
@@ -92,7 +96,8 @@ fn seed_renders_namespace_account_and_one_deployment_per_writer() {
                 .and_then(|o| o.first().cloned()),
             owner
         );
-        assert_eq!(w.image, "<go bus writer image>");
+        // The seed names placeholders for its type's image: the operator's own runs it.
+        assert_eq!(w.image, super::fixtures::OPERATOR_IMAGE);
     }
     assert!(
         r.namespace.metadata.owner_references.is_none(),
@@ -223,7 +228,10 @@ fn every_writer_type_renders_its_bus_settings() {
         "one case per writer type"
     );
     for (t, subscription, publish) in expect {
-        let r = render_all(&one_writer(*t));
+        // Without an operator image, so each type's own image field is used.
+        let bp = one_writer(*t);
+        let r = render(&bp, &resolved_with(&bp, &Default::default()))
+            .unwrap_or_else(|e| panic!("render: {e}"));
         let w = &r.writers[0];
         let env = env_of(w);
         assert_eq!(
@@ -275,9 +283,9 @@ fn every_writer_type_renders_its_bus_settings() {
             .and_then(|l| l.get("app.kubernetes.io/component").cloned());
         assert_eq!(component, Some(t.as_str().to_lowercase().replace('_', "-")));
         let expected_image = match t.kind().image {
-            crate::crd::ImageField::Go => "<go bus writer image>",
-            crate::crd::ImageField::Python => "<python bus writer image>",
-            crate::crd::ImageField::Bswl => "<bswl bus writer image>",
+            crate::crd::ImageField::Go => "acme/go-writer:1",
+            crate::crd::ImageField::Python => "acme/python-writer:1",
+            crate::crd::ImageField::Bswl => "acme/bswl:1",
         };
         assert_eq!(w.image, expected_image, "{t}");
     }
@@ -704,7 +712,7 @@ fn the_operators_otlp_endpoint_reaches_writers_unless_their_env_sets_one() {
     let render_with = |bp: &BackgroundPersistence, endpoint: Option<&str>| {
         let defaults = crate::operator::model::Defaults {
             otlp_endpoint: endpoint.map(str::to_string),
-            ..Default::default()
+            ..super::fixtures::defaults()
         };
         let resource = bp.metadata.name.as_deref().unwrap_or_default();
         let resolved: Vec<_> = bp

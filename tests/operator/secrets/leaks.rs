@@ -139,6 +139,7 @@ async fn secret_values_never_reach_logs_events_status_env_or_errors() -> anyhow:
     logs.set(true);
     let ctx = Arc::new(
         Context::new(f.client.clone(), Metrics::default())
+            .with_defaults(crate::support::operator_defaults())
             .with_secrets(moto_settings().with_refresh(Duration::from_secs(1))),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

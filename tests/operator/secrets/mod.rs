@@ -54,7 +54,9 @@ impl Fixture {
         let bps: Api<BackgroundPersistence> = Api::all(client.clone());
         bps.create(&PostParams::default(), &bp).await?;
         Ok(Fixture {
-            ctx: Context::new(client.clone(), Metrics::default()).with_secrets(settings),
+            ctx: Context::new(client.clone(), Metrics::default())
+                .with_defaults(crate::support::operator_defaults())
+                .with_secrets(settings),
             name: bp.name_any(),
             ns: bp.spec.common_persistence_specs.namespace.clone(),
             client,

@@ -16,6 +16,7 @@ async fn controller_rotates_a_secret_on_its_refresh_interval() -> anyhow::Result
     let f = Fixture::new(json!({"kafka_sasl_secret": cloud}), moto_settings()).await?;
     let ctx = Arc::new(
         Context::new(f.client.clone(), Metrics::default())
+            .with_defaults(crate::support::operator_defaults())
             .with_secrets(moto_settings().with_refresh(Duration::from_secs(1))),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
