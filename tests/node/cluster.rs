@@ -330,3 +330,26 @@ pub fn container_pid(pod: &Pod) -> anyhow::Result<u32> {
         })
         .with_context(|| format!("container {id} not in containerd's task list"))
 }
+
+/// Waits until the resource is Ready for its current generation (the
+/// condition and the status both observed it).
+pub async fn wait_bp_ready(client: &Client, name: &str, within: Duration) -> anyhow::Result<()> {
+    let api: Api<bgpersist::crd::BackgroundPersistence> = Api::all(client.clone());
+    let deadline = Instant::now() + within;
+    loop {
+        let bp = api.get(name).await?;
+        let generation = bp.metadata.generation;
+        let status = bp.status.clone().unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        if status.observed_generation == generation
+            && ready.is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} not Ready for generation {generation:?}: {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -34,5 +34,6 @@ mod operator_pod;
 mod plugin_status;
 mod preflight;
 mod readiness;
+mod rollout_faults;
 mod scaling;
 mod seed;

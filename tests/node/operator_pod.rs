@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const LEASE: &str = "bgpersist-operator";
 
-async fn holder(leases: &Api<Lease>) -> anyhow::Result<Option<String>> {
+pub(crate) async fn holder(leases: &Api<Lease>) -> anyhow::Result<Option<String>> {
     Ok(leases
         .get_opt(LEASE)
         .await?
