@@ -6,6 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,36 +28,55 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
 }
 
+/// What can hold a started process back; when several fail, the reason
+/// shown is the first in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Check {
+    Bus,
+    Store,
+}
+
 /// Whether the process is ready, and why not: `/readyz` answers 503 with the
 /// reason, so `kubectl describe pod` shows it in the probe's failure event.
+/// Ready means started (the writer reached its bus, the operator leads) and
+/// no check failing: each check is set and cleared by its own owner, so a
+/// store that recovers cannot hide a bus that is still failing.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    ready: AtomicBool,
-    reason: Mutex<Option<String>>,
+    started: AtomicBool,
+    failing: Mutex<BTreeMap<Check, String>>,
 }
 
 impl Readiness {
+    /// Started (or no longer): ready unless a check fails.
     pub fn set_ready(&self, ready: bool) {
-        if ready && let Ok(mut r) = self.reason.lock() {
-            *r = None;
-        }
-        self.ready.store(ready, Ordering::SeqCst);
+        self.started.store(ready, Ordering::SeqCst);
     }
 
-    /// Not ready, because of `reason`.
-    pub fn not_ready(&self, reason: impl Into<String>) {
-        self.ready.store(false, Ordering::SeqCst);
-        if let Ok(mut r) = self.reason.lock() {
-            *r = Some(reason.into());
+    /// `check` fails because of `reason`.
+    pub fn failing(&self, check: Check, reason: impl Into<String>) {
+        if let Ok(mut f) = self.failing.lock() {
+            f.insert(check, reason.into());
+        }
+    }
+
+    /// `check` passes again.
+    pub fn passing(&self, check: Check) {
+        if let Ok(mut f) = self.failing.lock() {
+            f.remove(&check);
         }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.started.load(Ordering::SeqCst)
+            && self.failing.lock().map(|f| f.is_empty()).unwrap_or(false)
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.reason.lock().ok().and_then(|r| r.clone())
+        self.failing
+            .lock()
+            .ok()
+            .and_then(|f| f.values().next().cloned())
     }
 }
 
@@ -161,12 +181,20 @@ mod tests {
             get(app.clone(), "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        ready.not_ready("bus not reached: broken");
+        ready.failing(Check::Store, "store not written: refused");
+        ready.failing(Check::Bus, "bus not reached: broken");
         assert_eq!(
             get(app.clone(), "/readyz").await.2,
             "not ready: bus not reached: broken"
         );
+        // Started, but each failing check holds it back until its owner clears it.
         ready.set_ready(true);
+        ready.passing(Check::Bus);
+        assert_eq!(
+            get(app.clone(), "/readyz").await.2,
+            "not ready: store not written: refused"
+        );
+        ready.passing(Check::Store);
         assert_eq!(get(app.clone(), "/readyz").await.0, StatusCode::OK);
 
         let (status, ctype, body) = get(app, "/metrics").await;

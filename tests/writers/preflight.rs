@@ -174,3 +174,52 @@ async fn a_missing_pubsub_subscription_or_dead_letter_topic_is_named() -> anyhow
     missing_dlq?;
     Ok(())
 }
+
+/// After it started: the dead-letter topic deleted under a running writer
+/// turns /readyz off with the reason within a recheck or two, logged once;
+/// created again, the writer is ready again.
+#[tokio::test]
+async fn a_dead_letter_topic_deleted_while_running_turns_readiness_off_until_it_is_back()
+-> anyhow::Result<()> {
+    let (topic, dlq) = (unique("running"), unique("dlq-gone"));
+    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
+    let mut writer = Writer::start(&plain_env(&topic, &dlq))?;
+    let port = writer.http_port;
+    let readyz = move || http_get(port, "/readyz").unwrap_or_default();
+    eventually("ready", Duration::from_secs(20), || async move {
+        Ok(readyz().contains(" 200 ").then_some(()))
+    })
+    .await?;
+
+    delete_topics(&[&dlq]).await?;
+    let gone = format!("dead-letter topic '{dlq}' does not exist");
+    let body = eventually(
+        "/readyz off with the reason",
+        Duration::from_secs(40),
+        || {
+            let gone = gone.clone();
+            async move {
+                let r = readyz();
+                Ok((r.contains(" 503 ") && r.contains(&gone)).then_some(r))
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    assert!(body.contains("not ready: bus not reached: "), "{body}");
+
+    create_topics(&[(&dlq, 1)]).await?;
+    eventually("ready again", Duration::from_secs(40), || async move {
+        Ok(readyz().contains(" 200 ").then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    let log = writer.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("bus no longer reached"), 1, "logged once:\n{log}");
+    assert_eq!(count("bus reached again"), 1, "logged once:\n{log}");
+    writer.signal("TERM")?;
+    assert_eq!(writer.wait_exit(Duration::from_secs(15))?, Some(0));
+    delete_topics(&[&topic, &dlq]).await?;
+    Ok(())
+}

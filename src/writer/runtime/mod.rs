@@ -7,7 +7,7 @@ pub mod metrics;
 pub mod sink;
 pub mod start;
 
-use crate::http::Readiness;
+use crate::http::{Check, Readiness};
 use crate::telemetry::propagation;
 use crate::writer::bus::{Bus, BusError, Envelope};
 use crate::writer::error::Class;
@@ -27,6 +27,10 @@ pub struct Settings {
     pub max_batch_wait: Duration,
     /// Longest pause between retries of a failing store.
     pub max_backoff: Duration,
+    /// How often the running writer checks its bus again (`Bus::reached`):
+    /// a bus that stops answering for the writer's topics or credentials
+    /// turns readiness off with the reason, and back on when it answers.
+    pub bus_recheck: Duration,
 }
 
 /// Totals of one run, for tests and the exit log line.
@@ -83,6 +87,7 @@ impl<R> InFlight<R> {
 enum Step {
     Written(Joined),
     Received(Result<Vec<Envelope>, BusError>),
+    RecheckBus,
 }
 
 impl<B: Bus, S: Sink> Runtime<B, S> {
@@ -114,6 +119,11 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     /// one in the order received, so offsets only ever cover written messages.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<Totals, WriterError> {
         let mut in_flight: Option<InFlight<S::Record>> = None;
+        let every = self.settings.bus_recheck;
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The bus's last failure while running, so each change is logged once.
+        let mut bus_failure: Option<String> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -127,15 +137,21 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                     biased;
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     joined = &mut flight.write => Step::Written(joined),
+                    _ = recheck.tick() => Step::RecheckBus,
                     b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
                 },
                 None => tokio::select! {
                     biased;
                     _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = recheck.tick() => Step::RecheckBus,
                     b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
                 },
             };
             let batch = match next {
+                Step::RecheckBus => {
+                    self.recheck_bus(&mut bus_failure).await;
+                    continue;
+                }
                 Step::Written(joined) => {
                     if let Some(flight) = in_flight.take() {
                         match self.finish(flight, joined, &mut shutdown).await {
@@ -194,6 +210,33 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             .map_err(|e| WriterError::Runtime(e.to_string()))?;
         info!(totals = ?self.totals, "writer stopped");
         Ok(self.totals)
+    }
+
+    /// Asks the bus again whether it answers for this writer; readiness and
+    /// `bus_reachable` follow, and each change is logged once.
+    async fn recheck_bus(&mut self, failure: &mut Option<String>) {
+        match self.bus.reached().await {
+            Ok(()) => {
+                if let Some(reason) = failure.take() {
+                    info!(was = %reason, "bus reached again; ready");
+                }
+                self.metrics.bus_reachable.set(1);
+                if let Some(ready) = &self.ready {
+                    ready.passing(Check::Bus);
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.metrics.bus_reachable.set(0);
+                if let Some(ready) = &self.ready {
+                    ready.failing(Check::Bus, format!("bus not reached: {reason}"));
+                }
+                if failure.as_deref() != Some(reason.as_str()) {
+                    warn!(%reason, "bus no longer reached; not ready");
+                    *failure = Some(reason);
+                }
+            }
+        }
     }
 
     /// Leaves the bus (committing what was done) and returns `e`.
@@ -367,7 +410,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             self.metrics.retries.inc();
             self.metrics.store_writable.set(0);
             if let Some(ready) = &self.ready {
-                ready.not_ready(format!("store not written: {reason}"));
+                ready.failing(Check::Store, format!("store not written: {reason}"));
             }
             retries += 1;
             let delay = backoff.next().unwrap_or(self.settings.max_backoff);
@@ -399,7 +442,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         self.resume_if(paused);
         self.metrics.store_writable.set(1);
         if let Some(ready) = &self.ready {
-            ready.set_ready(true);
+            ready.passing(Check::Store);
         }
         if retries > 0 {
             info!(retries, "store written again; ready");

@@ -2,7 +2,7 @@
 //! until it answers (readiness follows), then run the shared runtime.
 
 use crate::crd::BusBackend;
-use crate::http::Readiness;
+use crate::http::{Check, Readiness};
 use crate::writer::bus::Bus;
 use crate::writer::bus::kafka::KafkaBus;
 use crate::writer::bus::pubsub::PubsubBus;
@@ -16,6 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+/// How often a running writer asks its bus again whether its topics (or
+/// subscription) and credentials still answer. On Kafka a metadata request
+/// for all topics (asking for the two by name could auto-create them, which
+/// would hide a missing one); Pub/Sub's admin calls count against a
+/// per-project quota, so less often.
+const KAFKA_RECHECK: Duration = Duration::from_secs(15);
+const PUBSUB_RECHECK: Duration = Duration::from_secs(60);
 
 /// What a writer type's run is handed besides its sink.
 pub struct Wiring<'a> {
@@ -81,12 +89,13 @@ async fn reach_bus<B: Bus>(
             Ok(()) => {
                 info!("bus reached");
                 metrics.bus_reachable.set(1);
+                ready.passing(Check::Bus);
                 return true;
             }
             Err(e) => {
                 let reason = e.to_string();
                 metrics.bus_reachable.set(0);
-                ready.not_ready(format!("bus not reached: {reason}"));
+                ready.failing(Check::Bus, format!("bus not reached: {reason}"));
                 if last_error.as_deref() != Some(reason.as_str()) {
                     warn!(%reason, "bus not reached yet; not ready");
                     last_error = Some(reason);
@@ -112,6 +121,10 @@ async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(
         max_batch_size: cfg.max_batch_size,
         max_batch_wait: cfg.max_batch_wait,
         max_backoff: MAX_BACKOFF,
+        bus_recheck: match cfg.backend {
+            BusBackend::Kafka => KAFKA_RECHECK,
+            BusBackend::Pubsub => PUBSUB_RECHECK,
+        },
     };
     if !reach_bus(&bus, &ready, &metrics, stop.clone()).await {
         return Ok(());

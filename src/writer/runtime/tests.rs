@@ -12,12 +12,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 struct ScriptedBus {
     batches: std::collections::VecDeque<Vec<Envelope>>,
     done: DoneLog,
+    /// What each `reached` answers in turn (true: it answers); then true.
+    answers: Arc<Mutex<std::collections::VecDeque<bool>>>,
 }
 
 /// The offsets of each batch marked done, in the order marked.
 type DoneLog = Arc<Mutex<Vec<Vec<i64>>>>;
 
 impl Bus for ScriptedBus {
+    async fn reached(&self) -> Result<(), BusError> {
+        let answers = self.answers.lock().ok().and_then(|mut a| a.pop_front());
+        match answers {
+            Some(false) => Err(BusError::NotFound {
+                what: "topic",
+                name: "results".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
     async fn next_batch(
         &mut self,
         _max: usize,
@@ -126,12 +138,14 @@ fn runtime<S: Sink>(batches: Vec<Vec<Envelope>>, sink: S) -> (Runtime<ScriptedBu
     let bus = ScriptedBus {
         batches: batches.into(),
         done: done.clone(),
+        answers: Arc::default(),
     };
     let settings = Settings {
         writer: "test".into(),
         max_batch_size: 10,
         max_batch_wait: Duration::from_millis(1),
         max_backoff: Duration::from_millis(10),
+        bus_recheck: Duration::from_secs(10),
     };
     let metrics = WriterMetrics::register(&mut Registry::default());
     (Runtime::new(bus, sink, metrics, settings), done)
@@ -287,6 +301,51 @@ async fn the_error_class_decides_retry_dead_letter_or_stop() {
     let result = rt.run(stop_rx).await;
     assert_eq!(result, Err(WriterError::Config("bad password".into())));
     assert!(done_offsets(&done).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bus_that_stops_answering_turns_readiness_off_until_it_answers_again() {
+    let (rt, done) = runtime(vec![vec![envelope(1, "a")]], failing(vec![]));
+    rt.bus
+        .answers
+        .lock()
+        .map(|mut a| a.extend([true, false, false, true]))
+        .unwrap_or_default();
+    let answers = rt.bus.answers.clone();
+    let metrics = rt.metrics.clone();
+    let ready = Arc::new(crate::http::Readiness::default());
+    ready.set_ready(true);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.with_readiness(ready.clone()).run(stop_rx));
+    until_done(&done, 1).await;
+    let mut seen = Vec::new();
+    // One recheck every 10 s (virtual time): answers, fails twice, answers.
+    // Sampled halfway between rechecks.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        seen.push((
+            ready.is_ready(),
+            ready.reason(),
+            metrics.bus_reachable.get(),
+        ));
+    }
+    let off = Some(
+        "bus not reached: topic 'results' does not exist; create it or correct the resource"
+            .to_string(),
+    );
+    assert_eq!(
+        seen,
+        vec![
+            (true, None, 1),
+            (false, off.clone(), 0),
+            (false, off, 0),
+            (true, None, 1),
+        ]
+    );
+    assert!(answers.lock().map(|a| a.is_empty()).unwrap_or(false));
+    let _ = stop_tx.send(true);
+    assert!(run.await.is_ok());
 }
 
 #[tokio::test(start_paused = true)]
