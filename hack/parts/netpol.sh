@@ -15,10 +15,14 @@
 # Needs the node part (the Node object, its address, the pods' bridge).
 NETPOL_VERSION=${BGP_NETPOL_VERSION:-v2.1.0}
 NETPOL_BIN=$CACHE_DIR/bin/kube-router-$NETPOL_VERSION
-# kube-router accepts traffic that a policy allows, in chains that run
-# before the node's own isolation of the pods (BGPRIG-PODS-OUT): this
-# table, in a hook that runs before every iptables chain, keeps the pods off
-# any address outside 198.18.0.0/15 whatever kube-router accepts.
+# kube-router ACCEPTs every pod packet that policies allow (all of a pod's
+# traffic when no policy selects it) in FORWARD's first rule, before
+# kube-proxy's REJECT of a service without endpoints and before the node's
+# own isolation of the pods (BGPRIG-PODS-OUT): a packet to such a service
+# address would then leave by the default route. This table, in a hook that
+# runs before every iptables chain, refuses whatever a pod sends to be
+# forwarded anywhere but another pod; pods reach the rig's servers, and the
+# API server behind its service address, as local traffic (INPUT), not here.
 NETPOL_GUARD_TABLE=bgprig_netpol_guard
 
 netpol_install() {
@@ -44,7 +48,7 @@ delete table ip $NETPOL_GUARD_TABLE
 table ip $NETPOL_GUARD_TABLE {
   chain forward {
     type filter hook forward priority filter - 10; policy accept;
-    ip saddr $POD_CIDR ip daddr != 198.18.0.0/15 reject
+    ip saddr $POD_CIDR ip daddr != $POD_CIDR reject
   }
 }
 NFT
