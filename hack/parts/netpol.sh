@@ -29,7 +29,7 @@ netpol_install() {
   apt_need ipset iptables nftables
   [ -x "$NETPOL_BIN" ] && return 0
   command -v go >/dev/null || die "go is needed to build kube-router"
-  log "building kube-router $NETPOL_VERSION from its Go module (go install; cold: several minutes)"
+  log "building kube-router $NETPOL_VERSION from its Go module (go install; cold: about 2-3 minutes)"
   local w; w=$(mktemp -d "$CACHE_DIR/build-kube-router.XXXX")
   local ld="-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$NETPOL_VERSION"
   if ! GOBIN=$w CGO_ENABLED=0 go install -trimpath -ldflags "$ld" \
