@@ -30,6 +30,7 @@ mod cluster;
 mod image;
 mod lifecycle;
 mod network_policy;
+mod network_policy_traffic;
 mod operator_pod;
 mod plugin_status;
 mod preflight;

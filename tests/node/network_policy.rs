@@ -1,8 +1,9 @@
 //! `common_persistence_specs.network_policy` on the node: the policy the
 //! operator applies selects exactly the writer pods running there, and its
 //! egress names the rig's pod-facing address (an IP literal) for the bus and
-//! the store. The node's CNI (the plain bridge plugin) does not enforce
-//! NetworkPolicy, so this proves selection and admission, not blocking.
+//! the store. This proves selection and admission; that the rig's enforcer
+//! (part `netpol`) blocks what the policy does not allow is
+//! `network_policy_traffic.rs`.
 
 use crate::cluster::{self, writer};
 use crate::support::rig;
