@@ -78,9 +78,12 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// The image the chart hands the operator (`BGP_WRITER_IMAGE`); it runs the
-/// seed's writers, whose other image fields are placeholders.
-pub const OPERATOR_IMAGE: &str = "bgpersist:0.1.0";
+/// The image the tests hand the operator as the chart would
+/// (`BGP_WRITER_IMAGE`); it runs the seed's writers, whose other image fields
+/// are placeholders. A reference no node can pull (`.invalid`), so the
+/// Deployments of the tests on the API server do not start writer pods on
+/// the rig's node; tests/node runs the image `hack/image` builds.
+pub const OPERATOR_IMAGE: &str = "registry.invalid/bgpersist:test";
 
 /// The operator's defaults as the chart installs it.
 pub fn operator_defaults() -> bgpersist::operator::model::Defaults {
