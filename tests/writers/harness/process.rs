@@ -141,4 +141,29 @@ impl Writer {
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+
+    /// Waits until the writer writes records again (its written total grows
+    /// past what it is now) and returns how long that took: the recovery
+    /// time after a fault ended. Fails after `within` or if it exits.
+    pub async fn next_write(&mut self, within: Duration) -> anyhow::Result<Duration> {
+        const WRITTEN: &str = "bgpersist_writer_records_written_total";
+        let start = Instant::now();
+        let before = self.metric(WRITTEN).unwrap_or(0.0);
+        loop {
+            if self.metric(WRITTEN).unwrap_or(0.0) > before {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                !self.exited(),
+                "writer exited before writing again; log:\n{}",
+                self.log_text()
+            );
+            anyhow::ensure!(
+                start.elapsed() < within,
+                "writer did not write again within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
