@@ -51,7 +51,8 @@ async fn broker_restarted_mid_stream_loses_nothing() -> anyhow::Result<()> {
             start_took.as_millis(),
             resumed.as_millis()
         );
-        // And committing again: offsets move past where they were.
+        // And committing again: offsets move past where they were. An outage
+        // longer than the session timeout costs a rejoin too (reported).
         let committed = |o: &[(i64, i64)]| o.iter().map(|(c, _)| (*c).max(0)).sum::<i64>();
         let from = committed(&before);
         eventually(
@@ -61,6 +62,10 @@ async fn broker_restarted_mid_stream_loses_nothing() -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&w)))?;
+        eprintln!(
+            "SIG{sig}: committing again {} ms after the broker serves",
+            (starting.elapsed() - start_took).as_millis()
+        );
     }
 
     let positions = producer.finish().await?;
