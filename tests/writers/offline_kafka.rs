@@ -64,6 +64,28 @@ async fn all_committed(
     .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))
 }
 
+/// Checks that each feature table holds one row per message `0..messages`
+/// of run `run`: none lost, none twice.
+async fn stored_once(pg: &PgSchema, run: &str, messages: u64) -> anyhow::Result<()> {
+    for f in FEATURES {
+        let table = format!("user__{f}");
+        let ids = pg.texts(&table, "observation_id").await?;
+        let mut want: Vec<String> = (0..messages).map(|i| format!("{run}-{i}-{f}")).collect();
+        want.sort();
+        anyhow::ensure!(
+            ids.len() == want.len(),
+            "{table}: {} rows, {} messages",
+            ids.len(),
+            want.len()
+        );
+        anyhow::ensure!(
+            ids == want,
+            "{table}: the stored observation ids differ from those produced"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn offline_result_batch_replayed_twice_adds_no_rows_and_poison_is_dead_lettered()
 -> anyhow::Result<()> {
@@ -239,17 +261,7 @@ async fn offline_sigkill_mid_stream_loses_nothing() -> anyhow::Result<()> {
     assert_eq!(positions.len() as u64, MESSAGES);
     all_committed(&topic, &group, 3, MESSAGES as i64, &second).await?;
 
-    for f in FEATURES {
-        let table = format!("user__{f}");
-        let ids = pg.texts(&table, "observation_id").await?;
-        let mut want: Vec<String> = (0..MESSAGES).map(|i| format!("{run}-{i}-{f}")).collect();
-        want.sort();
-        assert_eq!(ids.len(), want.len(), "{table}: rows");
-        assert!(
-            ids == want,
-            "{table}: the stored observation ids differ from those produced"
-        );
-    }
+    stored_once(&pg, &run, MESSAGES).await?;
     assert!(
         at_kill > 0 && at_kill < MESSAGES as i64,
         "killed after {at_kill} rows"
@@ -324,17 +336,7 @@ async fn offline_postgres_down_60s_then_restarted_loses_nothing() -> anyhow::Res
     );
     all_committed(&topic, &group, 3, (N1 + N2) as i64, &writer).await?;
     pg.reconnect().await?;
-    for f in FEATURES {
-        let table = format!("user__{f}");
-        let ids = pg.texts(&table, "observation_id").await?;
-        let mut want: Vec<String> = (0..N1 + N2).map(|i| format!("{run}-{i}-{f}")).collect();
-        want.sort();
-        assert_eq!(ids.len(), want.len(), "{table}: rows");
-        assert!(
-            ids == want,
-            "{table}: the stored observation ids differ from those produced"
-        );
-    }
+    stored_once(&pg, &run, (N1 + N2) as u64).await?;
     assert_eq!(
         writer.metric("bgpersist_writer_messages_dead_lettered_total"),
         Some(0.0)

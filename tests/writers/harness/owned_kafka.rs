@@ -2,7 +2,7 @@
 //! install (hack/parts/kafka.sh): its own ports and data directory, so the
 //! test can kill and restart it without touching the rig's shared broker.
 
-use super::process::free_port;
+use super::process::{free_port, stop_server};
 use crate::support::{rig, unique};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -154,23 +154,10 @@ impl OwnedKafka {
     /// Stops the broker with `sig` ("KILL": a crash; "TERM": a controlled
     /// shutdown) and reaps it. A TERM that does not end it in 60 s is a failure.
     pub fn stop(&mut self, sig: &str) -> anyhow::Result<()> {
-        let Some(mut c) = self.child.take() else {
-            return Ok(());
-        };
-        let sent = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(c.id().to_string())
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while sent.success() && Instant::now() < deadline {
-            if c.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match self.child.take() {
+            Some(c) => stop_server(c, sig, Duration::from_secs(60)),
+            None => Ok(()),
         }
-        c.kill()?;
-        c.wait()?;
-        anyhow::bail!("kafka did not stop on SIG{sig} within 60 s")
     }
 }
 

@@ -2,7 +2,7 @@
 //! runs (hack/parts/postgres.sh): its own port and data directory, so the
 //! test can stop and start it without touching the rig's shared server.
 
-use super::process::free_port;
+use super::process::{free_port, stop_server};
 use crate::support::{rig, unique};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
@@ -138,38 +138,18 @@ impl OwnedPostgres {
     /// A real server stop: Postgres' fast shutdown (SIGINT), which ends every
     /// session, then waits for the postmaster to exit.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut c) = self.child.take() else {
-            return Ok(());
-        };
-        let sent = Command::new("kill")
-            .args(["-INT", &c.id().to_string()])
-            .status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while sent.success() && Instant::now() < deadline {
-            if c.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        match self.child.take() {
+            Some(c) => stop_server(c, "INT", Duration::from_secs(30)),
+            None => Ok(()),
         }
-        c.kill()?;
-        c.wait()?;
-        anyhow::bail!("postgres did not stop on SIGINT within 30 s")
     }
 }
 
 impl Drop for OwnedPostgres {
     fn drop(&mut self) {
         // Immediate shutdown: the postmaster takes its backends with it.
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            let _ = stop_server(c, "QUIT", Duration::from_secs(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

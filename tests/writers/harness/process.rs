@@ -14,6 +14,28 @@ pub struct Writer {
     pub http_port: u16,
 }
 
+/// Sends `sig` to a server process the test started and reaps it; one that
+/// has not exited within `within` is SIGKILLed and reported as an error.
+pub fn stop_server(mut child: Child, sig: &str, within: Duration) -> anyhow::Result<()> {
+    let sent = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()?;
+    let deadline = Instant::now() + within;
+    while sent.success() && Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    child.wait()?;
+    anyhow::bail!(
+        "pid {} did not stop on SIG{sig} within {within:?}",
+        child.id()
+    )
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
