@@ -266,8 +266,14 @@ impl Drop for Setup {
 }
 
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
+    // The checks pipeline 10 000 commands at a time, on a machine the
+    // tests beside them keep busy: the client's default 500 ms response
+    // timeout is too short for that.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
     Ok(redis::Client::open(url)?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await?)
 }
 
