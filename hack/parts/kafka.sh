@@ -267,4 +267,6 @@ kafka_env() {
   echo "BGP_KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER"
   echo "BGP_KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD"
   echo "BGP_KAFKA_VERSION=$KAFKA_VERSION"
+  # The install, for tests that run a broker of their own (tests/writers/harness/owned_kafka.rs).
+  echo "BGP_KAFKA_HOME=$KAFKA_HOME"
 }

@@ -102,4 +102,6 @@ postgres_stop() { pg_fast_stop postgres; }
 postgres_env() {
   echo "BGP_POSTGRES_URL=postgres://postgres@127.0.0.1:$POSTGRES_PORT/$PG_DB"
   echo "BGP_POSTGRES_URL_FOR_PODS=postgres://postgres@$RIG_HOST_IP:$POSTGRES_PORT/$PG_DB"
+  # The binaries, for tests that run a server of their own (tests/writers/harness/owned_postgres.rs).
+  echo "BGP_POSTGRES_BIN=$PG_BIN"
 }

@@ -11,25 +11,41 @@ use bgpersist::formats::v1::{BulkInsertMessage, StreamingInsertMessage};
 pub struct PgSchema {
     pub name: String,
     pub client: tokio_postgres::Client,
+    /// The server's database URL: the rig's, or a server the test owns.
+    server: String,
 }
 
 impl PgSchema {
     pub async fn create() -> anyhow::Result<PgSchema> {
+        PgSchema::create_on(&rig("postgres", "BGP_POSTGRES_URL")).await
+    }
+
+    /// A schema on the database at `server` (a URL without query).
+    pub async fn create_on(server: &str) -> anyhow::Result<PgSchema> {
         let name = unique("off").replace('-', "_");
-        let client = pg_client().await?;
+        let client = pg_client_at(server).await?;
         client
             .batch_execute(&format!("CREATE SCHEMA \"{name}\""))
             .await?;
-        Ok(PgSchema { name, client })
+        Ok(PgSchema {
+            name,
+            client,
+            server: server.to_string(),
+        })
     }
 
-    /// The store URI the writer gets: the rig's database, this schema first
-    /// on the search path.
+    /// A new session, after the server was restarted under the old one.
+    pub async fn reconnect(&mut self) -> anyhow::Result<()> {
+        self.client = pg_client_at(&self.server).await?;
+        Ok(())
+    }
+
+    /// The store URI the writer gets: the database, this schema first on the
+    /// search path.
     pub fn uri(&self) -> String {
         format!(
             "{}?sslmode=disable&options=-csearch_path%3D{}",
-            rig("postgres", "BGP_POSTGRES_URL"),
-            self.name
+            self.server, self.name
         )
     }
 
@@ -101,10 +117,8 @@ impl PgSchema {
     }
 }
 
-pub async fn pg_client() -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio_postgres::connect(&rig("postgres", "BGP_POSTGRES_URL"), tokio_postgres::NoTls)
-            .await?;
+pub async fn pg_client_at(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
 }

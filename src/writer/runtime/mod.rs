@@ -50,6 +50,8 @@ pub struct Runtime<B: Bus, S: Sink> {
     totals: Totals,
     /// `/readyz`: off, with the reason, while store writes fail.
     ready: Option<Arc<Readiness>>,
+    /// When the store last answered a write.
+    last_write_ok: Option<Instant>,
 }
 
 /// How often a store failure that keeps its reason is logged again.
@@ -99,6 +101,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             settings,
             totals: Totals::default(),
             ready: None,
+            last_write_ok: None,
         }
     }
 
@@ -334,10 +337,25 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             // A panicking sink is treated like an outage: retried, never dropped.
             Err(e) => Err(WriterError::Retriable(format!("write task failed: {e}"))),
         };
+        let first = match first {
+            // With two batches in flight, this write may have failed in an
+            // outage the other batch has since waited out: the store answered
+            // after this write began, so the failure is stale. Write again at
+            // once instead of counting a retry, going not ready and backing off.
+            Err(failure)
+                if failure.class() == Class::Retriable
+                    && self.last_write_ok.is_some_and(|at| at >= started) =>
+            {
+                let again = write_span(&tracing::Span::current(), 2);
+                self.sink.write(&records).instrument(again).await
+            }
+            other => other,
+        };
         let rejected = match first {
             Ok(rejected) => rejected,
             Err(failure) => self.write_with_retry(&records, failure, shutdown).await?,
         };
+        self.last_write_ok = Some(Instant::now());
         for Rejected { record, reason } in &rejected {
             let env = owner.get(*record).copied().unwrap_or(0);
             // One dead letter per message, however many of its records failed.

@@ -377,6 +377,56 @@ async fn failing_store_writes_turn_readiness_off_with_the_reason_until_one_succe
     assert_eq!(totals.map(|t| t.written), Some(1));
 }
 
+/// Each write takes 5 ms and fails while the store is down.
+#[derive(Default)]
+struct FlakyStore {
+    up: std::sync::atomic::AtomicBool,
+}
+
+impl Sink for Arc<FlakyStore> {
+    type Record = u64;
+    const OVERLAPPING_WRITES: bool = true;
+
+    fn decode(&self, _: &[u8]) -> Result<Vec<u64>, WriterError> {
+        Ok(vec![1])
+    }
+
+    async fn write(&self, _: &[u64]) -> Result<Vec<Rejected>, WriterError> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if self.up.load(Ordering::SeqCst) {
+            Ok(Vec::new())
+        } else {
+            Err(WriterError::Retriable("connection refused".into()))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_failed_in_an_outage_already_waited_out_is_redone_at_once() {
+    // Both batches' writes fail while the store is down; the first is
+    // retried through the outage.
+    let sink = Arc::new(FlakyStore::default());
+    let batches = vec![vec![envelope(1, "a")], vec![envelope(2, "b")]];
+    let (rt, done) = runtime(batches, sink.clone());
+    let metrics = rt.metrics.clone();
+    let ready = Arc::new(crate::http::Readiness::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.with_readiness(ready.clone()).run(stop_rx));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let retries = metrics.retries.get();
+    assert!(retries > 0);
+    sink.up.store(true, Ordering::SeqCst);
+    until_done(&done, 2).await;
+    // The second batch's failure is from the outage: written at once, no
+    // further retry, readiness stays on.
+    assert_eq!(done_offsets(&done), vec![vec![1], vec![2]]);
+    assert_eq!(metrics.retries.get(), retries);
+    assert!(ready.is_ready(), "{:?}", ready.reason());
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| t.written), Some(2));
+}
+
 #[test]
 fn backoff_jitter_stays_within_the_cap() {
     let cap = Duration::from_millis(300);

@@ -1,5 +1,6 @@
 //! Kafka around the writers: the rig's plaintext client, topics, producing (all at once,
-//! tracked, or paced) and the consumer group's offsets.
+//! tracked, or paced) and the consumer group's offsets. The `_at` forms take
+//! the bootstrap servers of another cluster (a broker a test owns).
 
 use crate::support::rig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,13 +12,22 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
 pub fn kafka_plain() -> ClientConfig {
+    kafka_at(&rig("kafka", "BGP_KAFKA_PLAINTEXT"))
+}
+
+/// A plaintext client of the cluster at `bootstrap`.
+pub fn kafka_at(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", rig("kafka", "BGP_KAFKA_PLAINTEXT"));
+    c.set("bootstrap.servers", bootstrap);
     c
 }
 
 pub async fn create_topics(names: &[(&str, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka_plain().create()?;
+    create_topics_at(&rig("kafka", "BGP_KAFKA_PLAINTEXT"), names).await
+}
+
+pub async fn create_topics_at(bootstrap: &str, names: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka_at(bootstrap).create()?;
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
@@ -116,13 +126,32 @@ impl Paced {
         limit: u64,
         make: impl Fn(u64) -> Vec<u8> + Send + 'static,
     ) -> Paced {
+        let rig_kafka = rig("kafka", "BGP_KAFKA_PLAINTEXT");
+        Paced::start_at(&rig_kafka, topic, per_second, limit, make)
+    }
+
+    /// `start` on the cluster at `bootstrap`.
+    pub fn start_at(
+        bootstrap: &str,
+        topic: &str,
+        per_second: u64,
+        limit: u64,
+        make: impl Fn(u64) -> Vec<u8> + Send + 'static,
+    ) -> Paced {
         use std::sync::atomic::Ordering;
         let topic = topic.to_string();
+        let client = kafka_at(bootstrap);
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let counter = sent.clone();
         let handle = tokio::spawn(async move {
-            let producer: FutureProducer = kafka_plain().set("linger.ms", "5").create()?;
+            // Idempotent: a send retried across a broker restart is stored
+            // once, so the topic holds exactly the messages made.
+            let producer: FutureProducer = client
+                .clone()
+                .set("linger.ms", "5")
+                .set("enable.idempotence", "true")
+                .create()?;
             let per_tick = (per_second / 100).max(1);
             let mut pending = Vec::new();
             let mut i = 0u64;
@@ -187,12 +216,27 @@ pub fn offsets_by_partition(
     group: &str,
     partitions: i32,
 ) -> anyhow::Result<Vec<(i64, i64)>> {
+    offsets_by_partition_at(
+        &rig("kafka", "BGP_KAFKA_PLAINTEXT"),
+        topic,
+        group,
+        partitions,
+    )
+}
+
+/// `offsets_by_partition` on the cluster at `bootstrap`.
+pub fn offsets_by_partition_at(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    partitions: i32,
+) -> anyhow::Result<Vec<(i64, i64)>> {
     // read_uncommitted: librdkafka's default (read_committed) asks the
     // broker for stable offsets only, and an offset commit pending in a
     // killed writer's open transaction then blocks the query until that
     // transaction is aborted (transaction.timeout.ms). We want the offsets
     // as they stand.
-    let consumer: BaseConsumer = kafka_plain()
+    let consumer: BaseConsumer = kafka_at(bootstrap)
         .set("group.id", group)
         .set("isolation.level", "read_uncommitted")
         .create()?;
@@ -216,7 +260,11 @@ pub fn offsets_by_partition(
 }
 
 pub async fn delete_topics(names: &[&str]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka_plain().create()?;
+    delete_topics_at(&rig("kafka", "BGP_KAFKA_PLAINTEXT"), names).await
+}
+
+pub async fn delete_topics_at(bootstrap: &str, names: &[&str]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka_at(bootstrap).create()?;
     admin.delete_topics(names, &AdminOptions::new()).await?;
     Ok(())
 }
@@ -241,8 +289,17 @@ pub fn headers_of<C: FromIterator<(String, String)>>(m: &impl rdkafka::Message) 
 
 /// The first `n` messages of a Kafka dead-letter topic, from the beginning.
 pub async fn dead_letters(topic: &str, n: usize) -> anyhow::Result<Vec<Letter>> {
+    dead_letters_at(&rig("kafka", "BGP_KAFKA_PLAINTEXT"), topic, n).await
+}
+
+/// `dead_letters` on the cluster at `bootstrap`.
+pub async fn dead_letters_at(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Letter>> {
     use rdkafka::consumer::StreamConsumer;
-    let consumer: StreamConsumer = kafka_plain()
+    let consumer: StreamConsumer = kafka_at(bootstrap)
         .set("group.id", crate::support::unique("dlq-reader"))
         .set("auto.offset.reset", "earliest")
         .create()?;

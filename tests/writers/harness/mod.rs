@@ -3,6 +3,8 @@
 
 mod dataset;
 mod kafka;
+mod owned_kafka;
+mod owned_postgres;
 mod process;
 mod pubsub;
 mod redis_store;
@@ -10,6 +12,8 @@ mod wait;
 
 pub use dataset::*;
 pub use kafka::*;
+pub use owned_kafka::*;
+pub use owned_postgres::*;
 pub use process::*;
 pub use pubsub::*;
 pub use redis_store::*;

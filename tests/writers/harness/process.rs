@@ -14,6 +14,28 @@ pub struct Writer {
     pub http_port: u16,
 }
 
+/// Sends `sig` to a server process the test started and reaps it; one that
+/// has not exited within `within` is SIGKILLed and reported as an error.
+pub fn stop_server(mut child: Child, sig: &str, within: Duration) -> anyhow::Result<()> {
+    let sent = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()?;
+    let deadline = Instant::now() + within;
+    while sent.success() && Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    child.wait()?;
+    anyhow::bail!(
+        "pid {} did not stop on SIG{sig} within {within:?}",
+        child.id()
+    )
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -140,5 +162,30 @@ impl Writer {
     /// True once the process has exited (reaps it).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits until the writer writes records again (its written total grows
+    /// past what it is now) and returns how long that took: the recovery
+    /// time after a fault ended. Fails after `within` or if it exits.
+    pub async fn next_write(&mut self, within: Duration) -> anyhow::Result<Duration> {
+        const WRITTEN: &str = "bgpersist_writer_records_written_total";
+        let start = Instant::now();
+        let before = self.metric(WRITTEN).unwrap_or(0.0);
+        loop {
+            if self.metric(WRITTEN).unwrap_or(0.0) > before {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                !self.exited(),
+                "writer exited before writing again; log:\n{}",
+                self.log_text()
+            );
+            anyhow::ensure!(
+                start.elapsed() < within,
+                "writer did not write again within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
