@@ -410,6 +410,8 @@ async fn a_write_failed_in_an_outage_already_waited_out_is_redone_at_once() {
     let (rt, done) = runtime(batches, sink.clone());
     let metrics = rt.metrics.clone();
     let ready = Arc::new(crate::http::Readiness::default());
+    // Started: the bus was reached (start.rs); the store decides from here.
+    ready.set_ready(true);
     let (stop_tx, stop_rx) = watch::channel(false);
     let run = tokio::spawn(rt.with_readiness(ready.clone()).run(stop_rx));
     tokio::time::sleep(Duration::from_millis(100)).await;
