@@ -20,11 +20,10 @@ mod common;
 mod support;
 
 use arrow_schema::Schema;
-use bgpersist::formats::Message;
-use bgpersist::formats::v1::{FeatureValue, ResultMessage, value::Kind};
+use bgpersist::formats::v1::value::Kind;
 use bgpersist::writer::stores::offline::postgres::{sql, types};
 use bgpersist::writer::types::offline_writer;
-use common::data::{FEATURES, mean_size, user_values};
+use common::data::{FEATURES, mean_size, offline_payload as payload, user_values};
 use common::kafka::{self, PARTITIONS};
 use common::process::{CONSUMED, Cpu, WRITTEN, WriterProcess, metric};
 use common::report::{self, machine};
@@ -33,24 +32,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::unique;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-
-/// Message `i`: one entity, five values of mixed kinds, each with its own
-/// observation id.
-fn payload(i: u64) -> Vec<u8> {
-    ResultMessage {
-        operation_id: format!("op-{i}"),
-        deployment_id: "bench".into(),
-        values: user_values(i)
-            .enumerate()
-            .map(|(f, v)| FeatureValue {
-                observation_id: format!("{i}-{f}"),
-                ..v
-            })
-            .collect(),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
 
 /// One feature table's rows, prepared in memory for the raw COPY.
 struct TableData {

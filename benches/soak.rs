@@ -20,8 +20,8 @@ mod common;
 mod support;
 
 use bgpersist::formats::Message;
-use bgpersist::formats::v1::{FeatureValue, ResultMessage};
-use common::data::{ENTITIES, FEATURES, mix, user_values};
+use bgpersist::formats::v1::ResultMessage;
+use common::data::{ENTITIES, FEATURES, mix, offline_payload, user_values};
 use common::kafka::{self, PARTITIONS};
 use common::process::{WRITTEN, WriterProcess, metric};
 use common::report::machine;
@@ -43,24 +43,6 @@ fn online_payload(i: u64) -> Vec<u8> {
     ResultMessage {
         operation_id: format!("op-{i}"),
         values: user_values(i).collect(),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
-/// As the offline bench: each row has its own observation id, so a
-/// redelivered message cannot add a row twice.
-fn offline_payload(i: u64) -> Vec<u8> {
-    ResultMessage {
-        operation_id: format!("op-{i}"),
-        deployment_id: "soak".into(),
-        values: user_values(i)
-            .enumerate()
-            .map(|(f, v)| FeatureValue {
-                observation_id: format!("{i}-{f}"),
-                ..v
-            })
-            .collect(),
         ..Default::default()
     }
     .encode_to_vec()

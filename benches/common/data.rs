@@ -2,7 +2,8 @@
 //! run, no RNG dependency) and the five-feature `user` result the Kafka
 //! benches send.
 
-use bgpersist::formats::v1::{FeatureValue, Value, value::Kind};
+use bgpersist::formats::Message;
+use bgpersist::formats::v1::{FeatureValue, ResultMessage, Value, value::Kind};
 
 /// Entities the results are spread over.
 pub const ENTITIES: u64 = 100_000;
@@ -52,4 +53,23 @@ pub fn user_values(i: u64) -> impl Iterator<Item = FeatureValue> {
 /// Mean size in bytes of the first 1000 payloads.
 pub fn mean_size(payload: impl Fn(u64) -> Vec<u8>) -> f64 {
     (0..1000).map(|i| payload(i).len()).sum::<usize>() as f64 / 1000.0
+}
+
+/// Message `i` for the offline writer: [`user_values`], each row with its own
+/// observation id (`<i>-<feature index>`), so a redelivered message cannot
+/// add a row twice.
+pub fn offline_payload(i: u64) -> Vec<u8> {
+    ResultMessage {
+        operation_id: format!("op-{i}"),
+        deployment_id: "bench".into(),
+        values: user_values(i)
+            .enumerate()
+            .map(|(f, v)| FeatureValue {
+                observation_id: format!("{i}-{f}"),
+                ..v
+            })
+            .collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
