@@ -279,26 +279,6 @@ async fn run() -> anyhow::Result<()> {
     );
 
     writer.stop();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut redis)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<()>(&mut redis)
-                .await?;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    common::redis::unlink_prefix(&mut redis, &prefix).await?;
     kafka::delete_topics(&admin, &[&topic]).await
 }

@@ -386,27 +386,7 @@ async fn run() -> anyhow::Result<()> {
     let mut redis = redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
         .get_multiplexed_async_connection()
         .await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut redis)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<()>(&mut redis)
-                .await?;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    common::redis::unlink_prefix(&mut redis, &prefix).await?;
     anyhow::ensure!(
         wrong == 0 && rows == want && lags == [0, 0],
         "the soak ended with a wrong state or lag"

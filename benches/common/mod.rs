@@ -5,6 +5,7 @@
 //! - [`kafka`]: topics, producing, consume-only, a Kafka writer's environment;
 //! - [`postgres`]: connections and schemas on the rig's Postgres;
 //! - [`process`]: the release writer process, its `/metrics`, `/proc` figures;
+//! - [`redis`]: removing what a run wrote to the rig's Redis;
 //! - [`report`]: the machine and the lines several drivers print alike.
 // Each driver uses a subset of these pieces.
 #![allow(dead_code)]
@@ -13,6 +14,7 @@ pub mod data;
 pub mod kafka;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod report;
 
 use std::future::Future;
