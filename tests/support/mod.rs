@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-fn rig_dir() -> PathBuf {
+pub fn rig_dir() -> PathBuf {
     std::env::var_os("BGP_RIG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".rig"))

@@ -3,7 +3,7 @@
 //! test can stop and start it without touching the rig's shared server.
 
 use super::process::{free_port, stop_server};
-use crate::support::{rig, unique};
+use crate::support::{rig, rig_dir, unique};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,7 +24,9 @@ impl OwnedPostgres {
     /// Creates a cluster (trust auth, user `postgres`) and starts it.
     pub fn start() -> anyhow::Result<OwnedPostgres> {
         let bin = PathBuf::from(rig("postgres", "BGP_POSTGRES_BIN"));
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("postgres"));
+        // Under the rig's directory, not the target dir: when we are root the
+        // server runs as the rig user, who cannot enter a target dir in /root.
+        let dir = rig_dir().join("tmp").join(unique("postgres"));
         std::fs::create_dir_all(dir.join("sock"))?;
         let as_root = std::fs::metadata("/proc/self")?.uid() == 0;
         let mut pg = OwnedPostgres {
