@@ -51,7 +51,10 @@ pub async fn produce_compressed(
     payloads: &[Vec<u8>],
     codec: &str,
 ) -> anyhow::Result<()> {
+    // Idempotent: a retried send must not add a message, since tests count
+    // offsets exactly.
     let producer: FutureProducer = kafka_plain()
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("compression.type", codec)
         .create()?;
