@@ -5,6 +5,7 @@
 //! `Kind` variant, and the exhaustive matches below do not compile until it
 //! says how it is pruned.
 
+use super::cache::{self, Caches};
 use super::{Error, apply, metrics::Metrics, render};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -126,12 +127,15 @@ impl Applied {
         self.keep.get(&kind).map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// Deletes the objects labelled `selector` that were neither applied nor
-    /// kept, kind by kind in `Kind::PRUNE_ORDER`. KEDA's kinds only when its
+    /// Deletes the objects of `resource` (labelled `selector`) that were
+    /// neither applied nor kept, kind by kind in `Kind::PRUNE_ORDER`, listed
+    /// from the watch caches when they are ready. KEDA's kinds only when its
     /// CRDs are served. Returns "namespace/name" of each deleted object.
     pub async fn prune(
         &self,
         client: &Client,
+        caches: &Caches,
+        resource: &str,
         selector: &str,
         keda_served: bool,
         m: &Metrics,
@@ -143,29 +147,42 @@ impl Applied {
             let deleted = match kind {
                 Kind::Namespace => Vec::new(),
                 Kind::ServiceAccount => {
-                    apply::prune(&Api::<ServiceAccount>::all(c()), selector, keep, m).await?
+                    let cached = cache::owned_by(caches.service_accounts.as_ref(), resource);
+                    let api = Api::<ServiceAccount>::all(c());
+                    apply::prune(&api, cached, selector, keep, m).await?
                 }
-                Kind::Secret => apply::prune(&Api::<Secret>::all(c()), selector, keep, m).await?,
+                Kind::Secret => {
+                    let cached = cache::owned_by(caches.secrets.as_ref(), resource);
+                    apply::prune(&Api::<Secret>::all(c()), cached, selector, keep, m).await?
+                }
                 Kind::Deployment => {
-                    apply::prune(&Api::<Deployment>::all(c()), selector, keep, m).await?
+                    let cached = cache::owned_by(caches.deployments.as_ref(), resource);
+                    let api = Api::<Deployment>::all(c());
+                    apply::prune(&api, cached, selector, keep, m).await?
                 }
                 Kind::PodDisruptionBudget => {
+                    let cached = cache::owned_by(caches.pdbs.as_ref(), resource);
                     let api = Api::<PodDisruptionBudget>::all(c());
-                    apply::prune(&api, selector, keep, m).await?
+                    apply::prune(&api, cached, selector, keep, m).await?
                 }
                 // Also when the resource turns `network_policy` off.
                 Kind::NetworkPolicy => {
-                    apply::prune(&Api::<NetworkPolicy>::all(c()), selector, keep, m).await?
+                    let cached = cache::owned_by(caches.network_policies.as_ref(), resource);
+                    let api = Api::<NetworkPolicy>::all(c());
+                    apply::prune(&api, cached, selector, keep, m).await?
                 }
                 Kind::ScaledObject | Kind::TriggerAuthentication if keda_served => {
-                    let ar = if kind == Kind::ScaledObject {
-                        render::scaled_object::api_resource()
+                    let (ar, store) = if kind == Kind::ScaledObject {
+                        let ar = render::scaled_object::api_resource();
+                        (ar, caches.scaled_objects.as_ref())
                     } else {
-                        render::trigger_authentication::api_resource()
+                        let ar = render::trigger_authentication::api_resource();
+                        (ar, caches.trigger_authentications.as_ref())
                     };
                     let all: Api<DynamicObject> = Api::all_with(c(), &ar);
                     let scoped = |ns: &str| Api::namespaced_with(c(), ns, &ar);
-                    apply::prune_with(&all, scoped, selector, keep, m).await?
+                    let cached = cache::owned_by(store, resource);
+                    apply::prune_with(&all, scoped, cached, selector, keep, m).await?
                 }
                 Kind::ScaledObject | Kind::TriggerAuthentication => Vec::new(),
             };

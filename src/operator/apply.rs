@@ -1,7 +1,10 @@
 //! Server-side apply with one field manager, skipped when the live object
 //! already holds every field we render (so a resync with nothing changed
-//! writes nothing), and pruning of objects no writer renders any more.
+//! writes nothing), and pruning of objects no writer renders any more. The
+//! live objects come from the watch caches when they are ready (`Live`,
+//! `cache::Listed`), else from the API server.
 
+use super::cache::{Listed, Live};
 use super::{Error, FIELD_MANAGER, metrics::Metrics};
 use crate::quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -13,7 +16,12 @@ use std::fmt::Debug;
 
 /// Applies `desired` unless the live object already contains it. Returns the
 /// live object after the call and whether a write was sent.
-pub async fn ensure<K>(api: &Api<K>, desired: &K, metrics: &Metrics) -> Result<(K, bool), Error>
+pub async fn ensure<K>(
+    api: &Api<K>,
+    desired: &K,
+    live: Live<K>,
+    metrics: &Metrics,
+) -> Result<(K, bool), Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
@@ -26,7 +34,11 @@ where
         object: name.clone(),
         source,
     })?;
-    if let Some(live) = api.get_opt(&name).await? {
+    let live = match live {
+        Live::Ask => api.get_opt(&name).await?,
+        Live::Cached(live) => live,
+    };
+    if let Some(live) = live {
         let have = serde_json::to_value(&live).map_err(|source| Error::Serialize {
             object: name.clone(),
             source,
@@ -46,10 +58,11 @@ where
     Ok((applied, true))
 }
 
-/// Deletes the objects matching `selector` whose (namespace, name) is not in
-/// `keep`. Returns the names deleted.
+/// Deletes the objects matching `selector` (`cached`: as the watch cache
+/// lists them) whose (namespace, name) is not in `keep`. Returns the names deleted.
 pub async fn prune<K>(
     api: &Api<K>,
+    cached: Option<Vec<Listed>>,
     selector: &str,
     keep: &[(String, String)],
     metrics: &Metrics,
@@ -64,6 +77,7 @@ where
     prune_with(
         api,
         |ns| Api::namespaced(client.clone(), ns),
+        cached,
         selector,
         keep,
         metrics,
@@ -76,6 +90,7 @@ where
 pub async fn prune_with<K>(
     api: &Api<K>,
     scoped: impl Fn(&str) -> Api<K>,
+    cached: Option<Vec<Listed>>,
     selector: &str,
     keep: &[(String, String)],
     metrics: &Metrics,
@@ -83,16 +98,35 @@ pub async fn prune_with<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
+    let listed = match cached {
+        Some(listed) => listed,
+        None => api
+            .list(&ListParams::default().labels(selector))
+            .await?
+            .into_iter()
+            .map(|obj| Listed {
+                namespace: obj.namespace().unwrap_or_default(),
+                name: obj.name_any(),
+                deleting: obj.meta().deletion_timestamp.is_some(),
+            })
+            .collect(),
+    };
     let mut deleted = Vec::new();
-    for obj in api.list(&ListParams::default().labels(selector)).await? {
-        let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-        if keep.contains(&key) || obj.meta().deletion_timestamp.is_some() {
+    for obj in listed {
+        let key = (obj.namespace, obj.name);
+        if keep.contains(&key) || obj.deleting {
             continue;
         }
-        scoped(&key.0)
+        let result = scoped(&key.0)
             .delete(&key.1, &DeleteParams::background())
-            .await?;
+            .await;
         metrics.api_write();
+        match result {
+            Ok(_) => {}
+            // A cache can still list what is already gone.
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
         deleted.push(format!("{}/{}", key.0, key.1));
     }
     Ok(deleted)

@@ -1,6 +1,7 @@
 //! The reconcile loop: read → validate → render → apply → status.
 
 use super::applier::{Applied, Kind};
+use super::cache::{self, Caches};
 use super::keda::{self, Keda};
 use super::reasons;
 use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
@@ -16,9 +17,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use tracing::{info, warn};
 /// How often a resource is reconciled with no event (drift the watches missed).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+#[derive(Clone)]
 pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
@@ -42,6 +43,9 @@ pub struct Context {
     /// without kube's retries, which take its 503 (an answer: "not ready,
     /// because ...") for an overloaded server and retry until the read times out.
     pub pod_reader: Client,
+    /// The watch caches the read step reads live objects from (none: it
+    /// reads the API server).
+    pub caches: Caches,
 }
 
 impl Context {
@@ -59,7 +63,14 @@ impl Context {
             secrets: SecretSettings::from_env(),
             keda: Keda::default(),
             defaults: crate::operator::model::Defaults::from_env(),
+            caches: Caches::default(),
         }
+    }
+
+    /// The same context reading live objects from `caches`.
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = caches;
+        self
     }
 
     /// The same context reading writer pods with `client` (see `pod_reader`).
@@ -123,11 +134,15 @@ pub async fn run_selected(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let shutdown = futures::FutureExt::shared(shutdown);
     let controller = Controller::new(
         Api::<BackgroundPersistence>::all(client.clone()),
         selection.any_semantic(),
+    )
+    .with_config(
+        controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(CONCURRENCY),
     );
     let resources = controller.store();
     // Deleted resources' condition series go with them.
@@ -139,30 +154,17 @@ pub async fn run_selected(
             metrics.retain_resources(&live);
         }
     };
+    let keda_served = ctx.keda.served(&client).await.unwrap_or_else(|e| {
+        warn!(error = %e, "KEDA discovery failed; KEDA objects are read live");
+        false
+    });
+    let (controller, caches) =
+        super::watches::Watches::new(&client, keda_served).attach(controller, &client);
+    let ctx = Arc::new(Context {
+        caches,
+        ..Context::clone(&ctx)
+    });
     let controller = controller
-        // `secret_client: KUBERNETES`: a change to a Secret a resource reads
-        // reconciles that resource at once (its writers roll if the data changed).
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default(),
-            move |s: Secret| reading(&resources, &s),
-        )
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(
-            Api::<ServiceAccount>::all(client.clone()),
-            owned.clone(),
-            owner_of,
-        )
-        .watches(Api::<Secret>::all(client), owned, owner_of)
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -183,43 +185,20 @@ pub async fn run_selected(
     }
 }
 
+/// A reconcile starts this long after the last event for its resource: the
+/// echoes of its own writes arrive together and reach the caches first.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// At most this many resources reconcile at once (memory stays bounded;
+/// the API server, not the operator, is what limits throughput).
+pub const CONCURRENCY: u16 = 32;
+
 /// How often a resource whose writers are not all ready is looked at again,
 /// so what their pods report is on its status within seconds.
 pub const WAITING_RECHECK: Duration = Duration::from_secs(10);
 
 /// How long in-flight reconciles may finish after shutdown is requested.
 pub const RECONCILE_GRACE: Duration = Duration::from_secs(4);
-
-/// The resources that read `secret` as a Kubernetes secret source.
-fn reading(
-    resources: &kube::runtime::reflector::Store<BackgroundPersistence>,
-    secret: &Secret,
-) -> Vec<ObjectRef<BackgroundPersistence>> {
-    let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-    resources
-        .state()
-        .iter()
-        .filter(|bp| {
-            bp.spec.common_persistence_specs.secret_client
-                == Some(crate::crd::SecretClient::Kubernetes)
-                && render::secret::wanted(bp).iter().any(|(_, reference)| {
-                    secrets::kubernetes::locate(
-                        reference,
-                        &bp.spec.common_persistence_specs.namespace,
-                    ) == (ns.as_str(), name.as_str())
-                })
-        })
-        .map(|bp| ObjectRef::from_obj(bp.as_ref()))
-        .collect()
-}
-
-/// Children name their resource in a label: the resource is cluster-scoped and
-/// owner references alone cannot be mapped back without its namespace.
-fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<BackgroundPersistence>> {
-    obj.labels()
-        .get(LABEL_RESOURCE)
-        .map(|name| ObjectRef::new(name))
-}
 
 async fn reconcile(bp: Arc<BackgroundPersistence>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
@@ -272,7 +251,7 @@ async fn reconcile_and_wait(
         failures: Vec::new(),
     };
     let applied = if fatal.is_empty() {
-        match secrets::read(bp, &ctx.secrets, &ctx.client).await {
+        match secrets::read(bp, &ctx.secrets, &ctx.client, &ctx.caches).await {
             Ok(read) => {
                 let applied = apply_all(bp, &checked, &read, ctx, &mut report).await;
                 secrets_outcome = read.outcome;
@@ -390,7 +369,8 @@ async fn apply_all(
         let outcome = if outcome.rolled_out {
             outcome
         } else {
-            let report = writer_health::report(&ctx.pod_reader, &ns, &name, &w.name).await;
+            let report =
+                writer_health::report(&ctx.pod_reader, &ctx.caches, &ns, &name, &w.name).await;
             outcome.with_pod_report(report)
         };
         outcomes.push(outcome);
@@ -403,9 +383,11 @@ async fn apply_all(
     }
     let selector = format!("{LABEL_RESOURCE}={name},{LABEL_MANAGED_BY}={MANAGER}");
     report.applied.extend(applied.written.iter().cloned());
-    report
-        .pruned
-        .extend(applied.prune(client, &selector, keda_served, m).await?);
+    report.pruned.extend(
+        applied
+            .prune(client, &ctx.caches, &name, &selector, keda_served, m)
+            .await?,
+    );
 
     if !report.applied.is_empty() || !report.pruned.is_empty() {
         let note = format!(
@@ -429,10 +411,15 @@ async fn apply_shared(
     applied: &mut Applied,
 ) -> Result<(), Error> {
     let ns = &bp.spec.common_persistence_specs.namespace;
-    let (client, m) = (&ctx.client, &ctx.metrics);
+    let (client, m, caches) = (&ctx.client, &ctx.metrics, &ctx.caches);
+    let live_ns = match cache::lookup(caches.namespaces.as_ref(), None, ns) {
+        cache::Live::Cached(meta) => cache::Live::Cached(meta.map(cache::namespace)),
+        cache::Live::Ask => cache::Live::Ask,
+    };
     let (_, wrote) = apply::ensure(
         &Api::<Namespace>::all(client.clone()),
         &rendered.namespace,
+        live_ns,
         m,
     )
     .await?;
@@ -442,12 +429,18 @@ async fn apply_shared(
     // A ServiceAccount that existed before this resource is the user's: taking
     // it over would add our owner reference, and the garbage collector would
     // delete it with the resource. Writers use it as it is.
-    let foreign_sa = sa_api
-        .get_opt(sa_name)
-        .await?
+    // The cache holds only the operator's own (labelled) ServiceAccounts: one
+    // missing from it is read, as it may be the user's.
+    let live_sa = match cache::lookup(caches.service_accounts.as_ref(), Some(ns), sa_name) {
+        cache::Live::Cached(Some(sa)) => Some(sa),
+        cache::Live::Cached(None) | cache::Live::Ask => sa_api.get_opt(sa_name).await?,
+    };
+    let foreign_sa = live_sa
+        .as_ref()
         .is_some_and(|live| !owned_by(&live.metadata, bp));
     if !foreign_sa {
-        let (_, wrote) = apply::ensure(&sa_api, &rendered.service_account, m).await?;
+        let live = cache::Live::Cached(live_sa);
+        let (_, wrote) = apply::ensure(&sa_api, &rendered.service_account, live, m).await?;
         applied.record(Kind::ServiceAccount, sa_name, wrote);
     }
     applied.keep(Kind::ServiceAccount, sa_name);
@@ -476,24 +469,38 @@ async fn apply_writer(
     ns: &str,
     applied: &mut Applied,
 ) -> Result<WriterOutcome, Error> {
-    let (client, m) = (&ctx.client, &ctx.metrics);
+    let (client, m, caches) = (&ctx.client, &ctx.metrics, &ctx.caches);
     let deployment = &w.object_name;
     // Before the Deployment, so its new pods never run without it.
-    super::network_policy::apply(client, ns, w, m, applied).await?;
-    let (live, wrote) = handover::ensure_deployment(deployments, w, m).await?;
+    super::network_policy::apply(client, ns, w, caches, m, applied).await?;
+    let live = cache::lookup(caches.deployments.as_ref(), Some(ns), deployment);
+    let (live, wrote) = handover::ensure_deployment(deployments, w, live, m).await?;
     applied.record(Kind::Deployment, deployment, wrote);
-    let (_, wrote) = apply::ensure(pdbs, &w.pdb, m).await?;
+    let live_pdb = cache::lookup(caches.pdbs.as_ref(), Some(ns), deployment);
+    let (_, wrote) = apply::ensure(pdbs, &w.pdb, live_pdb, m).await?;
     applied.record(Kind::PodDisruptionBudget, deployment, wrote);
     let mut desired = w.replicas;
     let mut scaled_object = None;
     if let Some(a) = &w.autoscaling {
         if let Some(auth) = &a.trigger_authentication {
             let api = keda::trigger_authentications(client, ns);
-            let (_, wrote) = apply::ensure(&api, auth, m).await?;
+            let have = keda::cached(
+                caches.trigger_authentications.as_ref(),
+                ns,
+                auth,
+                &render::trigger_authentication::api_resource(),
+            );
+            let (_, wrote) = apply::ensure(&api, auth, have, m).await?;
             applied.record(Kind::TriggerAuthentication, &auth.name_any(), wrote);
         }
         let api = keda::scaled_objects(client, ns);
-        let (_, wrote) = apply::ensure(&api, &a.scaled_object, m).await?;
+        let have = keda::cached(
+            caches.scaled_objects.as_ref(),
+            ns,
+            &a.scaled_object,
+            &render::scaled_object::api_resource(),
+        );
+        let (_, wrote) = apply::ensure(&api, &a.scaled_object, have, m).await?;
         applied.record(Kind::ScaledObject, &a.scaled_object.name_any(), wrote);
         // The autoscaler's count is the one to roll out.
         desired = live

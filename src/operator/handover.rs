@@ -10,6 +10,7 @@
 //! subresource) changes it and so takes it over. Switching autoscaling off,
 //! the operator's forced apply of `replicas` takes the field back.
 
+use super::cache::Live;
 use super::render::RenderedWriter;
 use super::{Error, FIELD_MANAGER, apply::contains, metrics::Metrics};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -25,6 +26,7 @@ pub const HANDOVER_MANAGER: &str = "bgpersist-replicas-handover";
 pub async fn ensure_deployment(
     api: &Api<Deployment>,
     w: &RenderedWriter,
+    live: Live<Deployment>,
     metrics: &Metrics,
 ) -> Result<(Deployment, bool), Error> {
     let desired = &w.deployment;
@@ -33,7 +35,10 @@ pub async fn ensure_deployment(
         .name
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
-    let live = api.get_opt(&name).await?;
+    let live = match live {
+        Live::Ask => api.get_opt(&name).await?,
+        Live::Cached(live) => live,
+    };
     if w.autoscaling.is_none() {
         if let Some(live) = live
             && operator_owns_replicas(&live)

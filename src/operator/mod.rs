@@ -3,6 +3,7 @@
 
 pub mod applier;
 pub mod apply;
+pub mod cache;
 pub mod controller;
 pub mod error;
 pub mod handover;
@@ -17,6 +18,7 @@ pub mod render;
 pub mod secrets;
 pub mod status;
 pub mod validate;
+pub mod watches;
 pub mod writer_health;
 
 /// The one field manager every server-side apply uses.

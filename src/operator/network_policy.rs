@@ -3,6 +3,7 @@
 //! this time, and left to pruning when the resource turns it off.
 
 use super::applier::{Applied, Kind};
+use super::cache::{self, Caches};
 use super::render::RenderedWriter;
 use super::render::network_policy::WriterPolicy;
 use super::{Error, apply, metrics::Metrics};
@@ -13,6 +14,7 @@ pub async fn apply(
     client: &Client,
     ns: &str,
     w: &RenderedWriter,
+    caches: &Caches,
     m: &Metrics,
     applied: &mut Applied,
 ) -> Result<(), Error> {
@@ -21,7 +23,8 @@ pub async fn apply(
         WriterPolicy::KeepLive => applied.keep(Kind::NetworkPolicy, &w.object_name),
         WriterPolicy::Apply(policy) => {
             let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
-            let (_, wrote) = apply::ensure(&api, policy, m).await?;
+            let live = cache::lookup(caches.network_policies.as_ref(), Some(ns), &w.object_name);
+            let (_, wrote) = apply::ensure(&api, policy, live, m).await?;
             applied.record(Kind::NetworkPolicy, &w.object_name, wrote);
         }
     }

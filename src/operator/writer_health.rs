@@ -4,6 +4,7 @@
 //! (`terminationMessagePolicy: FallbackToLogsOnError`). Read only for writers
 //! that are not rolled out, so a healthy resource costs no extra request.
 
+use super::cache::{self, Caches};
 use super::reasons;
 use super::render;
 use super::status::PodReport;
@@ -21,20 +22,19 @@ const PROXY_TIMEOUT: Duration = Duration::from_secs(3);
 const PODS_ASKED: usize = 3;
 
 /// The first reason a not-ready pod of `writer` gives, classified; None when
-/// no pod says anything (none yet, still pulling, or all ready).
-pub async fn report(client: &Client, ns: &str, resource: &str, writer: &str) -> Option<PodReport> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = render::selector(resource, writer)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut listed = match pods.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list.items,
-        Err(e) => {
-            debug!(%writer, error = %e, "writer pods not listed");
-            return None;
-        }
+/// no pod says anything (none yet, still pulling, or all ready). Pods come
+/// from the watch cache when it is ready; only `/readyz` is asked live.
+pub async fn report(
+    client: &Client,
+    caches: &Caches,
+    ns: &str,
+    resource: &str,
+    writer: &str,
+) -> Option<PodReport> {
+    let labels = render::selector(resource, writer);
+    let mut listed = match cache::pods(caches, ns, &labels) {
+        Some(pods) => pods,
+        None => list(client, ns, &labels, writer).await?,
     };
     // By name, so the same pod's words are shown from one reconcile to the next.
     listed.sort_by_key(|p| p.name_any());
@@ -62,6 +62,27 @@ pub async fn report(client: &Client, ns: &str, resource: &str, writer: &str) -> 
         }
     }
     None
+}
+
+async fn list(
+    client: &Client,
+    ns: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    writer: &str,
+) -> Option<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => Some(list.items),
+        Err(e) => {
+            debug!(%writer, error = %e, "writer pods not listed");
+            None
+        }
+    }
 }
 
 fn is_ready(pod: &Pod) -> bool {

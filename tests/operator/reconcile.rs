@@ -5,6 +5,7 @@ use crate::{install_crd, seed_resource};
 use bgpersist::crd::BackgroundPersistence;
 use bgpersist::operator::controller::{Context, reconcile_once};
 use bgpersist::operator::metrics::Metrics;
+use bgpersist::operator::watches::Watches;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -212,6 +213,54 @@ async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
     assert!(
         f.count.reads() > 0,
         "the counter sees the reconcile's reads"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resync_read_from_the_watch_caches_sends_no_request() -> anyhow::Result<()> {
+    let f = Fixture::new(json!({})).await?;
+    // The caches are filled as the controller's watches fill them, through a
+    // client of their own: the count is the reconcile's alone.
+    let keda = bgpersist::operator::keda::Keda::default()
+        .served(&f.client)
+        .await?;
+    let (caches, fill) = Watches::new(&f.client, keda).fill();
+    let filling = tokio::spawn(fill);
+    let ctx = Context::new(f.ctx.client.clone(), Metrics::default())
+        .with_defaults(crate::support::operator_defaults())
+        .with_secrets(crate::support::secrets::in_memory())
+        .with_caches(caches.clone());
+    tokio::time::timeout(Duration::from_secs(30), caches.wait_ready()).await?;
+    let bp = f.bps.get(&f.name).await?;
+    let first = reconcile_once(&bp, &ctx).await?;
+    assert!(!first.applied.is_empty(), "{first:?}");
+    // Until the watches bring back what was written (and its status).
+    let mut settled = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let bp = f.bps.get(&f.name).await?;
+        if reconcile_once(&bp, &ctx).await? == Default::default() {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the reconcile kept applying");
+
+    f.count.reset();
+    let bp = f.bps.get(&f.name).await?;
+    let again = reconcile_once(&bp, &ctx).await?;
+    filling.abort();
+    assert_eq!(
+        again,
+        Default::default(),
+        "nothing applied, pruned or written"
+    );
+    assert_eq!(
+        (f.count.reads(), f.count.writes()),
+        (0, 0),
+        "API requests on a no-op resync: {:?}",
+        f.count.log()
     );
     Ok(())
 }

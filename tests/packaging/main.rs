@@ -156,33 +156,24 @@ fn rendered_rbac_is_least_privilege() -> anyhow::Result<()> {
                 &["patch"],
                 &[]
             ),
-            ("", "namespaces", &["get", "create", "patch"], &[]),
+            // Read from a metadata-only watch cache (operator/watches.rs).
+            (
+                "",
+                "namespaces",
+                &["get", "list", "watch", "create", "patch"],
+                &[]
+            ),
             ("", "serviceaccounts", RW, &[]),
             ("", "secrets", RW, &[]),
             ("apps", "deployments", RW, &[]),
             ("policy", "poddisruptionbudgets", RW, &[]),
             // Why a writer is not ready (operator/writer_health.rs).
-            ("", "pods", &["list"], &[]),
+            ("", "pods", &["list", "watch"], &[]),
             ("", "pods/proxy", &["get"], &[]),
-            // Writers' NetworkPolicies (operator/network_policy.rs): not watched.
-            (
-                "networking.k8s.io",
-                "networkpolicies",
-                &["get", "list", "create", "patch", "delete"],
-                &[]
-            ),
-            (
-                "keda.sh",
-                "scaledobjects",
-                &["get", "list", "create", "patch", "delete"],
-                &[]
-            ),
-            (
-                "keda.sh",
-                "triggerauthentications",
-                &["get", "list", "create", "patch", "delete"],
-                &[]
-            ),
+            // Writers' NetworkPolicies (operator/network_policy.rs).
+            ("networking.k8s.io", "networkpolicies", RW, &[]),
+            ("keda.sh", "scaledobjects", RW, &[]),
+            ("keda.sh", "triggerauthentications", RW, &[]),
         ])
     );
     let lease = find("Role", "-leader-election");

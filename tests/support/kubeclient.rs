@@ -39,6 +39,13 @@ impl RequestCount {
     }
     /// The write requests seen, as "METHOD path".
     pub fn write_log(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|r| !r.starts_with("GET "))
+            .collect()
+    }
+    /// Every request seen, as "METHOD path".
+    pub fn log(&self) -> Vec<String> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
     pub fn reset(&self) {
@@ -58,9 +65,9 @@ pub async fn counting_client(count: &RequestCount) -> anyhow::Result<kube::Clien
             c.reads.fetch_add(1, Ordering::SeqCst);
         } else {
             c.writes.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut l) = c.log.lock() {
-                l.push(format!("{} {}", req.method(), req.uri().path()));
-            }
+        }
+        if let Ok(mut l) = c.log.lock() {
+            l.push(format!("{} {}", req.method(), req.uri().path()));
         }
         req
     });

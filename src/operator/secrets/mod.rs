@@ -13,6 +13,7 @@ pub mod parse;
 pub use aws::AwsSecretsManager;
 pub use gcp::GcpSecretManager;
 
+use super::cache::{self, Caches, Live};
 use super::reasons;
 use super::render::secret::{self, Slot};
 use super::render::{SecretBytes, SecretEntry, SecretInputs};
@@ -240,12 +241,14 @@ pub fn uses_cloud_secrets(bp: &BackgroundPersistence) -> bool {
 }
 
 /// The read step: fetches every cloud secret the spec names and reads the
-/// Secrets they were last synced into. A secret that cannot be fetched or
-/// parsed is reported and keeps its last synced value and version.
+/// Secrets they were last synced into (from the watch cache when ready). A
+/// secret that cannot be fetched or parsed is reported and keeps its last
+/// synced value and version.
 pub async fn read(
     bp: &BackgroundPersistence,
     settings: &SecretSettings,
     client: &Client,
+    caches: &Caches,
 ) -> Result<SecretsRead, Error> {
     let resource = bp.name_any();
     let ns = &bp.spec.common_persistence_specs.namespace;
@@ -260,7 +263,11 @@ pub async fn read(
     };
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for name in &out.keep {
-        if let Some(s) = api.get_opt(name).await? {
+        let live = match cache::lookup(caches.secrets.as_ref(), Some(ns), name) {
+            Live::Cached(live) => live,
+            Live::Ask => api.get_opt(name).await?,
+        };
+        if let Some(s) = live {
             out.live.insert(name.clone(), s);
         }
     }
