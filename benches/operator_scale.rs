@@ -14,7 +14,7 @@ use common::env_or;
 use common::process::{http_get, metric, peak_rss, terminate};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -154,6 +154,16 @@ async fn run() -> anyhow::Result<()> {
     let after_writes = metric(&m2, "bgpersist_operator_api_writes_total");
     let poke_reconciles = metric(&m2, "bgpersist_operator_reconciles_total") - reconciles;
     let poked = n.min(20) as f64;
+    let window: Vec<String> = by_verb(&m2)
+        .into_iter()
+        .map(|(verb, n)| {
+            let was = by_verb(&m)
+                .into_iter()
+                .find(|(v, _)| *v == verb)
+                .map_or(0.0, |(_, n)| n);
+            format!("{verb} {}", n - was)
+        })
+        .collect();
     // A high-water mark: read last, it covers the whole run.
     let hwm = peak_rss(operator.id())?;
 
@@ -186,6 +196,7 @@ async fn run() -> anyhow::Result<()> {
         (after - before) / poke_reconciles.max(1.0),
         (after_writes - before_writes) / poke_reconciles.max(1.0)
     );
+    println!("    requests in that window by verb: {}", window.join(", "));
     println!("  operator peak RSS (VmHWM):        {hwm}");
 
     terminate(&mut operator);
@@ -213,11 +224,22 @@ fn resource(tag: &str, i: usize) -> anyhow::Result<BackgroundPersistence> {
 
 /// API requests of every kind so far (the counter's samples summed over labels).
 fn api_requests(metrics: &str) -> f64 {
+    by_verb(metrics).iter().map(|(_, n)| n).sum()
+}
+
+/// The API request counter's samples, by verb label.
+fn by_verb(metrics: &str) -> Vec<(String, f64)> {
     metrics
         .lines()
-        .filter(|l| l.starts_with("bgpersist_operator_api_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .filter_map(|l| l.strip_prefix("bgpersist_operator_api_requests_total{verb=\""))
+        .filter_map(|l| {
+            let (verb, rest) = l.split_once('"')?;
+            Some((
+                verb.to_string(),
+                rest.rsplit(' ').next()?.parse::<f64>().ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// The bare API server runs no garbage collector: delete what was rendered.
@@ -240,6 +262,10 @@ async fn cleanup(client: &kube::Client, tag: &str, n: usize) -> anyhow::Result<(
         Api::<ServiceAccount>::namespaced(client.clone(), &ns)
             .delete_collection(&DeleteParams::default(), &lp)
             .await?;
+        // Where a namespace controller runs, the rest (pods, Secrets) goes too.
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(&ns, &DeleteParams::default())
+            .await;
     }
     Ok(())
 }

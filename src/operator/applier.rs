@@ -156,12 +156,15 @@ impl Applied {
                     apply::prune(&Api::<Secret>::all(c()), cached, selector, keep, m).await?
                 }
                 Kind::Deployment => {
-                    let cached = cache::owned_by(caches.deployments.as_ref(), resource);
+                    let cached = caches
+                        .deployments
+                        .as_ref()
+                        .and_then(|c| c.owned_by(resource));
                     let api = Api::<Deployment>::all(c());
                     apply::prune(&api, cached, selector, keep, m).await?
                 }
                 Kind::PodDisruptionBudget => {
-                    let cached = cache::owned_by(caches.pdbs.as_ref(), resource);
+                    let cached = caches.pdbs.as_ref().and_then(|c| c.owned_by(resource));
                     let api = Api::<PodDisruptionBudget>::all(c());
                     apply::prune(&api, cached, selector, keep, m).await?
                 }

@@ -473,10 +473,10 @@ async fn apply_writer(
     let deployment = &w.object_name;
     // Before the Deployment, so its new pods never run without it.
     super::network_policy::apply(client, ns, w, caches, m, applied).await?;
-    let live = cache::lookup(caches.deployments.as_ref(), Some(ns), deployment);
+    let live = cache::compact(caches.deployments.as_ref(), ns, deployment);
     let (live, wrote) = handover::ensure_deployment(deployments, w, live, m).await?;
     applied.record(Kind::Deployment, deployment, wrote);
-    let live_pdb = cache::lookup(caches.pdbs.as_ref(), Some(ns), deployment);
+    let live_pdb = cache::compact(caches.pdbs.as_ref(), ns, deployment);
     let (_, wrote) = apply::ensure(pdbs, &w.pdb, live_pdb, m).await?;
     applied.record(Kind::PodDisruptionBudget, deployment, wrote);
     let mut desired = w.replicas;

@@ -5,10 +5,11 @@
 //! reconcile (namespaces, writer pods, KEDA objects whose status KEDA
 //! rewrites all the time) are watched with a mapper that maps to nothing.
 
-use super::cache::{self, Caches};
+use super::cache::{self, Caches, Compact};
 use super::render::{self, LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
 use super::secrets;
 use crate::crd::BackgroundPersistence;
+use futures::TryStreamExt;
 use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
@@ -19,6 +20,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
@@ -46,11 +48,11 @@ impl Watches {
         let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
         let mut caches = Caches::default();
         let c = || client.clone();
-        let (store, deployments) = reflected(Api::<Deployment>::all(c()), owned.clone(), |d| {
+        let (store, deployments) = compacted(Api::<Deployment>::all(c()), owned.clone(), |d| {
             cache::trim_managed_fields(&mut d.metadata)
         });
         caches.deployments = Some(store);
-        let (store, pdbs) = reflected(Api::<PodDisruptionBudget>::all(c()), owned.clone(), |p| {
+        let (store, pdbs) = compacted(Api::<PodDisruptionBudget>::all(c()), owned.clone(), |p| {
             p.metadata.managed_fields = None;
             p.status = None;
         });
@@ -174,6 +176,33 @@ where
         .touched_objects()
         .boxed();
     (store, stream)
+}
+
+/// `reflected` into a cache of JSON text (`cache::Compact`).
+fn compacted<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Compact<K>, Watch<K>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let cache = Compact::default();
+    let fill = cache.clone();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .inspect_ok(move |event| fill.apply(event))
+        .touched_objects()
+        .boxed();
+    (cache, stream)
 }
 
 /// `reflected` for a kind known only at run time.

@@ -7,7 +7,12 @@
 //!
 //! Stores keep trimmed objects: managed fields are what makes a watched
 //! object big, and only whether the operator's apply owns `spec.replicas` is
-//! ever read from them; of pods only the status says anything.
+//! ever read from them; of pods only the status says anything. Deployments
+//! and PodDisruptionBudgets, one per writer, are kept as JSON text
+//! (`compact.rs`).
+
+pub mod compact;
+pub use compact::Compact;
 
 use super::FIELD_MANAGER;
 use super::render::{LABEL_MANAGED_BY, LABEL_RESOURCE, MANAGER};
@@ -46,8 +51,8 @@ pub struct Caches {
     pub namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
     pub service_accounts: Option<Store<ServiceAccount>>,
     pub secrets: Option<Store<Secret>>,
-    pub deployments: Option<Store<Deployment>>,
-    pub pdbs: Option<Store<PodDisruptionBudget>>,
+    pub deployments: Option<Compact<Deployment>>,
+    pub pdbs: Option<Compact<PodDisruptionBudget>>,
     pub network_policies: Option<Store<NetworkPolicy>>,
     pub pods: Option<Store<Pod>>,
     pub scaled_objects: Option<Store<DynamicObject>>,
@@ -78,13 +83,29 @@ impl Caches {
         one(self.namespaces.as_ref()).await;
         one(self.service_accounts.as_ref()).await;
         one(self.secrets.as_ref()).await;
-        one(self.deployments.as_ref()).await;
-        one(self.pdbs.as_ref()).await;
+        while !(ready_compact(self.deployments.as_ref()) && ready_compact(self.pdbs.as_ref())) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         one(self.network_policies.as_ref()).await;
         one(self.pods.as_ref()).await;
         one(self.scaled_objects.as_ref()).await;
         one(self.trigger_authentications.as_ref()).await;
     }
+}
+
+fn ready_compact<K>(c: Option<&Compact<K>>) -> bool
+where
+    K: Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    c.is_none_or(Compact::is_ready)
+}
+
+/// The object `name` in `ns` from a compact cache, or `Ask` without a ready one.
+pub fn compact<K>(c: Option<&Compact<K>>, ns: &str, name: &str) -> Live<K>
+where
+    K: Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    c.map_or(Live::Ask, |c| c.get(ns, name))
 }
 
 /// The store when it has finished its first list, else None.
