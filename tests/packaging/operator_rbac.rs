@@ -337,8 +337,17 @@ async fn scenario(
             "networkpolicies.networking.k8s.io",
             "--all-namespaces",
         ],
-        // Why a writer is not ready: its pods listed, /readyz through the proxy.
+        // Why a writer is not ready: its pods watched, /readyz through the proxy.
         &["list", "pods", "-n", target_ns],
+        &["watch", "pods", "--all-namespaces"],
+        // The read step's watch caches (operator/watches.rs).
+        &["watch", "namespaces"],
+        &["watch", "scaledobjects.keda.sh", "--all-namespaces"],
+        &[
+            "watch",
+            "networkpolicies.networking.k8s.io",
+            "--all-namespaces",
+        ],
         &["get", "pods", "--subresource=proxy", "-n", target_ns],
         // Documented consequence: RBAC cannot narrow Secrets to the operator's own.
         &["list", "secrets", "--all-namespaces"],
@@ -349,7 +358,6 @@ async fn scenario(
         &["delete", "pods", "-n", target_ns],
         &["create", "pods", "--subresource=exec", "-n", target_ns],
         &["get", "configmaps", "-n", target_ns],
-        &["list", "namespaces"],
         &["delete", "namespaces"],
         &["patch", "backgroundpersistences.bgpersist.dev"],
         &["delete", "backgroundpersistences.bgpersist.dev"],
@@ -364,15 +372,8 @@ async fn scenario(
         &["create", "leases.coordination.k8s.io", "-n", target_ns],
         &["create", "events.events.k8s.io", "-n", target_ns],
         &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
-        &["watch", "scaledobjects.keda.sh", "-n", target_ns],
         &["update", "scaledobjects.keda.sh", "-n", target_ns],
         &["get", "scaledjobs.keda.sh", "-n", target_ns],
-        &[
-            "watch",
-            "networkpolicies.networking.k8s.io",
-            "-n",
-            target_ns,
-        ],
         &[
             "update",
             "networkpolicies.networking.k8s.io",
