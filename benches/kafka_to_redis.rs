@@ -1,9 +1,12 @@
 //! Kafka → Redis ONLINE_WRITER throughput (not a test), against the rig, all
 //! in one run:
 //!
-//! 1. the ceilings of the parts: rdkafka consume-only of the same topic, and
-//!    `redis-benchmark -P 16` for SET, HSET and EVALSHA of the writer's own
-//!    Lua script with the same arguments a message produces;
+//! 1. the ceilings of the parts: rdkafka consume-only of the same topic;
+//!    `redis-benchmark -P 16` for SET, for HSET of the fields one message
+//!    sets (no guard: the store's floor cost), and for one call per message
+//!    of the former one-entity script; and a raw client loop of the writer's
+//!    own many-entity script calls for the same messages (planned as the
+//!    writer plans a batch), 64 calls in flight;
 //! 2. the release writer binary on the same topic: messages/s, MB/s,
 //!    records/s, peak RSS (VmHWM), and the ratio to the lower ceiling;
 //! 3. p50/p99 bus-to-store latency at half the measured rate, from the
@@ -21,11 +24,14 @@ mod support;
 
 use bgpersist::formats::Message;
 use bgpersist::formats::v1::ResultMessage;
+use bgpersist::writer::stores::online::redis::{NEWER_WINS, script_calls};
+use bgpersist::writer::types::online_writer;
 use common::data::{mean_size, user_values};
 use common::env_or;
 use common::kafka::{self, PARTITIONS};
 use common::process::{CONSUMED, Cpu, WRITTEN, WriterProcess, metric};
 use common::report::{self, machine};
+use futures::{StreamExt, TryStreamExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{rig, unique};
@@ -46,6 +52,76 @@ fn payload(i: u64) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+/// The one-entity-per-call script the writer used before many-entity calls,
+/// kept for its ceiling: what one call per message can reach.
+const ONE_ENTITY: &str = r#"
+redis.call('HSET', KEYS[1], '__id__', ARGV[1])
+local changed = 0
+for i = 3, #ARGV, 3 do
+  local field, ts, value = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local cur_ts = redis.call('HGET', KEYS[1], field .. '_ts')
+  local newer = (not cur_ts) or tonumber(cur_ts) < ts
+  if (not newer) and tonumber(cur_ts) == ts then
+    local cur = redis.call('HGET', KEYS[1], field)
+    newer = (not cur) or cur < value
+  end
+  if newer then
+    redis.call('HSET', KEYS[1], field, value, field .. '_ts', ARGV[i + 1])
+    changed = changed + 1
+  end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  local cur = redis.call('TTL', KEYS[1])
+  if cur < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+end
+return changed
+"#;
+
+/// The writer's script calls for messages `0..n`, planned per 1000 messages
+/// like the writer's batches, sent by a raw client 64 at a time on one
+/// multiplexed connection: messages/s, and entities per call.
+async fn script_ceiling(
+    conn: &redis::aio::MultiplexedConnection,
+    prefix: &str,
+    n: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(NEWER_WINS)
+        .query_async(&mut conn.clone())
+        .await?;
+    let mut cmds = Vec::new();
+    let mut keys_sent = 0usize;
+    for from in (0..n).step_by(1000) {
+        let mut records = Vec::new();
+        for i in from..(from + 1000).min(n) {
+            records.extend(online_writer::decode(&payload(i)).map_err(anyhow::Error::msg)?);
+        }
+        let key = |r: &bgpersist::writer::stores::online::OnlineRecord| {
+            format!("{prefix}c:{}/{}", r.namespace, r.pkey)
+        };
+        for (keys, arg) in script_calls(&records, key, false) {
+            keys_sent += keys.len();
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&sha).arg(keys.len()).arg(keys).arg(arg);
+            cmds.push(cmd);
+        }
+    }
+    let start = Instant::now();
+    futures::stream::iter(cmds.iter().map(|cmd| {
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<redis::Value>(&mut conn).await }
+    }))
+    .buffer_unordered(64)
+    .try_for_each(|_| async { Ok(()) })
+    .await?;
+    Ok((
+        n as f64 / start.elapsed().as_secs_f64(),
+        keys_sent as f64 / cmds.len().max(1) as f64,
+    ))
 }
 
 /// Produces messages `from..to` at about `per_second` (0: as fast as
@@ -171,9 +247,9 @@ async fn run() -> anyhow::Result<()> {
     let mut redis = redis::Client::open(redis_url.as_str())?
         .get_multiplexed_async_connection()
         .await?;
-    let sha: String = redis::cmd("SCRIPT")
+    let one_sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(bgpersist::writer::stores::online::redis::NEWER_WINS)
+        .arg(ONE_ENTITY)
         .query_async(&mut redis)
         .await?;
     let rb_n = (n * 2).max(100_000);
@@ -182,35 +258,37 @@ async fn run() -> anyhow::Result<()> {
         rb_n,
         &["SET", &format!("{prefix}s:__rand_int__"), "42"],
     )?;
-    let hset = redis_benchmark(
-        &redis_port,
-        rb_n,
-        &[
-            "HSET",
-            &format!("{prefix}h:__rand_int__"),
-            "user.age",
-            "42",
-            "user.age_ts",
-            "1700000000000000",
-        ],
-    )?;
-    // The writer's call for one message: the same script, five (field, ts, value).
-    let key = format!("{prefix}e:__rand_int__");
-    let mut eval: Vec<&str> = vec!["EVALSHA", &sha, "1", &key, "pkey", "0"];
-    for (field, value) in [
+    let fields = [
         ("user.age", "42"),
         ("user.score", "1234.5"),
         ("user.country", "\"c17\""),
         ("user.vip", "true"),
         ("user.visits", "99871"),
-    ] {
+    ];
+    // What one message sets, unguarded: one HSET of __id__ and five
+    // (field, value, field_ts, ts).
+    let hkey = format!("{prefix}h:__rand_int__");
+    let mut hset_args: Vec<&str> = vec!["HSET", &hkey, "__id__", "pkey"];
+    let ts_names: Vec<String> = fields.iter().map(|(f, _)| format!("{f}_ts")).collect();
+    for ((field, value), ts_name) in fields.iter().zip(&ts_names) {
+        hset_args.extend([*field, *value, ts_name.as_str(), "__rand_int__"]);
+    }
+    let hset = redis_benchmark(&redis_port, rb_n, &hset_args)?;
+    // The former call for one message: one entity, five (field, ts, value).
+    let key = format!("{prefix}e:__rand_int__");
+    let mut eval: Vec<&str> = vec!["EVALSHA", &one_sha, "1", &key, "pkey", "0"];
+    for (field, value) in fields {
         eval.extend([field, "__rand_int__", value]);
     }
     let evalsha = redis_benchmark(&redis_port, rb_n, &eval)?;
     println!(
-        "  [ceiling] redis-benchmark -P 16: SET {set:.0}/s, HSET {hset:.0}/s, EVALSHA (one message) {evalsha:.0}/s"
+        "  [ceiling] redis-benchmark -P 16: SET {set:.0}/s, HSET of one message's fields {hset:.0} msg/s, one-entity EVALSHA {evalsha:.0} msg/s"
     );
-    let ceiling = consume_rate.min(evalsha);
+    let (many, per_call) = script_ceiling(&redis, &prefix, n).await?;
+    println!(
+        "  [ceiling] raw client, the writer's many-entity calls ({per_call:.1} entities a call): {many:.0} msg/s"
+    );
+    let ceiling = consume_rate.min(many);
 
     // 2. The writer.
     let env = kafka::writer_env(
@@ -248,13 +326,15 @@ async fn run() -> anyhow::Result<()> {
         report::whole_machine(&cpu0, &cpu1, secs)
     );
     println!(
-        "  writer / lower ceiling ({}): {:.0}%",
-        if consume_rate < evalsha {
+        "  writer / lower ceiling ({}): {:.0}%; / HSET unguarded: {:.0}%; / one-entity EVALSHA: {:.0}%",
+        if consume_rate < many {
             "consume-only"
         } else {
-            "EVALSHA"
+            "many-entity calls"
         },
-        100.0 * rate / ceiling
+        100.0 * rate / ceiling,
+        100.0 * rate / hset,
+        100.0 * rate / evalsha
     );
 
     // 3. Latency at half load, from the writer's histogram.

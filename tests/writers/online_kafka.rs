@@ -201,3 +201,94 @@ async fn configuration_error_exits_2_with_one_line() -> anyhow::Result<()> {
 }
 
 use redis::AsyncCommands;
+
+/// Values of one entity and feature that meet in one batch (and so in one
+/// script call): the newest time wins, and on a tie the larger encoded value
+/// (Lua string order: `7` beats `42`), as if written one by one.
+#[tokio::test]
+async fn one_batch_with_ties_and_older_values_ends_as_one_by_one() -> anyhow::Result<()> {
+    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
+    let keys = pkeys("tie", 2);
+    let (a, b) = (&keys[0], &keys[1]);
+    let payloads: Vec<Vec<u8>> = [
+        vec![observation(a, "age", 5, 42), observation(b, "age", 1, 1)],
+        vec![observation(a, "age", 5, 7), observation(a, "score", 2, 2)],
+        vec![observation(a, "age", 3, 99), observation(a, "score", 9, 1)],
+        vec![observation(a, "age", 5, 5), observation(b, "age", 1, 3)],
+    ]
+    .into_iter()
+    .map(result_message)
+    .collect();
+    produce(&topic, &payloads).await?;
+    let mut writer = Writer::start(&online_writer_env(
+        &topic,
+        &dlq,
+        &group,
+        &rig("redis", "BGP_REDIS_URL"),
+    ))?;
+    let hash = |id: &str, fields: &[(&str, &str)]| {
+        let mut h = std::collections::BTreeMap::from([("__id__".to_string(), id.to_string())]);
+        h.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        (id.to_string(), h)
+    };
+    let expected: Entities = [
+        hash(
+            a,
+            &[
+                ("user.age", "7"),
+                ("user.age_ts", "5"),
+                ("user.score", "1"),
+                ("user.score_ts", "9"),
+            ],
+        ),
+        hash(b, &[("user.age", "3"), ("user.age_ts", "1")]),
+    ]
+    .into_iter()
+    .collect();
+    let mut conn = standalone().await?;
+    eventually("the one-by-one outcome", Duration::from_secs(60), || {
+        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
+        async move {
+            let state = redis_entities(&mut conn, "", &keys).await?;
+            Ok((state == expected).then_some(()))
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    writer.signal("TERM")?;
+    writer.wait_exit(Duration::from_secs(15))?;
+    conn.del::<_, ()>(keys.iter().map(|k| format!("user/{k}")).collect::<Vec<_>>())
+        .await
+        .ok();
+    Ok(())
+}
+
+/// A lone message is written without waiting out the batch window: the
+/// online writer hands a batch over once the bus has nothing more queued.
+/// With a ten-minute window, a writer that waited it out would miss the
+/// one-minute deadline.
+#[tokio::test]
+async fn a_lone_message_does_not_wait_for_the_batch_window() -> anyhow::Result<()> {
+    let (topic, dlq, group) = (unique("result"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 1), (&dlq, 1)]).await?;
+    let keys = pkeys("lone", 1);
+    let mut env = online_writer_env(&topic, &dlq, &group, &rig("redis", "BGP_REDIS_URL"));
+    env.push(("BGP_MAX_BATCH_WAIT_MS", "600000".into()));
+    let mut writer = Writer::start(&env)?;
+    produce(&topic, &[result_message(vec![observation(&keys[0], "age", 1, 1)])]).await?;
+    let mut conn = standalone().await?;
+    eventually("the lone value in Redis", Duration::from_secs(60), || {
+        let (keys, mut conn) = (keys.clone(), conn.clone());
+        async move {
+            let state = redis_entities(&mut conn, "", &keys).await?;
+            Ok((state.len() == 1).then_some(()))
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    writer.signal("TERM")?;
+    writer.wait_exit(Duration::from_secs(15))?;
+    conn.del::<_, ()>(format!("user/{}", keys[0])).await.ok();
+    Ok(())
+}

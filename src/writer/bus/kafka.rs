@@ -5,10 +5,11 @@
 
 pub use super::kafka_context::{ClientErrors, KafkaContext, LagContext};
 use super::kafka_errors;
-use super::{AckToken, Bus, BusError, Envelope};
+use super::{AckToken, Batching, Bus, BusError, Envelope};
 use crate::writer::config::KafkaSettings;
 use crate::writer::runtime::dlq;
 use crate::writer::runtime::metrics::WriterMetrics;
+use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -199,8 +200,8 @@ impl Bus for KafkaBus {
         Ok(())
     }
 
-    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {
-        let max = max.max(1);
+    async fn next_batch(&mut self, batching: Batching) -> Result<Vec<Envelope>, BusError> {
+        let max = batching.max.max(1);
         // Messages are gathered in `self.pending`, never in a local: the
         // runtime may drop this future (shutdown, a write finishing) and a
         // message received but dropped could let a later offset be
@@ -209,8 +210,21 @@ impl Bus for KafkaBus {
             let first = self.consumer.recv().await?;
             self.pending.push_back(envelope(&first));
         }
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + batching.wait;
         while self.pending.len() < max {
+            if batching.until_drained {
+                // Only what librdkafka has already fetched: polled once, a
+                // receive that is not ready is dropped without losing anything.
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => {
+                        self.pending.push_back(envelope(&m));
+                        continue;
+                    }
+                    Some(Err(e)) => warn!(error = %e, "kafka receive"),
+                    None => {}
+                }
+                break;
+            }
             match timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => self.pending.push_back(envelope(&m)),
                 Ok(Err(e)) => {

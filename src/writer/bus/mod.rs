@@ -63,6 +63,18 @@ pub enum AckToken {
     Pubsub(u64),
 }
 
+/// How [`Bus::next_batch`] gathers a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    pub max: usize,
+    pub wait: Duration,
+    /// Hand the batch over as soon as no further message has already been
+    /// received, rather than waiting out `wait`. Under load messages queue
+    /// up while the store is written, so batches still fill; at low rates a
+    /// message is not held for the window.
+    pub until_drained: bool,
+}
+
 /// A bus the runtime consumes.
 pub trait Bus: Send {
     /// Succeeds once the bus has answered for this writer's subscription; the
@@ -72,11 +84,11 @@ pub trait Bus: Send {
         async { Ok(()) }
     }
 
-    /// Up to `max` messages: waits for the first, then at most `wait` for more.
+    /// Up to `batching.max` messages: waits for the first, then at most
+    /// `batching.wait` for more (or less, see [`Batching::until_drained`]).
     fn next_batch(
         &mut self,
-        max: usize,
-        wait: Duration,
+        batching: Batching,
     ) -> impl Future<Output = Result<Vec<Envelope>, BusError>> + Send;
 
     /// Marks messages done (durably written or dead-lettered): their offsets

@@ -24,7 +24,7 @@
 //!   left in the transport buffers it would expire there and come back as a
 //!   duplicate.
 
-use super::{AckToken, Bus, BusError, Envelope};
+use super::{AckToken, Batching, Bus, BusError, Envelope};
 use crate::writer::config::PubsubSettings;
 use crate::writer::runtime::dlq;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
@@ -424,13 +424,26 @@ impl Bus for PubsubBus {
         Ok(())
     }
 
-    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Envelope>, BusError> {
-        let max = max.max(1);
+    async fn next_batch(&mut self, batching: Batching) -> Result<Vec<Envelope>, BusError> {
+        let max = batching.max.max(1);
         if self.pending.is_empty() {
             self.receive().await?;
         }
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + batching.wait;
         while self.pending.len() < max {
+            if batching.until_drained {
+                // Only what the stream task has already forwarded.
+                match self.rx.try_recv() {
+                    Ok(received) => {
+                        if let Err(e) = self.accept(received) {
+                            warn!(error = %e, "pubsub receive");
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
             match timeout_at(deadline, self.receive()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

@@ -9,7 +9,7 @@ pub mod start;
 
 use crate::http::{Check, Readiness};
 use crate::telemetry::propagation;
-use crate::writer::bus::{Bus, BusError, Envelope};
+use crate::writer::bus::{Batching, Bus, BusError, Envelope};
 use crate::writer::error::Class;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use metrics::WriterMetrics;
@@ -127,6 +127,11 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The bus's last failure while running, so each change is logged once.
         let mut bus_failure: Option<String> = None;
+        let batching = Batching {
+            max: self.settings.max_batch_size,
+            wait: self.settings.max_batch_wait,
+            until_drained: S::UNTIL_DRAINED,
+        };
         loop {
             if *shutdown.borrow() {
                 break;
@@ -141,13 +146,13 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     joined = &mut flight.write => Step::Written(joined),
                     _ = recheck.tick() => Step::RecheckBus,
-                    b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
+                    b = self.bus.next_batch(batching) => Step::Received(b),
                 },
                 None => tokio::select! {
                     biased;
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     _ = recheck.tick() => Step::RecheckBus,
-                    b = self.bus.next_batch(self.settings.max_batch_size, self.settings.max_batch_wait) => Step::Received(b),
+                    b = self.bus.next_batch(batching) => Step::Received(b),
                 },
             };
             let batch = match next {

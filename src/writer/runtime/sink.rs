@@ -24,6 +24,12 @@ pub trait Sink: Send + Sync + 'static {
     /// done strictly in batch order.
     const OVERLAPPING_WRITES: bool = false;
 
+    /// Whether a batch is handed over as soon as the bus has nothing more
+    /// received, instead of after the batch window: for stores whose small
+    /// writes cost little more per record than large ones, so latency need
+    /// not wait for the window (see `Batching::until_drained`).
+    const UNTIL_DRAINED: bool = false;
+
     /// Decodes one bus message into records. A poison error
     /// (`WriterError::Decode`) dead-letters the message, never retried; a
     /// fatal one stops the writer.

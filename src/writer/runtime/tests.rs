@@ -30,11 +30,7 @@ impl Bus for ScriptedBus {
             _ => Ok(()),
         }
     }
-    async fn next_batch(
-        &mut self,
-        _max: usize,
-        _wait: Duration,
-    ) -> Result<Vec<Envelope>, BusError> {
+    async fn next_batch(&mut self, _: Batching) -> Result<Vec<Envelope>, BusError> {
         match self.batches.pop_front() {
             Some(b) => Ok(b),
             None => std::future::pending().await,

@@ -3,9 +3,14 @@
 //! Layout (docs/online-store.md): one hash per entity, key
 //! `<prefix><namespace>/<pkey>`, with `__id__` = pkey, `<ns>.<feature>` = the
 //! value as JSON and `<ns>.<feature>_ts` = its observation time in
-//! microseconds. A Lua script sets a feature only when the incoming
-//! observation is newer (ties broken by value), atomically, so writes are
-//! idempotent and their order does not matter.
+//! microseconds. A Lua script (`newer_wins.lua`) sets a feature only when
+//! the incoming observation is newer (ties broken by value), atomically, so
+//! writes are idempotent and their order does not matter. One call carries
+//! many entities (`calls`): Redis spends most of a one-entity call on the
+//! call itself.
+
+mod calls;
+mod msgpack;
 
 use super::{OnlineRecord, OnlineStore};
 use crate::writer::runtime::sink::{Rejected, WriterError};
@@ -15,38 +20,27 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-/// Script calls per pipeline on a standalone server.
-const PIPELINE: usize = 64;
-
 /// The write script (public so the benchmark can load the same one).
-pub const NEWER_WINS: &str = r#"
--- KEYS[1] hash; ARGV[1] pkey; ARGV[2] ttl seconds (0: none); then (field, ts, value) triples
-redis.call('HSET', KEYS[1], '__id__', ARGV[1])
-local changed = 0
-for i = 3, #ARGV, 3 do
-  local field, ts, value = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local cur_ts = redis.call('HGET', KEYS[1], field .. '_ts')
-  local newer = (not cur_ts) or tonumber(cur_ts) < ts
-  if (not newer) and tonumber(cur_ts) == ts then
-    local cur = redis.call('HGET', KEYS[1], field)
-    newer = (not cur) or cur < value
-  end
-  if newer then
-    redis.call('HSET', KEYS[1], field, value, field .. '_ts', ARGV[i + 1])
-    changed = changed + 1
-  end
-end
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  local cur = redis.call('TTL', KEYS[1])
-  if cur < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
-end
-return changed
-"#;
+pub const NEWER_WINS: &str = include_str!("newer_wins.lua");
+
+/// The benchmark's view of a call: the script's argument for `records`
+/// as the writer would send them, with their keys, call by call.
+pub fn script_calls(
+    records: &[OnlineRecord],
+    key: impl Fn(&OnlineRecord) -> String,
+    clustered: bool,
+) -> Vec<(Vec<String>, Vec<u8>)> {
+    calls::plan(records, key, clustered)
+        .into_iter()
+        .map(|call| {
+            let arg = calls::encode(&call, records);
+            (call.into_iter().map(|e| e.key).collect(), arg)
+        })
+        .collect()
+}
 
 #[derive(Clone)]
 enum Conn {
@@ -193,37 +187,54 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// Runs a pipeline of script calls, one result per call. A server that
-    /// lost the script (restart, failover) gets it again and the pipeline is
-    /// rerun (the calls are idempotent).
-    async fn pipeline(
-        &self,
-        conn: &mut ConnectionManager,
-        pipe: &redis::Pipeline,
-    ) -> Result<Vec<Result<i64, RedisError>>, RedisError> {
-        let results: Vec<Result<i64, RedisError>> = match pipe.query_async(conn).await {
-            // The manager hands back the error of its last reconnect attempt
-            // once, then reconnects: ask again at once, so a server that is
-            // back answers this write rather than the next retry.
-            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error() => {
-                pipe.query_async(conn).await?
-            }
-            other => other?,
-        };
-        if results
-            .iter()
-            .any(|r| r.as_ref().is_err_and(|e| e.code() == Some("NOSCRIPT")))
-        {
-            self.script.prepare_invoke().load_async(conn).await?;
-            return pipe.query_async(conn).await;
+    /// The script call for one planned call.
+    fn command(&self, call: &[calls::Entry], records: &[OnlineRecord]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(call.len());
+        for e in call {
+            cmd.arg(&e.key);
         }
-        Ok(results)
+        cmd.arg(calls::encode(call, records));
+        cmd
     }
-}
 
-/// A value Redis refuses for good (the key holds another type) versus an outage.
-fn classify(e: &RedisError) -> Option<String> {
-    (e.code() == Some("WRONGTYPE")).then(|| e.to_string())
+    /// Runs one script call; the indexes (1-based) of its keys that hold
+    /// another type. A server that lost the script (restart, failover, a
+    /// new cluster node) gets it again and the call is rerun: it is
+    /// idempotent.
+    async fn run(&self, conn: &mut Conn, cmd: &redis::Cmd) -> Result<Vec<usize>, RedisError> {
+        let first = match conn {
+            Conn::Single(c) => match cmd.query_async(c).await {
+                // The manager hands back the error of its last reconnect
+                // attempt once, then reconnects: ask again at once, so a
+                // server that is back answers this write rather than the
+                // next retry.
+                Err(e)
+                    if e.is_connection_dropped()
+                        || e.is_connection_refusal()
+                        || e.is_io_error() =>
+                {
+                    cmd.query_async(c).await
+                }
+                other => other,
+            },
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        };
+        match first {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                // On a cluster SCRIPT LOAD goes to every primary.
+                match conn {
+                    Conn::Single(c) => self.script.load_async(c).await?,
+                    Conn::Cluster(c) => self.script.load_async(c).await?,
+                };
+                match conn {
+                    Conn::Single(c) => cmd.query_async(c).await,
+                    Conn::Cluster(c) => cmd.query_async(c).await,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 impl OnlineStore for RedisStore {
@@ -232,85 +243,39 @@ impl OnlineStore for RedisStore {
             .conn()
             .await
             .map_err(|e| WriterError::Retriable(e.to_string()))?;
-        // One script call per entity. On a standalone server the calls go out
-        // as pipelines (one socket write and one read per PIPELINE calls); on a
-        // cluster one by one, each routed by its key. All concurrently on the
-        // multiplexed connection.
-        let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, r) in records.iter().enumerate() {
-            by_key.entry(self.key(r)).or_default().push(i);
-        }
-        let calls: Vec<(String, Vec<usize>)> = by_key.into_iter().collect();
-        let ttl = |idx: &[usize]| {
-            idx.iter()
-                .map(|i| records[*i].ttl_seconds)
-                .max()
-                .unwrap_or(0)
-        };
-        type Outcome = Result<Vec<Result<i64, RedisError>>, RedisError>;
-        // Built lazily: the first calls are on the wire while later ones are encoded.
-        type Units<'a> = Box<
-            dyn Iterator<Item = BoxFuture<'a, (&'a [(String, Vec<usize>)], Outcome)>> + Send + 'a,
-        >;
-        let units: Units<'_> = match &conn {
-            Conn::Single(c) => {
-                let units = calls.chunks(PIPELINE).map(|part| {
-                    let mut pipe = redis::pipe();
-                    pipe.ignore_errors();
-                    for (key, idx) in part {
-                        pipe.cmd("EVALSHA")
-                            .arg(self.script.get_hash())
-                            .arg(1)
-                            .arg(key)
-                            .arg(&records[idx[0]].pkey)
-                            .arg(ttl(idx));
-                        for i in idx {
-                            let r = &records[*i];
-                            pipe.arg(&r.field)
-                                .arg(r.observed_at_micros)
-                                .arg(&r.value_json);
-                        }
-                    }
-                    let mut c = c.clone();
-                    async move { (part, self.pipeline(&mut c, &pipe).await) }.boxed()
-                });
-                Box::new(units)
-            }
-            Conn::Cluster(c) => {
-                let units = calls.chunks(1).map(|part| {
-                    let (key, idx) = &part[0];
-                    let mut inv = self.script.key(key);
-                    inv.arg(&records[idx[0]].pkey).arg(ttl(idx));
-                    for i in idx {
-                        let r = &records[*i];
-                        inv.arg(&r.field)
-                            .arg(r.observed_at_micros)
-                            .arg(&r.value_json);
-                    }
-                    let mut c = c.clone();
-                    async move { (part, Ok(vec![inv.invoke_async(&mut c).await])) }.boxed()
-                });
-                Box::new(units)
-            }
-        };
+        // Many entities per script call (one slot per call on a cluster);
+        // the calls run concurrently on the multiplexed connection, which
+        // pipelines them.
+        let plan = calls::plan(records, |r| self.key(r), self.target.clustered);
+        type Unit<'a> = BoxFuture<'a, (&'a calls::Call, Result<Vec<usize>, RedisError>)>;
+        let units: Vec<Unit<'_>> = plan
+            .iter()
+            .map(|call| {
+                let cmd = self.command(call, records);
+                let mut conn = conn.clone();
+                async move { (call, self.run(&mut conn, &cmd).await) }.boxed()
+            })
+            .collect();
         let mut results = futures::stream::iter(units).buffer_unordered(self.target.concurrency);
         let mut rejected = Vec::new();
-        while let Some((part, outcome)) = results.next().await {
+        while let Some((call, outcome)) = results.next().await {
             // Give up at the first outage error: during an outage every
             // further wave of calls would wait out its own reconnect cycle,
             // holding the batch (and shutdown) for minutes. The script is
             // idempotent: retrying the whole batch is safe.
-            let outcome = outcome.map_err(|e| WriterError::Retriable(e.to_string()))?;
-            for ((_, idx), result) in part.iter().zip(outcome) {
-                if let Err(e) = result {
-                    match classify(&e) {
-                        Some(reason) => rejected.extend(idx.iter().map(|&record| Rejected {
-                            record,
-                            reason: reason.clone(),
-                        })),
-                        None => return Err(WriterError::Retriable(e.to_string())),
-                    }
-                }
+            let wrong = outcome.map_err(|e| WriterError::Retriable(e.to_string()))?;
+            for k in wrong {
+                let Some(entry) = k.checked_sub(1).and_then(|k| call.get(k)) else {
+                    return Err(WriterError::Retriable(format!(
+                        "the write script answered key {k} of {}",
+                        call.len()
+                    )));
+                };
+                let reason = format!("WRONGTYPE: {} holds a value that is not a hash", entry.key);
+                rejected.extend(entry.covers().map(|record| Rejected {
+                    record,
+                    reason: reason.clone(),
+                }));
             }
         }
         Ok(rejected)
