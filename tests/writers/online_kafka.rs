@@ -276,7 +276,11 @@ async fn a_lone_message_does_not_wait_for_the_batch_window() -> anyhow::Result<(
     let mut env = online_writer_env(&topic, &dlq, &group, &rig("redis", "BGP_REDIS_URL"));
     env.push(("BGP_MAX_BATCH_WAIT_MS", "600000".into()));
     let mut writer = Writer::start(&env)?;
-    produce(&topic, &[result_message(vec![observation(&keys[0], "age", 1, 1)])]).await?;
+    produce(
+        &topic,
+        &[result_message(vec![observation(&keys[0], "age", 1, 1)])],
+    )
+    .await?;
     let mut conn = standalone().await?;
     eventually("the lone value in Redis", Duration::from_secs(60), || {
         let (keys, mut conn) = (keys.clone(), conn.clone());
