@@ -103,7 +103,7 @@ async fn script_ceiling(
         let key = |r: &bgpersist::writer::stores::online::OnlineRecord| {
             format!("{prefix}c:{}/{}", r.namespace, r.pkey)
         };
-        for (keys, arg) in script_calls(&records, key, false) {
+        for (keys, arg) in script_calls(&records, key, false)? {
             keys_sent += keys.len();
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(&sha).arg(keys.len()).arg(keys).arg(arg);

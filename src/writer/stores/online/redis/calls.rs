@@ -3,9 +3,11 @@
 //! (the keys of one call must share a slot) and cut into calls of bounded
 //! size, each encoded as one MessagePack argument for `newer_wins.lua`.
 
-use super::msgpack;
 use crate::writer::stores::online::OnlineRecord;
+use redis::cluster_routing::Slot;
+use rmp::encode::{self as mp, ByteBuf, ValueWriteError};
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 /// Most entities in one call: amortises the call's own cost (a few µs)
 /// while one call still keeps Redis busy for well under a millisecond.
@@ -143,11 +145,11 @@ pub fn plan(
             }
         }
     }
-    let mut groups: HashMap<u16, Vec<Entry>> = HashMap::new();
-    let mut slots: Vec<u16> = Vec::new();
+    let mut groups: HashMap<Option<Slot>, Vec<Entry>> = HashMap::new();
+    let mut slots: Vec<Option<Slot>> = Vec::new();
     for (first, idx) in entities {
         let k = key(&records[first]);
-        let slot = if clustered { slot(k.as_bytes()) } else { 0 };
+        let slot = clustered.then(|| slot(k.as_bytes()));
         let group = groups.entry(slot).or_insert_with(|| {
             slots.push(slot);
             Vec::new()
@@ -175,52 +177,58 @@ pub fn plan(
     calls
 }
 
+/// A script argument MessagePack cannot hold (a string or array over
+/// 4 GiB); bus messages are far smaller, so this is a broken batch.
+#[derive(Debug, thiserror::Error)]
+#[error("a write script argument over MessagePack's 4 GiB length")]
+pub struct TooLong;
+
 /// The script's argument for `call`: the MessagePack array it reads.
-pub fn encode(call: &[Entry], records: &[OnlineRecord]) -> Vec<u8> {
+pub fn encode(call: &[Entry], records: &[OnlineRecord]) -> Result<Vec<u8>, TooLong> {
     let items: usize = call.iter().map(|e| 3 + 4 * e.written.len()).sum();
-    let mut buf = Vec::with_capacity(items * 24);
-    msgpack::array(&mut buf, items);
+    let mut buf = ByteBuf::with_capacity(items * 24);
+    mp::write_array_len(&mut buf, length(items)?).map_err(never)?;
     let mut ts = itoa::Buffer::new();
     for e in call {
         let first = &records[e.written[0]];
-        msgpack::str(&mut buf, first.pkey.as_bytes());
-        msgpack::uint(&mut buf, e.ttl.max(0) as u64);
-        msgpack::uint(&mut buf, e.written.len() as u64);
+        string(&mut buf, &[first.pkey.as_bytes()])?;
+        mp::write_uint(&mut buf, e.ttl.max(0) as u64).map_err(never)?;
+        mp::write_uint(&mut buf, e.written.len() as u64).map_err(never)?;
         for &i in &e.written {
             let r = &records[i];
-            msgpack::str(&mut buf, r.field.as_bytes());
-            msgpack::str(&mut buf, r.value_json.as_bytes());
-            msgpack::str_parts(&mut buf, &[r.field.as_bytes(), b"_ts"]);
-            msgpack::str(&mut buf, ts.format(r.observed_at_micros).as_bytes());
+            string(&mut buf, &[r.field.as_bytes()])?;
+            string(&mut buf, &[r.value_json.as_bytes()])?;
+            string(&mut buf, &[r.field.as_bytes(), b"_ts"])?;
+            string(&mut buf, &[ts.format(r.observed_at_micros).as_bytes()])?;
         }
     }
-    buf
+    Ok(buf.into_vec())
 }
 
-/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of the key, or of
-/// its hash tag (the part inside the first `{...}`, when not empty), mod 16384.
-pub fn slot(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        let close = rest.iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| &rest[..close])
-    });
-    crc16(tagged.unwrap_or(key)) % 16384
-}
-
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
+/// One MessagePack string made of `parts`, without joining them first.
+fn string(buf: &mut ByteBuf, parts: &[&[u8]]) -> Result<(), TooLong> {
+    let len = length(parts.iter().map(|p| p.len()).sum())?;
+    mp::write_str_len(buf, len).map_err(never)?;
+    for p in parts {
+        buf.as_mut_vec().extend_from_slice(p);
     }
-    crc
+    Ok(())
+}
+
+fn length(n: usize) -> Result<u32, TooLong> {
+    u32::try_from(n).map_err(|_| TooLong)
+}
+
+/// Writing into memory cannot fail.
+fn never(e: ValueWriteError<Infallible>) -> TooLong {
+    match e {
+        ValueWriteError::InvalidMarkerWrite(n) | ValueWriteError::InvalidDataWrite(n) => match n {},
+    }
+}
+
+/// The Redis Cluster hash slot of `key`, as the cluster client computes it.
+pub fn slot(key: &[u8]) -> Slot {
+    Slot::for_key(key)
 }
 
 #[cfg(test)]

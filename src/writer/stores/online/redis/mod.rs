@@ -10,7 +10,6 @@
 //! call itself.
 
 mod calls;
-mod msgpack;
 
 use super::{OnlineRecord, OnlineStore};
 use crate::writer::runtime::sink::{Rejected, WriterError};
@@ -32,12 +31,12 @@ pub fn script_calls(
     records: &[OnlineRecord],
     key: impl Fn(&OnlineRecord) -> String,
     clustered: bool,
-) -> Vec<(Vec<String>, Vec<u8>)> {
+) -> Result<Vec<(Vec<String>, Vec<u8>)>, calls::TooLong> {
     calls::plan(records, key, clustered)
         .into_iter()
         .map(|call| {
-            let arg = calls::encode(&call, records);
-            (call.into_iter().map(|e| e.key).collect(), arg)
+            let arg = calls::encode(&call, records)?;
+            Ok((call.into_iter().map(|e| e.key).collect(), arg))
         })
         .collect()
 }
@@ -188,14 +187,18 @@ impl RedisStore {
 
 impl RedisStore {
     /// The script call for one planned call.
-    fn command(&self, call: &[calls::Entry], records: &[OnlineRecord]) -> redis::Cmd {
+    fn command(
+        &self,
+        call: &[calls::Entry],
+        records: &[OnlineRecord],
+    ) -> Result<redis::Cmd, calls::TooLong> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.script.get_hash()).arg(call.len());
         for e in call {
             cmd.arg(&e.key);
         }
-        cmd.arg(calls::encode(call, records));
-        cmd
+        cmd.arg(calls::encode(call, records)?);
+        Ok(cmd)
     }
 
     /// Runs one script call; the indexes (1-based) of its keys that hold
@@ -251,11 +254,13 @@ impl OnlineStore for RedisStore {
         let units: Vec<Unit<'_>> = plan
             .iter()
             .map(|call| {
-                let cmd = self.command(call, records);
+                let cmd = self
+                    .command(call, records)
+                    .map_err(|e| WriterError::Runtime(e.to_string()))?;
                 let mut conn = conn.clone();
-                async move { (call, self.run(&mut conn, &cmd).await) }.boxed()
+                Ok(async move { (call, self.run(&mut conn, &cmd).await) }.boxed())
             })
-            .collect();
+            .collect::<Result<_, WriterError>>()?;
         let mut results = futures::stream::iter(units).buffer_unordered(self.target.concurrency);
         let mut rejected = Vec::new();
         while let Some((call, outcome)) = results.next().await {

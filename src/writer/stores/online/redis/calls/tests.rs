@@ -1,5 +1,5 @@
 use super::*;
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 fn rec(pkey: &str, feature: &str, ts: i64, value: &str) -> OnlineRecord {
     OnlineRecord {
@@ -38,7 +38,7 @@ fn slots_match_cluster_keyslot() {
         ("a{}b", 13694),
         ("{}{x}", 3257),
     ] {
-        assert_eq!(slot(key.as_bytes()), want, "{key}");
+        assert_eq!(Some(slot(key.as_bytes())), Slot::new(want), "{key}");
     }
     assert_eq!(slot(b"x{user}1"), slot(b"y{user}2"));
 }
@@ -71,7 +71,7 @@ fn cluster_calls_share_a_slot_and_stay_bounded() {
         .collect();
     let calls = plan(&records, key, true);
     for call in &calls {
-        let slots: BTreeSet<u16> = call.iter().map(|e| slot(e.key.as_bytes())).collect();
+        let slots: HashSet<Slot> = call.iter().map(|e| slot(e.key.as_bytes())).collect();
         assert_eq!(slots.len(), 1, "one slot per call");
         assert!(call.len() <= MAX_ENTITIES);
     }
@@ -83,7 +83,7 @@ fn cluster_calls_share_a_slot_and_stay_bounded() {
     let calls = plan(&plain, key, true);
     assert!(calls.len() > 90);
     for call in &calls {
-        let slots: BTreeSet<u16> = call.iter().map(|e| slot(e.key.as_bytes())).collect();
+        let slots: HashSet<Slot> = call.iter().map(|e| slot(e.key.as_bytes())).collect();
         assert_eq!(slots.len(), 1);
     }
 }
@@ -134,12 +134,12 @@ fn times_are_compared_as_the_script_reads_them() {
 }
 
 #[test]
-fn encoding_lays_out_each_entity() {
+fn encoding_lays_out_each_entity() -> Result<(), TooLong> {
     let mut records = vec![rec("e1", "a", 42, "\"v\""), rec("e2", "b", -3, "7")];
     records[1].ttl_seconds = 300;
     let calls = plan(&records, key, false);
     assert_eq!(calls.len(), 1);
-    let bytes = encode(&calls[0], &records);
+    let bytes = encode(&calls[0], &records)?;
     let mut want = vec![0x90 | 14];
     for part in [
         &b"\xa2e1\x00\x01\xa6user.a\xa3\"v\"\xa9user.a_ts\xa242"[..],
@@ -148,4 +148,5 @@ fn encoding_lays_out_each_entity() {
         want.extend_from_slice(part);
     }
     assert_eq!(bytes, want);
+    Ok(())
 }
