@@ -25,13 +25,16 @@ use tokio::sync::OnceCell;
 /// The write script (public so the benchmark can load the same one).
 pub const NEWER_WINS: &str = include_str!("newer_wins.lua");
 
+/// One script call's keys and its argument.
+pub type ScriptCall = (Vec<String>, Vec<u8>);
+
 /// The benchmark's view of a call: the script's argument for `records`
 /// as the writer would send them, with their keys, call by call.
 pub fn script_calls(
     records: &[OnlineRecord],
     key: impl Fn(&OnlineRecord) -> String,
     clustered: bool,
-) -> Result<Vec<(Vec<String>, Vec<u8>)>, calls::TooLong> {
+) -> Result<Vec<ScriptCall>, calls::TooLong> {
     calls::plan(records, key, clustered)
         .into_iter()
         .map(|call| {
