@@ -352,6 +352,12 @@ pub struct WriterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_batch_size: Option<i32>,
+    /// Under a backlog, batches grow up to this many times max_batch_size
+    /// (1: never); unset, the writer type's default (offline stores 8,
+    /// others 1). bgpersist extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_batch_growth: Option<i32>,
     /// Messages processed concurrently.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]

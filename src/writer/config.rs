@@ -38,6 +38,9 @@ pub struct WriterConfig {
     pub kafka: KafkaSettings,
     pub pubsub: PubsubSettings,
     pub max_batch_size: usize,
+    /// How many times `max_batch_size` a batch may grow to under backlog;
+    /// unset, the writer type's own choice (`Sink::BACKLOG_GROWTH`).
+    pub batch_growth: Option<usize>,
     pub max_batch_wait: Duration,
     pub concurrency: usize,
     pub http_addr: std::net::SocketAddr,
@@ -239,6 +242,10 @@ impl WriterConfig {
                 monitoring_endpoint: get(ENV_MONITORING_ENDPOINT),
             },
             max_batch_size: number(c::ENV_MAX_BATCH_SIZE, 1000)?,
+            batch_growth: match get(c::ENV_BATCH_GROWTH) {
+                None => None,
+                Some(_) => Some(number(c::ENV_BATCH_GROWTH, 1)?),
+            },
             max_batch_wait: Duration::from_millis(number(ENV_MAX_BATCH_WAIT_MS, 50)? as u64),
             concurrency: number(c::ENV_CONCURRENCY, 64)?,
             http_addr,
@@ -706,6 +713,12 @@ mod tests {
         let mut v = base();
         v.push((c::ENV_MAX_BATCH_SIZE.into(), "0".into()));
         assert!(WriterConfig::from_vars(&v).is_err());
+        let mut v = base();
+        v.push((c::ENV_BATCH_GROWTH.into(), "0".into()));
+        assert!(WriterConfig::from_vars(&v).is_err());
+        let mut v = base();
+        v.push((c::ENV_BATCH_GROWTH.into(), "4".into()));
+        assert_eq!(WriterConfig::from_vars(&v).map(|c| c.batch_growth).ok(), Some(Some(4)));
     }
 
     #[test]

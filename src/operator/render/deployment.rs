@@ -301,6 +301,10 @@ fn env(bp: &BackgroundPersistence, resource: &str, rw: &ResolvedWriter) -> Vec<E
             w.max_batch_size.map(|v| v.to_string()),
         ),
         (
+            c::ENV_BATCH_GROWTH,
+            w.max_batch_growth.map(|v| v.to_string()),
+        ),
+        (
             c::ENV_CONCURRENCY,
             w.message_processing_concurrency.map(|v| v.to_string()),
         ),

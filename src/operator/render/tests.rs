@@ -316,6 +316,18 @@ fn type_specific_settings_reach_the_writer() {
 }
 
 #[test]
+fn batch_size_and_growth_reach_the_writer_only_when_set() {
+    let mut bp = one_writer(WriterType::OfflineWriter);
+    let plain = env_of(&render_all(&bp).writers[0]);
+    assert!(!plain.contains_key(c::ENV_BATCH_GROWTH), "{plain:?}");
+    bp.spec.writers[0].max_batch_size = Some(500);
+    bp.spec.writers[0].max_batch_growth = Some(1);
+    let env = env_of(&render_all(&bp).writers[0]);
+    assert_eq!(env.get(c::ENV_MAX_BATCH_SIZE).map(String::as_str), Some("500"));
+    assert_eq!(env.get(c::ENV_BATCH_GROWTH).map(String::as_str), Some("1"));
+}
+
+#[test]
 fn rust_image_runs_every_type_and_writer_image_wins() {
     let bp = seed_with(
         json!({"common_persistence_specs": {"bus_writer_image_rust": "bgpersist/writer:1"}}),

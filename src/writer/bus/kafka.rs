@@ -85,9 +85,14 @@ impl KafkaBus {
 /// expires: 10 s instead of librdkafka's 45 s lets its restarted container
 /// (or the other replicas) take them over within seconds; heartbeats every
 /// 3 s (a third of it) keep a busy but live writer in the group.
+///
+/// librdkafka prefetches up to 64 MiB of messages by default, most of a
+/// writer's memory under backlog; 8 MiB (which also caps `fetch.max.bytes`)
+/// still holds far more than a batch of any writer at full rate.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "3000"),
+    ("queued.max.messages.kbytes", "8192"),
 ];
 
 /// Connection settings shared by every client: brokers, then the

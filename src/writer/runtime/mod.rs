@@ -24,6 +24,8 @@ use tracing::{Instrument, info, info_span, warn};
 pub struct Settings {
     pub writer: String,
     pub max_batch_size: usize,
+    /// The largest a batch grows to under backlog (`Sink::BACKLOG_GROWTH`).
+    pub batch_ceiling: usize,
     pub max_batch_wait: Duration,
     /// Longest pause between retries of a failing store.
     pub max_backoff: Duration,
@@ -52,6 +54,20 @@ pub struct Runtime<B: Bus, S: Sink> {
     ready: Option<Arc<Readiness>>,
     /// When the store last answered a write.
     last_write_ok: Option<Instant>,
+}
+
+/// The batch limit after a batch of `got` under `limit`: doubled when it came
+/// back full (a backlog), halved when under half full, within
+/// `base..=ceiling`.
+fn next_limit(limit: usize, got: usize, base: usize, ceiling: usize) -> usize {
+    let ceiling = ceiling.max(base);
+    if got >= limit {
+        limit.saturating_mul(2).min(ceiling)
+    } else if got < limit / 2 {
+        (limit / 2).max(base)
+    } else {
+        limit
+    }
 }
 
 /// How often a store failure that keeps its reason is logged again.
@@ -127,7 +143,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The bus's last failure while running, so each change is logged once.
         let mut bus_failure: Option<String> = None;
-        let batching = Batching {
+        let mut batching = Batching {
             max: self.settings.max_batch_size,
             wait: self.settings.max_batch_wait,
             until_drained: S::UNTIL_DRAINED,
@@ -182,6 +198,12 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
             if batch.is_empty() {
                 continue;
             }
+            batching.max = next_limit(
+                batching.max,
+                batch.len(),
+                self.settings.max_batch_size,
+                self.settings.batch_ceiling,
+            );
             let mut flight = self.start(batch);
             // At most two batches in flight: finish the older one first.
             if let Some(mut older) = in_flight.take() {

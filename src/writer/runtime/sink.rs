@@ -30,6 +30,13 @@ pub trait Sink: Send + Sync + 'static {
     /// not wait for the window (see `Batching::until_drained`).
     const UNTIL_DRAINED: bool = false;
 
+    /// How many times the configured batch size a batch may grow to while
+    /// the bus has a backlog: for stores whose cost per write (a
+    /// transaction) dwarfs its cost per record. Batches double while they
+    /// come back full and halve when under half full, so a short burst or
+    /// an idle bus keeps them small.
+    const BACKLOG_GROWTH: usize = 1;
+
     /// Decodes one bus message into records. A poison error
     /// (`WriterError::Decode`) dead-letters the message, never retried; a
     /// fatal one stops the writer.

@@ -119,6 +119,9 @@ async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(
     let settings = Settings {
         writer: cfg.writer_name.clone(),
         max_batch_size: cfg.max_batch_size,
+        batch_ceiling: cfg
+            .max_batch_size
+            .saturating_mul(cfg.batch_growth.unwrap_or(S::BACKLOG_GROWTH)),
         max_batch_wait: cfg.max_batch_wait,
         max_backoff: MAX_BACKOFF,
         bus_recheck: match cfg.backend {

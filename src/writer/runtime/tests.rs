@@ -14,6 +14,10 @@ struct ScriptedBus {
     done: DoneLog,
     /// What each `reached` answers in turn (true: it answers); then true.
     answers: Arc<Mutex<std::collections::VecDeque<bool>>>,
+    /// After the prepared batches: messages handed out `Batching::max` at a time.
+    backlog: std::collections::VecDeque<Envelope>,
+    /// The `Batching::max` of each receive.
+    asked: Arc<Mutex<Vec<usize>>>,
 }
 
 /// The offsets of each batch marked done, in the order marked.
@@ -30,11 +34,18 @@ impl Bus for ScriptedBus {
             _ => Ok(()),
         }
     }
-    async fn next_batch(&mut self, _: Batching) -> Result<Vec<Envelope>, BusError> {
-        match self.batches.pop_front() {
-            Some(b) => Ok(b),
-            None => std::future::pending().await,
+    async fn next_batch(&mut self, batching: Batching) -> Result<Vec<Envelope>, BusError> {
+        if let Ok(mut a) = self.asked.lock() {
+            a.push(batching.max);
         }
+        if let Some(b) = self.batches.pop_front() {
+            return Ok(b);
+        }
+        if self.backlog.is_empty() {
+            return std::future::pending().await;
+        }
+        let n = batching.max.min(self.backlog.len());
+        Ok(self.backlog.drain(..n).collect())
     }
     async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
         let offsets = batch
@@ -135,10 +146,13 @@ fn runtime<S: Sink>(batches: Vec<Vec<Envelope>>, sink: S) -> (Runtime<ScriptedBu
         batches: batches.into(),
         done: done.clone(),
         answers: Arc::default(),
+        backlog: Default::default(),
+        asked: Arc::default(),
     };
     let settings = Settings {
         writer: "test".into(),
         max_batch_size: 10,
+        batch_ceiling: 10,
         max_batch_wait: Duration::from_millis(1),
         max_backoff: Duration::from_millis(10),
         bus_recheck: Duration::from_secs(10),
@@ -435,4 +449,43 @@ fn backoff_jitter_stays_within_the_cap() {
         delays[20..].iter().any(|d| *d >= cap * 9 / 10),
         "{delays:?}"
     );
+}
+
+#[test]
+fn batch_limits_double_when_full_and_halve_when_under_half() {
+    // (limit, got) -> next, with base 10 and ceiling 80.
+    for (limit, got, next) in [
+        (10, 10, 20),
+        (20, 20, 40),
+        (80, 80, 80),
+        (80, 50, 80),
+        (80, 39, 40),
+        (20, 3, 10),
+        (10, 1, 10),
+    ] {
+        assert_eq!(next_limit(limit, got, 10, 80), next, "{limit} {got}");
+    }
+    // A ceiling under the base never shrinks the configured size.
+    assert_eq!(next_limit(10, 10, 10, 1), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_grow_under_a_backlog_up_to_the_ceiling_then_shrink() {
+    let sink = Arc::new(SlowSink::<false>::new());
+    let (mut rt, done) = runtime(Vec::new(), sink);
+    rt.settings.batch_ceiling = 40;
+    rt.bus.backlog = (0..200).map(|i| envelope(i, "0")).collect();
+    let asked = rt.bus.asked.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let run = tokio::spawn(rt.run(stop_rx));
+    until_done(&done, 7).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = stop_tx.send(true);
+    let totals = run.await.ok().and_then(Result::ok);
+    assert_eq!(totals.map(|t| t.written), Some(200));
+    let sizes: Vec<usize> = done_offsets(&done).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [10, 20, 40, 40, 40, 40, 10]);
+    // The last, short batch halves the limit for what comes next.
+    let asked = asked.lock().map(|a| a.clone()).unwrap_or_default();
+    assert_eq!(asked, [10, 20, 40, 40, 40, 40, 40, 20]);
 }

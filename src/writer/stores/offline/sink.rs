@@ -180,6 +180,11 @@ impl<D: Decoder, S: OfflineStore> Sink for OfflineSink<D, S> {
     // prepared and loaded while the previous transaction commits.
     const OVERLAPPING_WRITES: bool = true;
 
+    // A load is a transaction (Postgres) or a job (BigQuery, Snowflake):
+    // under backlog, batches of up to 8 × BGP_MAX_BATCH_SIZE amortise it
+    // (docs/benchmarks.md, "Kafka → Postgres").
+    const BACKLOG_GROWTH: usize = 8;
+
     fn decode(&self, payload: &[u8]) -> Result<Vec<D::Item>, WriterError> {
         self.decoder.decode(payload).map_err(WriterError::Decode)
     }
