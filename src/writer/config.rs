@@ -718,7 +718,10 @@ mod tests {
         assert!(WriterConfig::from_vars(&v).is_err());
         let mut v = base();
         v.push((c::ENV_BATCH_GROWTH.into(), "4".into()));
-        assert_eq!(WriterConfig::from_vars(&v).map(|c| c.batch_growth).ok(), Some(Some(4)));
+        assert_eq!(
+            WriterConfig::from_vars(&v).map(|c| c.batch_growth).ok(),
+            Some(Some(4))
+        );
     }
 
     #[test]

@@ -323,7 +323,10 @@ fn batch_size_and_growth_reach_the_writer_only_when_set() {
     bp.spec.writers[0].max_batch_size = Some(500);
     bp.spec.writers[0].max_batch_growth = Some(1);
     let env = env_of(&render_all(&bp).writers[0]);
-    assert_eq!(env.get(c::ENV_MAX_BATCH_SIZE).map(String::as_str), Some("500"));
+    assert_eq!(
+        env.get(c::ENV_MAX_BATCH_SIZE).map(String::as_str),
+        Some("500")
+    );
     assert_eq!(env.get(c::ENV_BATCH_GROWTH).map(String::as_str), Some("1"));
 }
 
