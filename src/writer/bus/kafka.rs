@@ -88,11 +88,14 @@ impl KafkaBus {
 ///
 /// librdkafka prefetches up to 64 MiB of messages by default, most of a
 /// writer's memory under backlog; 8 MiB (which also caps `fetch.max.bytes`)
-/// still holds far more than a batch of any writer at full rate.
+/// still holds many batches. A partition whose prefetch is full is fetched
+/// again after `fetch.queue.backoff.ms`: librdkafka's 1 s would idle a
+/// writer that empties 8 MiB in a tenth of that (docs/benchmarks.md).
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "3000"),
     ("queued.max.messages.kbytes", "8192"),
+    ("fetch.queue.backoff.ms", "10"),
 ];
 
 /// Connection settings shared by every client: brokers, then the
