@@ -32,19 +32,14 @@ async fn every_compression_codec_is_consumed_and_produced() -> anyhow::Result<()
         let args = format!(r#"{{"compression.type":"{codec}"}}"#);
         let mut writer = Writer::start(&env_with_args(&topic, &dlq, &group, &args))?;
         let conn = standalone().await?;
-        eventually(
+        until_entities(
             &format!("{codec}: Redis to hold the values"),
-            Duration::from_secs(60),
-            || {
-                let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
-                async move {
-                    let state = redis_entities(&mut conn, "", &keys).await?;
-                    Ok((state == expected).then_some(()))
-                }
-            },
+            &conn,
+            &keys,
+            &expected,
+            &writer,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+        .await?;
 
         let consumer: StreamConsumer = kafka_plain()
             .set("group.id", unique("dlq-reader"))

@@ -29,21 +29,14 @@ async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> an
         &rig("redis", "BGP_REDIS_URL"),
     ))?;
     let mut conn = standalone().await?;
-    let got = eventually(
+    let got = until_entities(
         "Redis to hold the newest values",
-        Duration::from_secs(60),
-        || {
-            let keys = keys.clone();
-            let mut conn = conn.clone();
-            let expected = expected.clone();
-            async move {
-                let state = redis_entities(&mut conn, "", &keys).await?;
-                Ok((state == expected).then_some(state))
-            }
-        },
+        &conn,
+        &keys,
+        &expected,
+        &writer,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    .await?;
     assert_eq!(got.len(), 20);
 
     // Both poison messages sit on the DLQ, bytes unchanged, with the reason.
@@ -121,17 +114,28 @@ async fn newest_values_win_poison_is_dead_lettered_and_offsets_committed() -> an
         "{metrics}"
     );
 
-    writer.signal("TERM")?;
     assert_eq!(
-        writer.wait_exit(Duration::from_secs(15))?,
+        stop_and_forget(&mut writer, &mut conn, &keys).await?,
         Some(0),
         "log:\n{}",
         writer.log_text()
     );
+    Ok(())
+}
+
+/// Stops the writer (SIGTERM; its exit code within 15 s) and deletes the
+/// entities `keys` from standalone Redis.
+async fn stop_and_forget(
+    writer: &mut Writer,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &[String],
+) -> anyhow::Result<Option<i32>> {
+    writer.signal("TERM")?;
+    let exit = writer.wait_exit(Duration::from_secs(15))?;
     conn.del::<_, ()>(keys.iter().map(|k| format!("user/{k}")).collect::<Vec<_>>())
         .await
         .ok();
-    Ok(())
+    Ok(exit)
 }
 
 #[tokio::test]
@@ -247,20 +251,8 @@ async fn one_batch_with_ties_and_older_values_ends_as_one_by_one() -> anyhow::Re
     .into_iter()
     .collect();
     let mut conn = standalone().await?;
-    eventually("the one-by-one outcome", Duration::from_secs(60), || {
-        let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
-        async move {
-            let state = redis_entities(&mut conn, "", &keys).await?;
-            Ok((state == expected).then_some(()))
-        }
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
-    writer.signal("TERM")?;
-    writer.wait_exit(Duration::from_secs(15))?;
-    conn.del::<_, ()>(keys.iter().map(|k| format!("user/{k}")).collect::<Vec<_>>())
-        .await
-        .ok();
+    until_entities("the one-by-one outcome", &conn, &keys, &expected, &writer).await?;
+    stop_and_forget(&mut writer, &mut conn, &keys).await?;
     Ok(())
 }
 
@@ -291,8 +283,6 @@ async fn a_lone_message_does_not_wait_for_the_batch_window() -> anyhow::Result<(
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
-    writer.signal("TERM")?;
-    writer.wait_exit(Duration::from_secs(15))?;
-    conn.del::<_, ()>(format!("user/{}", keys[0])).await.ok();
+    stop_and_forget(&mut writer, &mut conn, &keys).await?;
     Ok(())
 }

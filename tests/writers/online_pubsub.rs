@@ -63,19 +63,14 @@ async fn newest_values_win(ps: &mut PubsubResources) -> anyhow::Result<()> {
         ACK_DEADLINE,
     ))?;
     let mut conn = standalone().await?;
-    let got = eventually(
+    let got = until_entities(
         "Redis to hold the newest values",
-        Duration::from_secs(60),
-        || {
-            let (keys, expected, mut conn) = (keys.clone(), expected.clone(), conn.clone());
-            async move {
-                let state = redis_entities(&mut conn, "", &keys).await?;
-                Ok((state == expected).then_some(state))
-            }
-        },
+        &conn,
+        &keys,
+        &expected,
+        &writer,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))?;
+    .await?;
     assert_eq!(got.len(), 20);
 
     // Both poison messages sit on the DLQ topic, bytes unchanged, with the reason.

@@ -1,7 +1,8 @@
 //! Redis around the online writer: the rig's standalone server, entities and
 //! keys read back, and a dedicated server with AOF for the robustness tests.
 
-use super::process::free_port;
+use super::process::{Writer, free_port};
+use super::{Entities, eventually};
 use crate::support::{rig, unique};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +26,26 @@ pub async fn redis_entities(
         }
     }
     Ok(out)
+}
+
+/// Waits up to 60 s until the entities `keys` (no key prefix) read through
+/// `conn` are `expected`; on timeout the error carries the writer's log.
+pub async fn until_entities(
+    what: &str,
+    conn: &redis::aio::MultiplexedConnection,
+    keys: &[String],
+    expected: &Entities,
+    writer: &Writer,
+) -> anyhow::Result<Entities> {
+    eventually(what, Duration::from_secs(60), || {
+        let (keys, expected, mut conn) = (keys.to_vec(), expected.clone(), conn.clone());
+        async move {
+            let state = redis_entities(&mut conn, "", &keys).await?;
+            Ok((state == expected).then_some(state))
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))
 }
 
 /// Every key starting with `prefix`.
