@@ -84,6 +84,16 @@ struct Cli {
         value_parser = NonEmptyStringValueParser::new()
     )]
     lease_identity: Option<String>,
+    /// Resources reconciled at once: fewer use less memory, more apply a
+    /// large first pass sooner.
+    #[arg(
+        long,
+        env = "BGP_MAX_CONCURRENT_RECONCILES",
+        value_name = "N",
+        default_value_t = bgpersist::operator::controller::CONCURRENCY,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    max_concurrent_reconciles: u16,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -94,6 +104,7 @@ struct Config {
     leader_elect: bool,
     lease: LeaseConfig,
     log_json: bool,
+    max_concurrent_reconciles: u16,
 }
 
 /// `env` reads a variable: the process's in main, a table in the tests.
@@ -116,6 +127,7 @@ where
         leader_elect: cli.leader_elect,
         lease: LeaseConfig::new(cli.lease_name, namespace, identity),
         log_json: cli.log.log_format.is_json(),
+        max_concurrent_reconciles: cli.max_concurrent_reconciles,
     })
 }
 
@@ -228,7 +240,11 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         stopped(stop_rx.clone()),
     ));
     let leader_gauge = metrics.leader.clone();
-    let ctx = Arc::new(Context::new(client.clone(), metrics).with_pod_reader(pod_reader));
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics)
+            .with_pod_reader(pod_reader)
+            .with_concurrency(cfg.max_concurrent_reconciles),
+    );
     let ready_ctl = ready.clone();
     let controller = |stop: leader::Stop| async move {
         ready_ctl.set_ready(true);
@@ -401,6 +417,24 @@ mod tests {
         // A flag beats a bad variable too.
         let text = run_cfg(&["--log-format=text"], &[("BGP_LOG_FORMAT", "xml")]);
         assert_eq!(text.map(|c| c.log_json), Ok(false));
+    }
+
+    #[test]
+    fn concurrent_reconciles() {
+        let n = |args: &[&str], env: &[(&str, &str)]| {
+            run_cfg(args, env).map(|c| c.max_concurrent_reconciles)
+        };
+        assert_eq!(
+            n(&[], &[]).ok(),
+            Some(bgpersist::operator::controller::CONCURRENCY)
+        );
+        let env = [("BGP_MAX_CONCURRENT_RECONCILES", "8")];
+        assert_eq!(n(&[], &env).ok(), Some(8));
+        assert_eq!(n(&["--max-concurrent-reconciles=4"], &env).ok(), Some(4));
+        for bad in ["0", "1025", "-1", "many"] {
+            let flag = format!("--max-concurrent-reconciles={bad}");
+            assert!(n(&[flag.as_str()], &[]).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]
