@@ -315,11 +315,14 @@ async fn run() -> anyhow::Result<()> {
             next_report += Duration::from_secs(60);
             let mut line = format!("  [{:>4.1} min]", t0.elapsed().as_secs_f64() / 60.0);
             for leg in &legs {
+                // An overloaded broker may not answer in time: report it and go on.
+                let lag = leg
+                    .lag()
+                    .map_or_else(|e| format!("unknown ({e})"), |l| l.to_string());
                 line += &format!(
-                    "  {}: produced {}, lag {}, RSS {} MiB",
+                    "  {}: produced {}, lag {lag}, RSS {} MiB",
                     leg.name,
                     leg.produced.load(Ordering::SeqCst),
-                    leg.lag()?,
                     leg.rss_kb() / 1024
                 );
             }
@@ -335,12 +338,13 @@ async fn run() -> anyhow::Result<()> {
         p.await??;
     }
 
-    // Drained: lag 0 on both, within five minutes.
+    // Drained: lag 0 on both, within five minutes. A read the broker does
+    // not answer in time leaves the leg's lag unknown (-1) until the next.
     let drained = Instant::now();
     let mut lags = [0i64; 2];
     loop {
         for (l, leg) in lags.iter_mut().zip(&legs) {
-            *l = leg.lag()?;
+            *l = leg.lag().unwrap_or(-1);
         }
         if lags == [0, 0] || drained.elapsed() > Duration::from_secs(300) {
             break;
