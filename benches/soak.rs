@@ -261,13 +261,50 @@ async fn run() -> anyhow::Result<()> {
     create_topic(&online_topic).await?;
     create_topic(&offline_topic).await?;
 
+    let settings = Settings {
+        minutes,
+        kill_every,
+        online_rate,
+        offline_rate,
+    };
+    let outcome = soak(&settings, &schema, &prefix, &online_topic, &offline_topic).await;
+    // Whatever happened, the soak's data goes: it is gigabytes in Postgres.
+    postgres::drop_schema(&pg, &schema).await?;
+    kafka::delete_topics(&kafka::admin()?, &[&online_topic, &offline_topic]).await?;
+    let mut redis = redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    common::redis::unlink_prefix(&mut redis, &prefix).await?;
+    outcome
+}
+
+struct Settings {
+    minutes: u64,
+    kill_every: u64,
+    online_rate: u64,
+    offline_rate: u64,
+}
+
+async fn soak(
+    settings: &Settings,
+    schema: &str,
+    prefix: &str,
+    online_topic: &str,
+    offline_topic: &str,
+) -> anyhow::Result<()> {
+    let Settings {
+        minutes,
+        kill_every,
+        online_rate,
+        offline_rate,
+    } = *settings;
     let online_env = kafka::writer_env(
         "ONLINE_WRITER",
         "online",
-        &online_topic,
+        online_topic,
         [
             ("BGP_ONLINE_STORE_URI", rig("redis", "BGP_REDIS_URL")),
-            ("BGP_STORAGE_CACHE_PREFIX", prefix.clone()),
+            ("BGP_STORAGE_CACHE_PREFIX", prefix.to_string()),
         ],
     );
     let store = format!(
@@ -277,26 +314,26 @@ async fn run() -> anyhow::Result<()> {
     let offline_env = kafka::writer_env(
         "OFFLINE_WRITER",
         "offline",
-        &offline_topic,
+        offline_topic,
         [("BGP_OFFLINE_STORE_URI", store)],
     );
     let mut legs = [
-        Leg::start("online", online_topic.clone(), online_env)?,
-        Leg::start("offline", offline_topic.clone(), offline_env)?,
+        Leg::start("online", online_topic.to_string(), online_env)?,
+        Leg::start("offline", offline_topic.to_string(), offline_env)?,
     ];
 
     let t0 = Instant::now();
     let until = t0 + Duration::from_secs(minutes * 60);
     let producers = [
         spawn_producer(
-            online_topic.clone(),
+            online_topic.to_string(),
             online_rate,
             until,
             online_payload,
             legs[0].produced.clone(),
         ),
         spawn_producer(
-            offline_topic.clone(),
+            offline_topic.to_string(),
             offline_rate,
             until,
             offline_payload,
@@ -374,23 +411,17 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     let (wrong, entities) =
-        online_mismatches(&prefix, legs[0].produced.load(Ordering::SeqCst)).await?;
+        online_mismatches(prefix, legs[0].produced.load(Ordering::SeqCst)).await?;
     println!(
         "  [online state] {wrong} of {entities} entities without their newest observation of every feature"
     );
-    let rows = offline_rows(&schema).await?;
+    let rows = offline_rows(schema).await?;
     let want = legs[1].produced.load(Ordering::SeqCst) as i64 * 5;
     println!("  [offline state] {rows} rows of {want} expected (one per observation id)");
 
     for leg in legs {
         leg.process.stop();
     }
-    postgres::drop_schema(&pg, &schema).await?;
-    kafka::delete_topics(&kafka::admin()?, &[&online_topic, &offline_topic]).await?;
-    let mut redis = redis::Client::open(rig("redis", "BGP_REDIS_URL"))?
-        .get_multiplexed_async_connection()
-        .await?;
-    common::redis::unlink_prefix(&mut redis, &prefix).await?;
     anyhow::ensure!(
         wrong == 0 && rows == want && lags == [0, 0],
         "the soak ended with a wrong state or lag"
