@@ -34,11 +34,7 @@ where
         object: name.clone(),
         source,
     })?;
-    let live = match live {
-        Live::Ask => api.get_opt(&name).await?,
-        Live::Cached(live) => live,
-    };
-    if let Some(live) = live {
+    if let Some(live) = live.or_get(api, &name).await? {
         let have = serde_json::to_value(&live).map_err(|source| Error::Serialize {
             object: name.clone(),
             source,

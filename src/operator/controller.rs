@@ -170,10 +170,7 @@ pub async fn run_selected(
     });
     let (controller, caches) =
         super::watches::Watches::new(&client, keda_served).attach(controller, &client);
-    let ctx = Arc::new(Context {
-        caches,
-        ..Context::clone(&ctx)
-    });
+    let ctx = Arc::new(Context::clone(&ctx).with_caches(caches));
     let controller = controller
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
@@ -423,10 +420,7 @@ async fn apply_shared(
 ) -> Result<(), Error> {
     let ns = &bp.spec.common_persistence_specs.namespace;
     let (client, m, caches) = (&ctx.client, &ctx.metrics, &ctx.caches);
-    let live_ns = match cache::lookup(caches.namespaces.as_ref(), None, ns) {
-        cache::Live::Cached(meta) => cache::Live::Cached(meta.map(cache::namespace)),
-        cache::Live::Ask => cache::Live::Ask,
-    };
+    let live_ns = cache::lookup(caches.namespaces.as_ref(), None, ns).map(cache::namespace);
     let (_, wrote) = apply::ensure(
         &Api::<Namespace>::all(client.clone()),
         &rendered.namespace,

@@ -35,10 +35,7 @@ pub async fn ensure_deployment(
         .name
         .clone()
         .ok_or(Error::MissingMetadata("name"))?;
-    let live = match live {
-        Live::Ask => api.get_opt(&name).await?,
-        Live::Cached(live) => live,
-    };
+    let live = live.or_get(api, &name).await?;
     if w.autoscaling.is_none() {
         if let Some(live) = live
             && operator_owns_replicas(&live)

@@ -37,6 +37,27 @@ pub enum Live<K> {
     Cached(Option<K>),
 }
 
+impl<K> Live<K> {
+    /// The cached copy, else the API server's answer for `name`.
+    pub async fn or_get(self, api: &kube::Api<K>, name: &str) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match self {
+            Live::Cached(live) => Ok(live),
+            Live::Ask => api.get_opt(name).await,
+        }
+    }
+
+    /// The cached copy turned into a `T` (`Ask` stays `Ask`).
+    pub fn map<T>(self, f: impl FnOnce(K) -> T) -> Live<T> {
+        match self {
+            Live::Cached(live) => Live::Cached(live.map(f)),
+            Live::Ask => Live::Ask,
+        }
+    }
+}
+
 /// One listed object, as pruning needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {

@@ -13,7 +13,7 @@ pub mod parse;
 pub use aws::AwsSecretsManager;
 pub use gcp::GcpSecretManager;
 
-use super::cache::{self, Caches, Live};
+use super::cache::{self, Caches};
 use super::reasons;
 use super::render::secret::{self, Slot};
 use super::render::{SecretBytes, SecretEntry, SecretInputs};
@@ -263,11 +263,8 @@ pub async fn read(
     };
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     for name in &out.keep {
-        let live = match cache::lookup(caches.secrets.as_ref(), Some(ns), name) {
-            Live::Cached(live) => live,
-            Live::Ask => api.get_opt(name).await?,
-        };
-        if let Some(s) = live {
+        let live = cache::lookup(caches.secrets.as_ref(), Some(ns), name);
+        if let Some(s) = live.or_get(&api, name).await? {
             out.live.insert(name.clone(), s);
         }
     }
