@@ -20,6 +20,7 @@ mod mirror_target;
 mod offline_bulk;
 mod offline_harness;
 mod offline_kafka;
+mod offline_objects;
 mod offline_streaming;
 mod offline_warehouse_fakes;
 mod online_dynamodb;

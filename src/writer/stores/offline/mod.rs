@@ -14,7 +14,9 @@ pub mod warehouse;
 
 pub mod drop_ratio;
 pub mod ident;
+pub mod object;
 pub mod parquet;
+pub mod parquet_object;
 pub mod postgres;
 pub mod sink;
 pub mod store;
@@ -24,6 +26,7 @@ pub use store::{OfflineError, Store, open_store};
 
 use crate::writer::runtime::sink::{Rejected, WriterError};
 use arrow_array::RecordBatch;
+use object::{ObjectLoad, SourceError};
 use std::future::Future;
 
 /// Rows for one table of the offline store, as Arrow columns.
@@ -45,4 +48,26 @@ pub trait OfflineStore: Send + Sync + 'static {
         &self,
         rows: &[TableRows],
     ) -> impl Future<Output = Result<Vec<Rejected>, WriterError>> + Send;
+
+    /// Loads one object in one transaction; `Ok(Some(reason))` when it is
+    /// refused for good. Stores that cannot stream collect it in memory.
+    fn load_object(
+        &self,
+        object: &ObjectLoad,
+    ) -> impl Future<Output = Result<Option<String>, WriterError>> + Send {
+        async move {
+            let rows = match object.collect().await {
+                Ok(rows) => rows,
+                Err(SourceError::Refused(reason)) => return Ok(Some(reason)),
+                Err(SourceError::Unavailable(reason)) => {
+                    return Err(WriterError::Retriable(reason));
+                }
+            };
+            if rows.batch.num_rows() == 0 {
+                return Ok(None);
+            }
+            let refused = self.load(std::slice::from_ref(&rows)).await?;
+            Ok(refused.into_iter().next().map(|r| r.reason))
+        }
+    }
 }

@@ -52,6 +52,19 @@ pub(crate) mod tests {
     use parquet::arrow::ArrowWriter;
     use std::sync::Arc;
 
+    /// Parquet bytes of `batch`, in row groups of at most `rows` rows.
+    pub fn to_parquet_with_row_groups(batch: &RecordBatch, rows: usize) -> Vec<u8> {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(rows))
+            .build();
+        let mut out = Vec::new();
+        if let Ok(mut w) = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)) {
+            let _ = w.write(batch);
+            let _ = w.close();
+        }
+        out
+    }
+
     /// Parquet bytes of `batch`.
     pub fn to_parquet(batch: &RecordBatch) -> Vec<u8> {
         let mut out = Vec::new();

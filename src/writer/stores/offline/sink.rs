@@ -8,6 +8,7 @@
 //! own so only the faulty messages are dead-lettered.
 
 use super::drop_ratio::{self, QUERY_LOG};
+use super::object::ObjectLoad;
 use super::{OfflineStore, TableRows};
 use crate::writer::runtime::sink::{Rejected, Sink, WriterError};
 use arrow_select::filter::filter_record_batch;
@@ -34,6 +35,8 @@ pub trait Decoder: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub loads: Vec<Load>,
+    /// Whole objects, each loaded on its own, with the item it came from.
+    pub objects: Vec<(usize, ObjectLoad)>,
     /// `record` indexes the items passed to `prepare`.
     pub rejected: Vec<Rejected>,
 }
@@ -192,10 +195,17 @@ impl<D: Decoder, S: OfflineStore> Sink for OfflineSink<D, S> {
     async fn write(&self, records: &[D::Item]) -> Result<Vec<Rejected>, WriterError> {
         let Prepared {
             loads,
+            objects,
             mut rejected,
         } = self.decoder.prepare(records).await?;
         let loads: Vec<Load> = loads.into_iter().filter_map(|l| self.sample(l)).collect();
         rejected.extend(self.load(loads).await?);
+        for (record, object) in objects {
+            let object = object.sampled(self.drop_ratio);
+            if let Some(reason) = self.store.load_object(&object).await? {
+                rejected.push(Rejected { record, reason });
+            }
+        }
         // One reason per item is enough: the runtime dead-letters messages.
         let mut seen = std::collections::HashSet::new();
         rejected.retain(|r| seen.insert(r.record));
@@ -265,7 +275,7 @@ mod tests {
                     },
                     origin: Origin::Rows(owners),
                 }],
-                rejected: vec![],
+                ..Prepared::default()
             })
         }
     }

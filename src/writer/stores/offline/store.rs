@@ -3,6 +3,7 @@
 //! store in [`open_uri`] and in [`Store`]'s `load`.
 
 use super::bigquery::BigQueryStore;
+use super::object::ObjectLoad;
 use super::postgres::PostgresStore;
 use super::snowflake::SnowflakeStore;
 use super::warehouse::WarehouseError;
@@ -70,6 +71,14 @@ impl OfflineStore for Store {
             Store::Postgres(s) => s.load(rows).await,
             Store::BigQuery(s) => s.load(rows).await,
             Store::Snowflake(s) => s.load(rows).await,
+        }
+    }
+
+    async fn load_object(&self, object: &ObjectLoad) -> Result<Option<String>, WriterError> {
+        match self {
+            Store::Postgres(s) => s.load_object(object).await,
+            Store::BigQuery(s) => s.load_object(object).await,
+            Store::Snowflake(s) => s.load_object(object).await,
         }
     }
 }

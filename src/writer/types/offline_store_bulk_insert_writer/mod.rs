@@ -1,6 +1,8 @@
 //! OFFLINE_STORE_BULK_INSERT_WRITER: `BulkInsertMessage`s point at parquet
-//! objects (`s3://bucket/key`, `gs://bucket/key`); the objects are fetched
-//! while the batch is written (decode is synchronous and does no I/O).
+//! objects (`s3://bucket/key`, `gs://bucket/key`). Their footers are read
+//! while the batch is written (decode is synchronous and does no I/O); each
+//! object then streams into the store by row group, one transaction per
+//! object, so an object of any size loads in bounded memory.
 //!
 //! Object stores are configured from the environment (`stores::objects`).
 //! A missing object is refused for good
@@ -11,18 +13,18 @@ use crate::formats::v1::BulkInsertMessage;
 use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::objects::open_bucket;
 pub use crate::writer::stores::objects::{Scheme, parse_uri};
-use crate::writer::stores::offline::sink::{Decoder, Load, Origin, Prepared};
-use crate::writer::stores::offline::{TableRows, ident, parquet};
+use crate::writer::stores::offline::ident;
+use crate::writer::stores::offline::object::{ObjectLoad, SourceError};
+use crate::writer::stores::offline::parquet_object::ParquetObject;
+use crate::writer::stores::offline::sink::{Decoder, Prepared};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore};
+use object_store::{ObjectStore, ObjectStoreExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Objects fetched at once.
-const FETCH_CONCURRENCY: usize = 4;
-/// Largest object loaded: it is held in memory, decoded, while it is copied.
-pub const MAX_OBJECT_BYTES: u64 = 256 * 1024 * 1024;
+/// Objects whose footers are read at once.
+const LOCATE_CONCURRENCY: usize = 4;
 
 /// A decoded bulk-insert message.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,66 +101,48 @@ impl BulkDecoder {
         Ok(store)
     }
 
-    async fn fetch(&self, obj: &ObjectRef) -> Result<TableRows, Fetch> {
+    /// Finds the object and reads its footer; its rows stream while it loads.
+    async fn locate(&self, obj: &ObjectRef) -> Result<ObjectLoad, SourceError> {
         let store = self
             .store(obj.scheme, &obj.bucket)
-            .map_err(Fetch::Unavailable)?;
-        let path = Path::parse(&obj.key).map_err(|e| Fetch::Refused(e.to_string()))?;
-        let got = store
-            .get_opts(&path, GetOptions::default())
-            .await
-            .map_err(|e| classify(&obj.uri, e))?;
-        if got.meta.size > MAX_OBJECT_BYTES {
-            return Err(Fetch::Refused(format!(
-                "{}: object is {} bytes; the writer loads objects up to {MAX_OBJECT_BYTES} bytes",
-                obj.uri, got.meta.size
-            )));
-        }
-        let version = got
-            .meta
+            .map_err(SourceError::Unavailable)?;
+        let path = Path::parse(&obj.key).map_err(|e| SourceError::Refused(e.to_string()))?;
+        let meta = store.head(&path).await.map_err(|e| classify(&obj.uri, e))?;
+        let version = meta
             .e_tag
             .clone()
-            .unwrap_or_else(|| format!("{}@{}", got.meta.size, got.meta.last_modified));
-        let bytes = got.bytes().await.map_err(|e| classify(&obj.uri, e))?;
-        let batch =
-            parquet::read(bytes).map_err(|e| Fetch::Refused(format!("{}: {e}", obj.uri)))?;
-        if obj.row_count > 0 && obj.row_count as usize != batch.num_rows() {
-            return Err(Fetch::Refused(format!(
-                "{}: the message says {} rows, the object holds {}",
-                obj.uri,
-                obj.row_count,
-                batch.num_rows()
+            .unwrap_or_else(|| format!("{}@{}", meta.size, meta.last_modified));
+        let object = ParquetObject::open(&obj.uri, store, path, meta.size).await?;
+        let rows = object.rows();
+        if obj.row_count > 0 && obj.row_count as u64 != rows {
+            return Err(SourceError::Refused(format!(
+                "{}: the message says {} rows, the object holds {rows}",
+                obj.uri, obj.row_count
             )));
         }
-        Ok(TableRows {
+        Ok(ObjectLoad {
+            uri: obj.uri.clone(),
             table: obj.table.clone(),
-            batch,
             // Without a producer key, the object's version identifies the load.
-            idempotency_key: Some(
-                obj.idempotency_key
-                    .clone()
-                    .unwrap_or_else(|| format!("object:{}#{version}", obj.uri)),
-            ),
+            idempotency_key: obj
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| format!("object:{}#{version}", obj.uri)),
+            rows,
+            source: Arc::new(object),
         })
     }
 }
 
-/// Why an object could not be turned into rows.
-#[derive(Debug)]
-enum Fetch {
-    /// Missing, unreadable or not parquet: dead-letter.
-    Refused(String),
-    /// The object store cannot be reached or refused our credentials: retry.
-    Unavailable(String),
-}
-
-fn classify(uri: &str, e: object_store::Error) -> Fetch {
+fn classify(uri: &str, e: object_store::Error) -> SourceError {
     match e {
-        object_store::Error::NotFound { .. } => Fetch::Refused(format!("object {uri} not found")),
-        object_store::Error::InvalidPath { .. } => {
-            Fetch::Refused(format!("object {uri}: invalid path: {e}"))
+        object_store::Error::NotFound { .. } => {
+            SourceError::Refused(format!("object {uri} not found"))
         }
-        other => Fetch::Unavailable(format!("object store for {uri}: {other}")),
+        object_store::Error::InvalidPath { .. } => {
+            SourceError::Refused(format!("object {uri}: invalid path: {e}"))
+        }
+        other => SourceError::Unavailable(format!("object store for {uri}: {other}")),
     }
 }
 
@@ -170,23 +154,22 @@ impl Decoder for BulkDecoder {
     }
 
     async fn prepare(&self, items: &[ObjectRef]) -> Result<Prepared, WriterError> {
-        let fetches: Vec<_> = items.iter().map(|obj| self.fetch(obj)).collect();
-        let fetched: Vec<Result<TableRows, Fetch>> = futures::stream::iter(fetches)
-            .buffered(FETCH_CONCURRENCY)
+        let locates: Vec<_> = items.iter().map(|obj| self.locate(obj)).collect();
+        let located: Vec<Result<ObjectLoad, SourceError>> = futures::stream::iter(locates)
+            .buffered(LOCATE_CONCURRENCY)
             .collect()
             .await;
         let mut prepared = Prepared::default();
-        for (i, result) in fetched.into_iter().enumerate() {
+        for (i, result) in located.into_iter().enumerate() {
             match result {
-                Ok(rows) if rows.batch.num_rows() == 0 => {}
-                Ok(rows) => prepared.loads.push(Load {
-                    rows,
-                    origin: Origin::Item(i),
-                }),
-                Err(Fetch::Refused(reason)) => {
+                Ok(object) if object.rows == 0 => {}
+                Ok(object) => prepared.objects.push((i, object)),
+                Err(SourceError::Refused(reason)) => {
                     prepared.rejected.push(Rejected { record: i, reason })
                 }
-                Err(Fetch::Unavailable(reason)) => return Err(WriterError::Retriable(reason)),
+                Err(SourceError::Unavailable(reason)) => {
+                    return Err(WriterError::Retriable(reason));
+                }
             }
         }
         Ok(prepared)

@@ -64,7 +64,7 @@ impl Decoder for StreamingDecoder {
                     origin: Origin::Item(i),
                 })
                 .collect(),
-            rejected: Vec::new(),
+            ..Prepared::default()
         })
     }
 }

@@ -331,7 +331,7 @@ impl Decoder for ResultDecoder {
         let loads = loads(items).map_err(WriterError::Retriable)?;
         Ok(Prepared {
             loads,
-            rejected: Vec::new(),
+            ..Prepared::default()
         })
     }
 }

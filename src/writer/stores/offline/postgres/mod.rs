@@ -16,8 +16,10 @@
 mod catalog;
 pub mod copy;
 pub mod sql;
+mod stream;
 pub mod types;
 
+use super::object::ObjectLoad;
 use super::{OfflineStore, TableRows, ident};
 use crate::writer::runtime::sink::{Rejected, WriterError};
 use crate::writer::stores::postgres::{self as pg, PgError};
@@ -318,10 +320,15 @@ type Planned = (RecordBatch, Vec<(usize, ColumnPlan)>);
 /// The entry's plan, or `None` when it has nothing to load.
 fn plan_entry(rows: &TableRows) -> Result<Option<Planned>, String> {
     ident::check_table(&rows.table)?;
-    if rows.batch.num_rows() == 0 {
+    plan_batch(&rows.batch)
+}
+
+/// The batch's plan, or `None` when it has nothing to load.
+fn plan_batch(batch: &RecordBatch) -> Result<Option<Planned>, String> {
+    if batch.num_rows() == 0 {
         return Ok(None);
     }
-    let batch = copy::normalize(&rows.batch)?;
+    let batch = copy::normalize(batch)?;
     let mut plans = Vec::new();
     for (i, field) in batch.schema().fields().iter().enumerate() {
         ident::check_column(field.name())?;
@@ -456,5 +463,9 @@ impl OfflineStore for PostgresStore {
         }
         tx.commit().await.map_err(|e| retry("commit", &e))?;
         Ok(rejected)
+    }
+
+    async fn load_object(&self, object: &ObjectLoad) -> Result<Option<String>, WriterError> {
+        self.load_stream(object).await
     }
 }

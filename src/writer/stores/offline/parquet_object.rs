@@ -1,0 +1,247 @@
+//! A parquet object in a bucket as a [`BatchSource`]: its footer is read
+//! once, then each open streams the row groups with ranged GETs, decoded a
+//! few thousand rows at a time. Memory holds one row group's compressed
+//! column chunks and one decoded batch, whatever the object's size.
+
+use super::ident;
+use super::object::{BatchSource, BatchStream, SourceError};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+/// Rows decoded per batch: small enough that a batch of wide rows stays a
+/// few MiB, large enough that per-batch costs vanish.
+const STREAM_ROWS: usize = 8192;
+/// Bytes read from the end of the object for its footer in one request.
+const FOOTER_HINT: usize = 64 * 1024;
+
+pub struct ParquetObject {
+    uri: String,
+    reader: Ranges,
+    metadata: ArrowReaderMetadata,
+}
+
+/// Byte ranges of one object, as the parquet decoder asks for them.
+#[derive(Clone)]
+struct Ranges {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for Ranges {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store
+            .get_range(&self.path, range)
+            .map_err(external)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(FOOTER_HINT))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+impl ParquetObject {
+    /// Reads the footer of the object at `path` (`size` bytes long) and
+    /// checks its column names.
+    pub async fn open(
+        uri: &str,
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        size: u64,
+    ) -> Result<ParquetObject, SourceError> {
+        let mut reader = Ranges { store, path, size };
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| classify(uri, "not a readable parquet file", e))?;
+        for field in metadata.schema().fields() {
+            ident::check_column(field.name())
+                .map_err(|e| SourceError::Refused(format!("{uri}: {e}")))?;
+        }
+        Ok(ParquetObject {
+            uri: uri.to_string(),
+            reader,
+            metadata,
+        })
+    }
+
+    /// Rows the footer says the object holds.
+    pub fn rows(&self) -> u64 {
+        self.metadata.metadata().file_metadata().num_rows().max(0) as u64
+    }
+}
+
+impl BatchSource for ParquetObject {
+    fn open(&self) -> BoxFuture<'_, Result<BatchStream, SourceError>> {
+        async move {
+            let uri = self.uri.clone();
+            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(
+                self.reader.clone(),
+                self.metadata.clone(),
+            )
+            .with_batch_size(STREAM_ROWS)
+            .build()
+            .map_err(|e| classify(&uri, "parquet file cannot be read", e))?;
+            let decoded = stream.map_err({
+                let uri = uri.clone();
+                move |e| classify(&uri, "parquet data is corrupt", e)
+            });
+            // The decoder has panicked on corrupt files in the past: that
+            // refuses the object instead of crashing the writer.
+            let batches = AssertUnwindSafe(decoded)
+                .catch_unwind()
+                .map(move |item| match item {
+                    Ok(batch) => batch,
+                    Err(_) => Err(SourceError::Refused(format!(
+                        "{uri}: parquet reader failed on this file"
+                    ))),
+                });
+            Ok(batches.boxed())
+        }
+        .boxed()
+    }
+}
+
+/// An object store failure is retried (unless the object is gone); anything
+/// the parquet decoder says refuses the object.
+fn classify(uri: &str, what: &str, e: ParquetError) -> SourceError {
+    if let ParquetError::External(inner) = &e
+        && let Some(store) = inner.downcast_ref::<object_store::Error>()
+    {
+        return match store {
+            object_store::Error::NotFound { .. } => {
+                SourceError::Refused(format!("object {uri} not found"))
+            }
+            other => SourceError::Unavailable(format!("object store for {uri}: {other}")),
+        };
+    }
+    SourceError::Refused(format!("{uri}: {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::stores::offline::parquet::tests::to_parquet_with_row_groups;
+    use arrow_array::{Int64Array, RecordBatch};
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    async fn put(store: &InMemory, key: &str, bytes: Vec<u8>) -> Result<u64, String> {
+        let path = Path::from(key);
+        store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| e.to_string())?;
+        let meta = store.head(&path).await.map_err(|e| e.to_string())?;
+        Ok(meta.size)
+    }
+
+    #[tokio::test]
+    async fn streams_every_row_group_in_small_batches() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Arc::new(InMemory::new());
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from_iter_values(0..50_000)) as _,
+        )])?;
+        let size = put(
+            &store,
+            "a.parquet",
+            to_parquet_with_row_groups(&batch, 10_000),
+        )
+        .await?;
+        let object =
+            ParquetObject::open("s3://b/a.parquet", store, Path::from("a.parquet"), size).await;
+        let object = object.map_err(|e| format!("{e:?}"))?;
+        assert_eq!(object.rows(), 50_000);
+        // Opened twice: a load that starts over reads the same rows again.
+        for _ in 0..2 {
+            let mut stream = object.open().await.map_err(|e| format!("{e:?}"))?;
+            let (mut rows, mut sum, mut largest) = (0, 0i64, 0);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| format!("{e:?}"))?;
+                largest = largest.max(batch.num_rows());
+                rows += batch.num_rows();
+                let n = batch.column(0).as_any().downcast_ref::<Int64Array>();
+                sum += n.map(|a| a.values().iter().sum::<i64>()).unwrap_or(-1);
+            }
+            assert_eq!(rows, 50_000);
+            assert_eq!(sum, (0..50_000).sum::<i64>());
+            assert!(largest <= STREAM_ROWS, "{largest}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn garbage_missing_and_hostile_objects_are_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let store = Arc::new(InMemory::new());
+        let size = put(&store, "bad", b"PAR1 not really".to_vec()).await?;
+        let err = ParquetObject::open("s3://b/bad", store.clone(), Path::from("bad"), size)
+            .await
+            .err();
+        assert!(
+            matches!(&err, Some(SourceError::Refused(r)) if r.contains("not a readable parquet file")),
+            "{err:?}"
+        );
+        let err = ParquetObject::open("s3://b/gone", store.clone(), Path::from("gone"), 4096)
+            .await
+            .err();
+        assert!(
+            matches!(&err, Some(SourceError::Refused(r)) if r.contains("not found")),
+            "{err:?}"
+        );
+        let hostile = RecordBatch::try_from_iter([(
+            "x\"; DROP TABLE t; --",
+            Arc::new(Int64Array::from(vec![1])) as _,
+        )])?;
+        let size = put(&store, "h", to_parquet_with_row_groups(&hostile, 10)).await?;
+        let err = ParquetObject::open("s3://b/h", store, Path::from("h"), size)
+            .await
+            .err();
+        assert!(
+            matches!(&err, Some(SourceError::Refused(r)) if r.contains("column name")),
+            "{err:?}"
+        );
+        Ok(())
+    }
+}
