@@ -1,7 +1,12 @@
-//! A parquet object in a bucket as a [`BatchSource`]: its footer is read
-//! once, then each open streams the row groups with ranged GETs, decoded a
-//! few thousand rows at a time. Memory holds one row group's compressed
-//! column chunks and one decoded batch, whatever the object's size.
+//! A parquet object in a bucket as a [`BatchSource`]: its footer (and page
+//! offset index, when the file has one) is read once, then each open streams
+//! the rows with ranged GETs, decoded a few thousand rows at a time.
+//!
+//! With an offset index (arrow-rs and Spark write one), each row group is
+//! read in slices of [`SLICE_ROWS`] rows and only the pages holding a slice
+//! are fetched, so memory stays at a few pages per column whatever the
+//! object or row group size. Without one, a whole row group's compressed
+//! column chunks are fetched at once.
 
 use super::ident;
 use super::object::{BatchSource, BatchStream, SourceError};
@@ -11,10 +16,12 @@ use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStream};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -22,6 +29,8 @@ use std::sync::Arc;
 /// Rows decoded per batch: small enough that a batch of wide rows stays a
 /// few MiB, large enough that per-batch costs vanish.
 const STREAM_ROWS: usize = 8192;
+/// Rows of a row group fetched at once when the file has an offset index.
+pub const SLICE_ROWS: usize = 65_536;
 /// Bytes read from the end of the object for its footer in one request.
 const FOOTER_HINT: usize = 64 * 1024;
 
@@ -91,7 +100,8 @@ impl ParquetObject {
         size: u64,
     ) -> Result<ParquetObject, SourceError> {
         let mut reader = Ranges { store, path, size };
-        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+        let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
             .map_err(|e| classify(uri, "not a readable parquet file", e))?;
         for field in metadata.schema().fields() {
@@ -111,18 +121,63 @@ impl ParquetObject {
     }
 }
 
+impl ParquetObject {
+    /// The parts read one after the other: (row group, rows to skip, rows to
+    /// read), or `None` for a whole row group.
+    fn slices(&self) -> Vec<(usize, Option<(usize, usize)>)> {
+        let metadata = self.metadata.metadata();
+        let mut slices = Vec::new();
+        for (g, group) in metadata.row_groups().iter().enumerate() {
+            let pages = metadata.page_index_for_row_group(g);
+            let indexed = (0..group.num_columns()).all(|c| pages.offset_index(c).is_some());
+            let rows = group.num_rows().max(0) as usize;
+            if !indexed || rows <= SLICE_ROWS {
+                slices.push((g, None));
+                continue;
+            }
+            slices.extend(
+                (0..rows)
+                    .step_by(SLICE_ROWS)
+                    .map(|from| (g, Some((from, SLICE_ROWS.min(rows - from))))),
+            );
+        }
+        slices
+    }
+
+    /// A decoding stream of one part.
+    fn part(
+        &self,
+        group: usize,
+        rows: Option<(usize, usize)>,
+    ) -> Result<ParquetRecordBatchStream<Ranges>, SourceError> {
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            self.reader.clone(),
+            self.metadata.clone(),
+        )
+        .with_batch_size(STREAM_ROWS)
+        .with_row_groups(vec![group]);
+        if let Some((skip, take)) = rows {
+            builder = builder.with_row_selection(RowSelection::from(vec![
+                RowSelector::skip(skip),
+                RowSelector::select(take),
+            ]));
+        }
+        builder
+            .build()
+            .map_err(|e| classify(&self.uri, "parquet file cannot be read", e))
+    }
+}
+
 impl BatchSource for ParquetObject {
     fn open(&self) -> BoxFuture<'_, Result<BatchStream, SourceError>> {
         async move {
             let uri = self.uri.clone();
-            let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(
-                self.reader.clone(),
-                self.metadata.clone(),
-            )
-            .with_batch_size(STREAM_ROWS)
-            .build()
-            .map_err(|e| classify(&uri, "parquet file cannot be read", e))?;
-            let decoded = stream.map_err({
+            let parts = self
+                .slices()
+                .into_iter()
+                .map(|(group, rows)| self.part(group, rows))
+                .collect::<Result<Vec<_>, _>>()?;
+            let decoded = futures::stream::iter(parts).flatten().map_err({
                 let uri = uri.clone();
                 move |e| classify(&uri, "parquet data is corrupt", e)
             });
@@ -176,38 +231,62 @@ mod tests {
         Ok(meta.size)
     }
 
-    #[tokio::test]
-    async fn streams_every_row_group_in_small_batches() -> Result<(), Box<dyn std::error::Error>> {
+    /// Every value of column `n` read from `object`, in order, and the
+    /// largest batch seen.
+    async fn read_all(object: &ParquetObject) -> Result<(Vec<i64>, usize), String> {
+        let mut stream = object.open().await.map_err(|e| format!("{e:?}"))?;
+        let (mut values, mut largest) = (Vec::new(), 0);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| format!("{e:?}"))?;
+            largest = largest.max(batch.num_rows());
+            let n = batch.column(0).as_any().downcast_ref::<Int64Array>();
+            values.extend(n.ok_or("not int64")?.values().iter());
+        }
+        Ok((values, largest))
+    }
+
+    async fn object_of(rows: i64, row_group: usize) -> Result<ParquetObject, String> {
         let store = Arc::new(InMemory::new());
         let batch = RecordBatch::try_from_iter([(
             "n",
-            Arc::new(Int64Array::from_iter_values(0..50_000)) as _,
-        )])?;
-        let size = put(
-            &store,
-            "a.parquet",
-            to_parquet_with_row_groups(&batch, 10_000),
-        )
-        .await?;
-        let object =
-            ParquetObject::open("s3://b/a.parquet", store, Path::from("a.parquet"), size).await;
-        let object = object.map_err(|e| format!("{e:?}"))?;
+            Arc::new(Int64Array::from_iter_values(0..rows)) as _,
+        )])
+        .map_err(|e| e.to_string())?;
+        let size = put(&store, "a", to_parquet_with_row_groups(&batch, row_group)).await?;
+        ParquetObject::open("s3://b/a", store, Path::from("a"), size)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[tokio::test]
+    async fn streams_every_row_group_in_small_batches() -> Result<(), Box<dyn std::error::Error>> {
+        let object = object_of(50_000, 10_000).await?;
         assert_eq!(object.rows(), 50_000);
+        assert_eq!(object.slices().len(), 5);
         // Opened twice: a load that starts over reads the same rows again.
         for _ in 0..2 {
-            let mut stream = object.open().await.map_err(|e| format!("{e:?}"))?;
-            let (mut rows, mut sum, mut largest) = (0, 0i64, 0);
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| format!("{e:?}"))?;
-                largest = largest.max(batch.num_rows());
-                rows += batch.num_rows();
-                let n = batch.column(0).as_any().downcast_ref::<Int64Array>();
-                sum += n.map(|a| a.values().iter().sum::<i64>()).unwrap_or(-1);
-            }
-            assert_eq!(rows, 50_000);
-            assert_eq!(sum, (0..50_000).sum::<i64>());
+            let (values, largest) = read_all(&object).await?;
+            assert_eq!(values, (0..50_000).collect::<Vec<_>>());
             assert!(largest <= STREAM_ROWS, "{largest}");
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_large_row_group_is_read_in_slices_of_pages() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let rows = 2 * SLICE_ROWS as i64 + 1234;
+        let object = object_of(rows, rows as usize).await?;
+        assert_eq!(
+            object.slices(),
+            vec![
+                (0, Some((0, SLICE_ROWS))),
+                (0, Some((SLICE_ROWS, SLICE_ROWS))),
+                (0, Some((2 * SLICE_ROWS, 1234))),
+            ]
+        );
+        let (values, _) = read_all(&object).await?;
+        assert_eq!(values, (0..rows).collect::<Vec<_>>());
         Ok(())
     }
 
