@@ -7,7 +7,11 @@
 //!    writer's batch size, one transaction per batch;
 //! 2. the release writer binary on the same rows from Kafka: rows/s from its
 //!    `/metrics` between the first consumed message and the last one written,
-//!    peak RSS, CPU; and the ratio writer / raw COPY.
+//!    peak RSS, CPU; and the ratio writer / raw COPY;
+//! 3. a peer, Benthos 4.27, on the same topic into tables of the same layout:
+//!    protobuf decode, one message per value, a batched `sql_insert` per
+//!    table; rows/s, rows/s per core and peak RSS beside the writer's
+//!    (`BGP_BENCH_PEERS=0` skips it).
 //!
 //!   hack/rig up kafka postgres && cargo bench --bench kafka_to_postgres
 //!   BGP_BENCH_MESSAGES=50000 cargo bench --bench kafka_to_postgres
@@ -25,6 +29,7 @@ use bgpersist::writer::stores::offline::postgres::{sql, types};
 use bgpersist::writer::types::offline_writer;
 use common::data::{FEATURES, mean_size, offline_payload as payload, user_values};
 use common::kafka::{self, PARTITIONS};
+use common::peer::{self, Benthos};
 use common::process::{CONSUMED, Cpu, WRITTEN, WriterProcess, metric};
 use common::report::{self, machine};
 use common::{env_or, postgres};
@@ -271,8 +276,129 @@ async fn run() -> anyhow::Result<()> {
     );
 
     writer.stop();
+
+    // 3. A peer on the same topic into tables of the same layout.
+    if env_or("BGP_BENCH_PEERS", 1) == 1
+        && let Some(benthos) = peer::benthos()
+    {
+        let peer_schema = format!("{run}_peer");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {peer_schema}"))
+            .await?;
+        let outcome = run_peer(&benthos, &run, &topic, &peer_schema, &ddl, n).await;
+        postgres::drop_schema(&admin, &peer_schema).await?;
+        let r = outcome?;
+        let writer_cores = (measured.after.process - measured.before.process) / secs;
+        let peer_rows = r.rate * FEATURES.len() as f64;
+        println!(
+            "  [peer]    benthos 4.27 (protobuf to_json, a row per value, sql_insert batches of {batch}): {peer_rows:.0} rows/s at {:.2} cores = {:.0} rows/s per core, peak RSS {}",
+            r.cores,
+            peer_rows / r.cores.max(0.01),
+            r.peak_rss
+        );
+        println!(
+            "  [writer]  {rate:.0} rows/s at {writer_cores:.2} cores = {:.0} rows/s per core; writer / benthos: {:.1}x rows/s, {:.1}x per core",
+            rate / writer_cores.max(0.01),
+            rate / peer_rows,
+            (rate / writer_cores.max(0.01)) / (peer_rows / r.cores.max(0.01))
+        );
+    }
+
     for s in &schemas {
         postgres::drop_schema(&admin, s).await?;
     }
     kafka::delete_topics(&kafka_admin, &[&topic]).await
+}
+
+/// Benthos on every message of `topic` into `schema` (tables made with
+/// `ddl`, the writer's own), checked by count afterwards.
+async fn run_peer(
+    benthos: &std::path::PathBuf,
+    run: &str,
+    topic: &str,
+    schema: &str,
+    ddl: &[String],
+    n: u64,
+) -> anyhow::Result<peer::PeerRun> {
+    let client = connect(schema).await?;
+    for d in ddl {
+        client.batch_execute(d).await?;
+    }
+    let dsn = format!("{}?sslmode=disable&search_path={schema}", postgres::url());
+    let batch: usize = env_or("BGP_MAX_BATCH_SIZE", 1000);
+    let pipeline = benthos_pipeline(topic, &dsn, batch);
+    let mut p = Benthos::start(benthos, &format!("{run}-peer"), &pipeline)?;
+    // Benthos counts a message sent once each of its rows is inserted.
+    let r = p
+        .measure(
+            (n * FEATURES.len() as u64) as f64,
+            Duration::from_secs(1800),
+        )
+        .await?;
+    drop(p);
+    let mut stored = 0i64;
+    for f in FEATURES {
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM user__{f}"), &[])
+            .await?
+            .try_get(0)?;
+        stored += count;
+    }
+    anyhow::ensure!(
+        stored == (n * FEATURES.len() as u64) as i64,
+        "benthos stored {stored} rows"
+    );
+    Ok(r)
+}
+
+/// The peer's pipeline: decode, one message per value, then per feature
+/// table a `sql_insert` of the same columns the writer fills, batched like
+/// the writer's default batch.
+fn benthos_pipeline(topic: &str, dsn: &str, batch: usize) -> String {
+    let cases: String = FEATURES
+        .iter()
+        .map(|f| {
+            format!(
+                r#"      - check: this.feature == "{f}"
+        output:
+          sql_insert:
+            driver: postgres
+            dsn: "{dsn}"
+            table: user__{f}
+            columns: [observation_id, pkey, value, observed_at, resolver_fqn, deployment_id]
+            args_mapping: 'root = [this.observationId, this.pkey, this.value.values().index(0).string(), (this.observedAtMicros.number() / 1000000).ts_format("2006-01-02T15:04:05.999999Z07:00", "UTC"), this.resolverFqn, this.deploymentId]'
+            max_in_flight: 4
+            batching:
+              count: {batch}
+              period: 100ms
+"#
+            )
+        })
+        .collect();
+    format!(
+        r#"input:
+  kafka_franz:
+    seed_brokers: ["{brokers}"]
+    topics: ["{topic}"]
+    consumer_group: "{group}"
+    start_from_oldest: true
+pipeline:
+  threads: {threads}
+  processors:
+    - protobuf:
+        operator: to_json
+        message: bgpersist.bus.v1.ResultMessage
+        import_paths: ["{proto}"]
+    - mapping: 'root = this.values.map_each(v -> v.merge({{"deploymentId": this.deploymentId}}))'
+    - unarchive:
+        format: json_array
+output:
+  switch:
+    cases:
+{cases}"#,
+        brokers = kafka::bootstrap(),
+        group = unique("bench-peer"),
+        threads = report::cores(),
+        proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+    )
 }

@@ -10,7 +10,12 @@
 //! 2. the release writer binary on the same topic: messages/s, MB/s,
 //!    records/s, peak RSS (VmHWM), and the ratio to the lower ceiling;
 //! 3. p50/p99 bus-to-store latency at half the measured rate, from the
-//!    writer's `bus_to_store_seconds` histogram.
+//!    writer's `bus_to_store_seconds` histogram;
+//! 4. a peer, Benthos 4.27, on every message of the same topic into the same
+//!    Redis: protobuf decode and the same newest-wins script, one call per
+//!    message; msg/s, msg/s per core and peak RSS beside the writer's
+//!    (`BGP_BENCH_PEERS=0` skips it; `hack/peers/build benthos` builds it
+//!    once from the Go module proxy).
 //!
 //!   hack/rig up kafka redis && cargo bench --bench kafka_to_redis
 //!   BGP_BENCH_MESSAGES=50000 cargo bench --bench kafka_to_redis
@@ -29,6 +34,7 @@ use bgpersist::writer::types::online_writer;
 use common::data::{mean_size, user_values};
 use common::env_or;
 use common::kafka::{self, PARTITIONS};
+use common::peer::{self, Benthos};
 use common::process::{CONSUMED, Cpu, WRITTEN, WriterProcess, metric};
 use common::report::{self, machine};
 use futures::{StreamExt, TryStreamExt};
@@ -319,9 +325,10 @@ async fn run() -> anyhow::Result<()> {
         rate * VALUES as f64
     );
     report::batches(&m, n as f64, secs);
+    let writer_cores = (cpu1.process - cpu0.process) / secs;
     println!(
         "  [cpu]     writer {:.2} cores, redis-server {:.2} cores, {}",
-        (cpu1.process - cpu0.process) / secs,
+        writer_cores,
         (redis1 - redis0) / secs,
         report::whole_machine(&cpu0, &cpu1, secs)
     );
@@ -359,6 +366,68 @@ async fn run() -> anyhow::Result<()> {
     );
 
     writer.stop();
+
+    // 4. A peer on the same topic (every message, from the start).
+    if env_or("BGP_BENCH_PEERS", 1) == 1
+        && let Some(benthos) = peer::benthos()
+    {
+        let total = n + latency_n;
+        let pipeline = benthos_pipeline(&topic, &redis_url, &format!("{prefix}p:"));
+        let mut p = Benthos::start(&benthos, &run, &pipeline)?;
+        let r = p.measure(total as f64, Duration::from_secs(900)).await?;
+        drop(p);
+        println!(
+            "  [peer]    benthos 4.27 (protobuf to_json, one-entity script per message): {:.0} msg/s at {:.2} cores = {:.0} msg/s per core, peak RSS {}",
+            r.rate,
+            r.cores,
+            r.rate / r.cores.max(0.01),
+            r.peak_rss
+        );
+        println!(
+            "  [writer]  {rate:.0} msg/s at {writer_cores:.2} cores = {:.0} msg/s per core; writer / benthos: {:.1}x msg/s, {:.1}x per core",
+            rate / writer_cores.max(0.01),
+            rate / r.rate,
+            (rate / writer_cores.max(0.01)) / (r.rate / r.cores.max(0.01))
+        );
+    }
+
     common::redis::unlink_prefix(&mut redis, &prefix).await?;
     kafka::delete_topics(&admin, &[&topic]).await
+}
+
+/// The peer's pipeline: the same messages decoded from protobuf and written
+/// with the one-entity newest-wins script, one call per message (what a
+/// Benthos user would build; its `redis_script` processor calls per message).
+fn benthos_pipeline(topic: &str, redis_url: &str, prefix: &str) -> String {
+    let script: String = ONE_ENTITY
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    format!(
+        r#"input:
+  kafka_franz:
+    seed_brokers: ["{brokers}"]
+    topics: ["{topic}"]
+    consumer_group: "{group}"
+    start_from_oldest: true
+pipeline:
+  threads: {threads}
+  processors:
+    - protobuf:
+        operator: to_json
+        message: bgpersist.bus.v1.ResultMessage
+        import_paths: ["{proto}"]
+    - redis_script:
+        url: "{redis_url}"
+        keys_mapping: 'root = ["{prefix}" + this.values.index(0).namespace + "/" + this.values.index(0).pkey]'
+        args_mapping: 'root = [this.operationId, "0"].concat(this.values.map_each(v -> [v.feature, v.observedAtMicros.string(), v.value.values().index(0).string()]).flatten())'
+        script: "{script}"
+output:
+  drop: {{}}
+"#,
+        brokers = kafka::bootstrap(),
+        group = unique("bench-peer"),
+        threads = report::cores(),
+        proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+    )
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`data`]: the generated messages' common parts;
 //! - [`kafka`]: topics, producing, consume-only, a Kafka writer's environment;
+//! - [`peer`]: peer tools (Benthos) on the same messages, measured alike;
 //! - [`postgres`]: connections and schemas on the rig's Postgres;
 //! - [`process`]: the release writer process, its `/metrics`, `/proc` figures;
 //! - [`redis`]: removing what a run wrote to the rig's Redis;
@@ -12,6 +13,7 @@
 
 pub mod data;
 pub mod kafka;
+pub mod peer;
 pub mod postgres;
 pub mod process;
 pub mod redis;

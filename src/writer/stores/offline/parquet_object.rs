@@ -2,11 +2,11 @@
 //! offset index, when the file has one) is read once, then each open streams
 //! the rows with ranged GETs, decoded a few thousand rows at a time.
 //!
-//! With an offset index (arrow-rs and Spark write one), each row group is
-//! read in slices of [`SLICE_ROWS`] rows and only the pages holding a slice
-//! are fetched, so memory stays at a few pages per column whatever the
-//! object or row group size. Without one, a whole row group's compressed
-//! column chunks are fetched at once.
+//! With an offset index (arrow-rs and Spark write one), a row group larger
+//! than [`SLICE_BYTES`] compressed is read in slices of about that size and
+//! only the pages holding a slice are fetched, so memory stays bounded
+//! whatever the object or row group size. Without one, a whole row group's
+//! compressed column chunks are fetched at once.
 
 use super::ident;
 use super::object::{BatchSource, BatchStream, SourceError};
@@ -29,8 +29,12 @@ use std::sync::Arc;
 /// Rows decoded per batch: small enough that a batch of wide rows stays a
 /// few MiB, large enough that per-batch costs vanish.
 const STREAM_ROWS: usize = 8192;
-/// Rows of a row group fetched at once when the file has an offset index.
-pub const SLICE_ROWS: usize = 65_536;
+/// Compressed bytes of a row group fetched at once when the file has an
+/// offset index: few requests (object stores charge per request, and the
+/// rig's moto copies the object for each ranged GET), bounded memory.
+pub const SLICE_BYTES: u64 = 8 * 1024 * 1024;
+/// Decoded batches waiting for the store at most.
+const READ_AHEAD: usize = 4;
 /// Bytes read from the end of the object for its footer in one request.
 const FOOTER_HINT: usize = 64 * 1024;
 
@@ -38,6 +42,7 @@ pub struct ParquetObject {
     uri: String,
     reader: Ranges,
     metadata: ArrowReaderMetadata,
+    slice_bytes: u64,
 }
 
 /// Byte ranges of one object, as the parquet decoder asks for them.
@@ -112,6 +117,7 @@ impl ParquetObject {
             uri: uri.to_string(),
             reader,
             metadata,
+            slice_bytes: SLICE_BYTES,
         })
     }
 
@@ -131,14 +137,16 @@ impl ParquetObject {
             let pages = metadata.page_index_for_row_group(g);
             let indexed = (0..group.num_columns()).all(|c| pages.offset_index(c).is_some());
             let rows = group.num_rows().max(0) as usize;
-            if !indexed || rows <= SLICE_ROWS {
+            let bytes = group.compressed_size().max(1) as u64;
+            if !indexed || bytes <= self.slice_bytes || rows < 2 {
                 slices.push((g, None));
                 continue;
             }
+            let step = ((rows as u64 * self.slice_bytes / bytes) as usize).max(1);
             slices.extend(
                 (0..rows)
-                    .step_by(SLICE_ROWS)
-                    .map(|from| (g, Some((from, SLICE_ROWS.min(rows - from))))),
+                    .step_by(step)
+                    .map(|from| (g, Some((from, step.min(rows - from))))),
             );
         }
         slices
@@ -183,15 +191,31 @@ impl BatchSource for ParquetObject {
             });
             // The decoder has panicked on corrupt files in the past: that
             // refuses the object instead of crashing the writer.
-            let batches = AssertUnwindSafe(decoded)
+            let mut batches = AssertUnwindSafe(decoded)
                 .catch_unwind()
                 .map(move |item| match item {
                     Ok(batch) => batch,
                     Err(_) => Err(SourceError::Refused(format!(
                         "{uri}: parquet reader failed on this file"
                     ))),
-                });
-            Ok(batches.boxed())
+                })
+                .boxed();
+            // Fetching and decoding run ahead of the store by a few batches,
+            // so the next slice's GETs overlap the current COPY. The task
+            // ends when the stream does or the load drops the receiver.
+            let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+            tokio::spawn(async move {
+                while let Some(batch) = batches.next().await {
+                    let failed = batch.is_err();
+                    if tx.send(batch).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let received = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|batch| (batch, rx))
+            });
+            Ok(received.boxed())
         }
         .boxed()
     }
@@ -275,16 +299,21 @@ mod tests {
     #[tokio::test]
     async fn a_large_row_group_is_read_in_slices_of_pages() -> Result<(), Box<dyn std::error::Error>>
     {
-        let rows = 2 * SLICE_ROWS as i64 + 1234;
-        let object = object_of(rows, rows as usize).await?;
-        assert_eq!(
-            object.slices(),
-            vec![
-                (0, Some((0, SLICE_ROWS))),
-                (0, Some((SLICE_ROWS, SLICE_ROWS))),
-                (0, Some((2 * SLICE_ROWS, 1234))),
-            ]
-        );
+        let rows = 100_000;
+        let mut object = object_of(rows, rows as usize).await?;
+        assert_eq!(object.slices(), vec![(0, None)]);
+        let bytes = object.metadata.metadata().row_group(0).compressed_size() as u64;
+        object.slice_bytes = bytes / 3;
+        let slices = object.slices();
+        assert!(slices.len() >= 3, "{slices:?}");
+        // Contiguous, covering every row once.
+        let mut next = 0;
+        for (group, part) in &slices {
+            let (skip, take) = part.ok_or("a whole row group")?;
+            assert_eq!((*group, skip), (0, next));
+            next += take;
+        }
+        assert_eq!(next, rows as usize);
         let (values, _) = read_all(&object).await?;
         assert_eq!(values, (0..rows).collect::<Vec<_>>());
         Ok(())
