@@ -13,7 +13,9 @@
 //! fakes do (BigQuery's insertId dedupe is best effort).
 
 mod bigquery_contract;
+mod bigquery_load_jobs;
 mod fake_bigquery;
+mod fake_bigquery_jobs;
 mod fake_snowflake;
 mod snowflake_contract;
 mod writer_e2e;

@@ -13,7 +13,8 @@
 //!   `invalid`; with `skipInvalidRows: false` nothing is inserted and the
 //!   other rows are `stopped`; rows are deduplicated by `insertId`;
 //! - errors as `{"error": {"code", "message", "errors": [{"reason"}], "status"}}`;
-//! - `POST /token`: an OAuth token endpoint for an `authorized_user` ADC file.
+//! - `POST /token`: an OAuth token endpoint for an `authorized_user` ADC file;
+//! - load jobs (`jobs.insert` / `jobs.get`): see fake_bigquery_jobs.rs.
 //!
 //! It is not BigQuery: its type checks are a small subset of BigQuery's
 //! coercions, it deduplicates insertIds forever (BigQuery: best effort, about
@@ -28,6 +29,8 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::fake_bigquery_jobs::{self as jobs, Object};
+
 /// One request as the fake received it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -38,23 +41,27 @@ pub struct Recorded {
 }
 
 #[derive(Default)]
-struct Table {
-    fields: Vec<Value>,
-    partitioning: Option<Value>,
-    rows: Vec<Value>,
-    insert_ids: HashSet<String>,
+pub(super) struct Table {
+    pub(super) fields: Vec<Value>,
+    pub(super) partitioning: Option<Value>,
+    pub(super) rows: Vec<Value>,
+    pub(super) insert_ids: HashSet<String>,
 }
 
 #[derive(Default)]
-struct State_ {
-    project: String,
-    datasets: HashSet<String>,
-    tables: BTreeMap<(String, String), Table>,
+pub(super) struct State_ {
+    pub(super) project: String,
+    pub(super) datasets: HashSet<String>,
+    pub(super) tables: BTreeMap<(String, String), Table>,
     requests: Vec<Recorded>,
     /// Statuses the next insertAll calls answer with instead of inserting.
     insert_failures: VecDeque<u16>,
     required_bearer: Option<String>,
     tokens_issued: u32,
+    /// Load jobs by id, as jobs.get answers them (see fake_bigquery_jobs).
+    pub(super) jobs: BTreeMap<String, Value>,
+    /// What Cloud Storage objects hold, registered by the tests.
+    pub(super) objects: BTreeMap<String, Object>,
 }
 
 type Shared = Arc<Mutex<State_>>;
@@ -137,12 +144,19 @@ impl FakeBigQuery {
             .collect()
     }
 
+    /// What `uri` holds, for load jobs (the fake cannot read Cloud Storage).
+    pub fn put_object(&self, uri: &str, fields: Vec<Value>, rows: Vec<Value>) {
+        lock(&self.state)
+            .objects
+            .insert(uri.to_string(), Object { fields, rows });
+    }
+
     pub fn tokens_issued(&self) -> u32 {
         lock(&self.state).tokens_issued
     }
 }
 
-fn reply(status: u16, body: Value) -> Response {
+pub(super) fn reply(status: u16, body: Value) -> Response {
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
@@ -152,7 +166,7 @@ fn reply(status: u16, body: Value) -> Response {
 }
 
 /// Google's JSON error body.
-fn google_error(code: u16, status: &str, reason: &str, message: &str) -> Response {
+pub(super) fn google_error(code: u16, status: &str, reason: &str, message: &str) -> Response {
     reply(
         code,
         json!({"error": {"code": code, "message": message,
@@ -226,6 +240,12 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
                 (Method::POST, ["tables", t, "insertAll"]) => insert_all(&mut s, &p, &d, t, &body),
                 _ => google_error(404, "NOT_FOUND", "notFound", "Not found: URL"),
             }
+        }
+        (Method::POST, ["bigquery", "v2", "projects", p, "jobs"]) if *p == project => {
+            jobs::insert_job(&mut s, &project, &body)
+        }
+        (Method::GET, ["bigquery", "v2", "projects", p, "jobs", id]) if *p == project => {
+            jobs::get_job(&s, &project, id)
         }
         _ => google_error(404, "NOT_FOUND", "notFound", &format!("Not found: {path}")),
     }

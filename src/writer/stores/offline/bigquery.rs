@@ -1,6 +1,7 @@
 //! The BigQuery offline store, over the documented REST API v2:
 //! `tabledata.insertAll` for rows, `tables.get` / `tables.insert` /
-//! `tables.patch` for the schema. See docs/offline-store.md.
+//! `tables.patch` for the schema, load jobs for bulk objects in Cloud
+//! Storage (`jobs.rs`). See docs/offline-store.md.
 //!
 //! URI: `bigquery://<project>/<dataset>`. Credentials: Application Default
 //! Credentials (Workload Identity on GKE), scope `bigquery`. With
@@ -13,8 +14,11 @@
 //! entries holding invalid rows are refused and the rest is sent again, so
 //! an entry lands whole or not at all.
 
+mod jobs;
+
 use super::bigquery_rows::{BqType, Pending, encode, field, field_names, missing, schema_fields};
 use super::json_rows;
+use super::object::ObjectLoad;
 use super::warehouse::{self, WarehouseError};
 use super::{OfflineStore, TableRows};
 use crate::writer::runtime::sink::{Rejected, WriterError};
@@ -501,6 +505,16 @@ impl OfflineStore for BigQueryStore {
                 .await?;
         }
         Ok(rejected)
+    }
+
+    /// Objects in Cloud Storage load with a load job; others (S3) through
+    /// insertAll, collected first.
+    async fn load_object(&self, object: &ObjectLoad) -> Result<Option<String>, WriterError> {
+        if object.uri.starts_with("gs://") {
+            self.load_job(object).await
+        } else {
+            super::load_collected(self, object).await
+        }
     }
 }
 

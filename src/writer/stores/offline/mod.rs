@@ -55,19 +55,23 @@ pub trait OfflineStore: Send + Sync + 'static {
         &self,
         object: &ObjectLoad,
     ) -> impl Future<Output = Result<Option<String>, WriterError>> + Send {
-        async move {
-            let rows = match object.collect().await {
-                Ok(rows) => rows,
-                Err(SourceError::Refused(reason)) => return Ok(Some(reason)),
-                Err(SourceError::Unavailable(reason)) => {
-                    return Err(WriterError::Retriable(reason));
-                }
-            };
-            if rows.batch.num_rows() == 0 {
-                return Ok(None);
-            }
-            let refused = self.load(std::slice::from_ref(&rows)).await?;
-            Ok(refused.into_iter().next().map(|r| r.reason))
-        }
+        load_collected(self, object)
     }
+}
+
+/// Loads `object` through `store.load`, collected into one batch first.
+pub async fn load_collected<S: OfflineStore + ?Sized>(
+    store: &S,
+    object: &ObjectLoad,
+) -> Result<Option<String>, WriterError> {
+    let rows = match object.collect().await {
+        Ok(rows) => rows,
+        Err(SourceError::Refused(reason)) => return Ok(Some(reason)),
+        Err(SourceError::Unavailable(reason)) => return Err(WriterError::Retriable(reason)),
+    };
+    if rows.batch.num_rows() == 0 {
+        return Ok(None);
+    }
+    let refused = store.load(std::slice::from_ref(&rows)).await?;
+    Ok(refused.into_iter().next().map(|r| r.reason))
 }
