@@ -32,9 +32,9 @@ const STREAM_ROWS: usize = 8192;
 /// Compressed bytes of a row group fetched at once when the file has an
 /// offset index: few requests (object stores charge per request, and the
 /// rig's moto copies the object for each ranged GET), bounded memory.
-pub const SLICE_BYTES: u64 = 8 * 1024 * 1024;
+pub const SLICE_BYTES: u64 = 4 * 1024 * 1024;
 /// Decoded batches waiting for the store at most.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 2;
 /// Bytes read from the end of the object for its footer in one request.
 const FOOTER_HINT: usize = 64 * 1024;
 
