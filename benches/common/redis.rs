@@ -27,3 +27,27 @@ pub async fn unlink_prefix(
         cursor = next;
     }
 }
+
+/// How many keys start with `prefix`.
+pub async fn count_prefix(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> anyhow::Result<usize> {
+    let mut cursor = 0u64;
+    let mut count = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(conn)
+            .await?;
+        count += keys.len();
+        if next == 0 {
+            return Ok(count);
+        }
+        cursor = next;
+    }
+}

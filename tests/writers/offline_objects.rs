@@ -63,6 +63,7 @@ fn object(
         table: "observations".into(),
         idempotency_key: key.into(),
         rows,
+        schema: None,
         source: source.clone(),
     };
     Ok((load, source))

@@ -17,7 +17,9 @@ mod bigquery_load_jobs;
 mod fake_bigquery;
 mod fake_bigquery_jobs;
 mod fake_snowflake;
+mod fake_snowflake_copy;
 mod snowflake_contract;
+mod snowflake_copy_into;
 mod writer_e2e;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};

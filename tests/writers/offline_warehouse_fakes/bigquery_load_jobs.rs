@@ -33,6 +33,7 @@ fn object(uri: &str, key: &str, source: Arc<Untouched>) -> ObjectLoad {
         table: "events".into(),
         idempotency_key: key.into(),
         rows: 2,
+        schema: None,
         source,
     }
 }

@@ -22,6 +22,9 @@
 //! follow a small subset of Snowflake's rules (e.g. 'abc'::NUMBER fails with
 //! 100038 / 22018). Anything else is a 422 and a recorded violation.
 //!
+//! `COPY INTO` from a bucket URL through a storage integration is in
+//! fake_snowflake_copy.rs.
+//!
 //! It is not Snowflake: no SQL engine, no transactions, no sessions or
 //! warehouses, no result partitions, no real token validation.
 
@@ -33,6 +36,8 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::fake_snowflake_copy as copy;
 
 /// One request as the fake received it.
 #[derive(Clone, Debug)]
@@ -46,15 +51,21 @@ pub struct Recorded {
 }
 
 #[derive(Default)]
-struct Table {
+pub(super) struct Table {
     /// (UPPER name, type) in order.
-    columns: Vec<(String, String)>,
-    rows: Vec<BTreeMap<String, Value>>,
+    pub(super) columns: Vec<(String, String)>,
+    pub(super) rows: Vec<BTreeMap<String, Value>>,
 }
 
 #[derive(Default)]
-struct State_ {
-    tables: BTreeMap<String, Table>,
+pub(super) struct State_ {
+    pub(super) tables: BTreeMap<String, Table>,
+    /// What bucket URLs hold, for COPY INTO (see fake_snowflake_copy).
+    pub(super) objects: BTreeMap<String, copy::Rows>,
+    /// The storage integration set up, if any.
+    pub(super) integration: Option<String>,
+    /// Load metadata: the files each table has loaded.
+    pub(super) loaded_files: BTreeMap<String, std::collections::BTreeSet<String>>,
     requests: Vec<Recorded>,
     /// Answers by requestId, for resubmissions.
     answers: HashMap<String, (u16, Value)>,
@@ -101,6 +112,16 @@ impl FakeSnowflake {
             let _ = axum::serve(listener, app).await;
         });
         Ok(FakeSnowflake { url, state, server })
+    }
+
+    /// Sets up storage integration `name` (upper case, as Snowflake keeps it).
+    pub fn create_integration(&self, name: &str) {
+        lock(&self.state).integration = Some(name.to_ascii_uppercase());
+    }
+
+    /// What the bucket URL `url` holds, for COPY INTO.
+    pub fn put_object(&self, url: &str, rows: copy::Rows) {
+        lock(&self.state).objects.insert(url.to_string(), rows);
     }
 
     pub fn fail_next(&self, statuses: &[u16]) {
@@ -348,9 +369,9 @@ fn result_set(
     v
 }
 
-type SqlError = (String, String, String);
+pub(super) type SqlError = (String, String, String);
 
-fn compile_error(message: String) -> SqlError {
+pub(super) fn compile_error(message: String) -> SqlError {
     (
         "001003".into(),
         "42000".into(),
@@ -413,6 +434,9 @@ fn execute(
         }
         return Ok((vec![vec![json!("Statement executed successfully.")]], None));
     }
+    if let Some(rest) = statement.strip_prefix("COPY INTO ") {
+        return copy::copy_into(s, rest);
+    }
     if statement.starts_with("MERGE INTO ") {
         return merge(s, statement, bindings).map(|n| (vec![vec![json!(n.to_string())]], Some(n)));
     }
@@ -424,7 +448,7 @@ fn execute(
     Err(compile_error(message))
 }
 
-fn missing_table(name: &str) -> SqlError {
+pub(super) fn missing_table(name: &str) -> SqlError {
     (
         "002003".into(),
         "42S02".into(),
@@ -433,7 +457,7 @@ fn missing_table(name: &str) -> SqlError {
 }
 
 /// `"ABC"` → `ABC`
-fn unquote(ident: &str) -> Result<String, SqlError> {
+pub(super) fn unquote(ident: &str) -> Result<String, SqlError> {
     ident
         .trim()
         .strip_prefix('"')
@@ -497,7 +521,7 @@ fn source_expr(expr: &str) -> Result<(String, Option<String>), SqlError> {
 }
 
 /// Snowflake's cast of a JSON value to `ty` (a small subset of its rules).
-fn cast(value: &Value, ty: &str) -> Result<Value, SqlError> {
+pub(super) fn cast(value: &Value, ty: &str) -> Result<Value, SqlError> {
     if value.is_null() {
         return Ok(Value::Null);
     }

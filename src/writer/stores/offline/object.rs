@@ -6,6 +6,7 @@
 use super::TableRows;
 use super::drop_ratio::{self, QUERY_LOG};
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use arrow_select::concat::concat_batches;
 use arrow_select::filter::filter_record_batch;
 use futures::future::BoxFuture;
@@ -44,6 +45,9 @@ pub struct ObjectLoad {
     pub idempotency_key: String,
     /// Rows the object holds (its footer says so before any row is read).
     pub rows: u64,
+    /// Its columns, from the footer (stores that load the object where it
+    /// lies make the table from them).
+    pub schema: Option<SchemaRef>,
     pub source: Arc<dyn BatchSource>,
 }
 
@@ -160,6 +164,7 @@ pub(crate) mod tests {
             table: table.into(),
             idempotency_key: "k".into(),
             rows,
+            schema: None,
             source: Arc::new(Batches(batches.into_iter().map(Ok).collect())),
         }
     }

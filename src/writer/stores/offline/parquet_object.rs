@@ -121,6 +121,11 @@ impl ParquetObject {
         })
     }
 
+    /// The object's columns, from its footer.
+    pub fn schema(&self) -> arrow_schema::SchemaRef {
+        self.metadata.schema().clone()
+    }
+
     /// Rows the footer says the object holds.
     pub fn rows(&self) -> u64 {
         self.metadata.metadata().file_metadata().num_rows().max(0) as u64

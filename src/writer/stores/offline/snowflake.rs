@@ -14,7 +14,10 @@
 //! nothing. Tables are created with `CREATE TABLE IF NOT EXISTS` and gain
 //! columns with `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`.
 
+mod copy_into;
+
 use super::json_rows::{self, JsonRow};
+use super::object::ObjectLoad;
 use super::snowflake_auth::{KeyPairJwt, SnowflakeAuth, TokenKind, TokenSource};
 use super::snowflake_sql::{Column, Encoded, encode, ident, is_data_error, merge_statement};
 use super::warehouse::{self, WarehouseError};
@@ -63,6 +66,9 @@ pub struct SnowflakeStore {
     target: SnowflakeTarget,
     auth: SnowflakeAuth,
     http: reqwest::Client,
+    /// `snowflake_storage_integration_name`: bulk objects load with COPY
+    /// INTO through it; without one their rows are merged like a batch's.
+    storage_integration: Option<String>,
     /// Upper-cased column names of the tables this process has made sure of.
     tables: Mutex<HashMap<String, HashSet<String>>>,
 }
@@ -171,8 +177,15 @@ impl SnowflakeStore {
             target,
             auth,
             http: warehouse::http_client()?,
+            storage_integration: None,
             tables: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Bulk objects load with COPY INTO through `name` (blank: none).
+    pub fn with_storage_integration(mut self, name: Option<String>) -> Self {
+        self.storage_integration = name.filter(|n| !n.trim().is_empty());
+        self
     }
 
     fn request(
@@ -210,10 +223,21 @@ impl SnowflakeStore {
         statement: &str,
         bindings: Option<Value>,
     ) -> Result<Answer, WriterError> {
+        self.execute_for(statement, bindings, STATEMENT_TIMEOUT_SECS)
+            .await
+    }
+
+    /// [`Self::execute`] with its own timeout (seconds).
+    async fn execute_for(
+        &self,
+        statement: &str,
+        bindings: Option<Value>,
+        timeout: u64,
+    ) -> Result<Answer, WriterError> {
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut body = json!({
             "statement": statement,
-            "timeout": STATEMENT_TIMEOUT_SECS,
+            "timeout": timeout,
             "database": self.target.database,
             "schema": self.target.schema,
         });
@@ -246,7 +270,7 @@ impl SnowflakeStore {
                 continue;
             }
             let (status, answer) = sent?;
-            return self.settle(status, answer).await;
+            return self.settle(status, answer, timeout).await;
         }
     }
 
@@ -255,8 +279,13 @@ impl SnowflakeStore {
     }
 
     /// Follows a statement still running (202) until it ends.
-    async fn settle(&self, mut status: StatusCode, mut body: Value) -> Result<Answer, WriterError> {
-        let deadline = Instant::now() + Duration::from_secs(STATEMENT_TIMEOUT_SECS + 30);
+    async fn settle(
+        &self,
+        mut status: StatusCode,
+        mut body: Value,
+        timeout: u64,
+    ) -> Result<Answer, WriterError> {
+        let deadline = Instant::now() + Duration::from_secs(timeout + 30);
         let mut wait = Duration::from_millis(100);
         loop {
             match status {
@@ -481,6 +510,21 @@ impl OfflineStore for SnowflakeStore {
                 .await?;
         }
         Ok(rejected)
+    }
+
+    /// With a storage integration, objects in S3 or Cloud Storage load with
+    /// COPY INTO where they lie; otherwise their rows are merged.
+    async fn load_object(&self, object: &ObjectLoad) -> Result<Option<String>, WriterError> {
+        match (
+            &self.storage_integration,
+            copy_into::stage_url(&object.uri),
+            &object.schema,
+        ) {
+            (Some(integration), Some(url), Some(schema)) => {
+                self.copy_into(object, &url, integration, schema).await
+            }
+            _ => super::load_collected(self, object).await,
+        }
     }
 }
 

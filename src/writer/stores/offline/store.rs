@@ -49,10 +49,10 @@ pub async fn open_uri(uri: &str, cfg: &WriterConfig) -> Result<Store, OfflineErr
         "bigquery" => {
             Store::BigQuery(BigQueryStore::open(uri, cfg.bigquery_endpoint.as_deref()).await?)
         }
-        "snowflake" => Store::Snowflake(SnowflakeStore::open(
-            uri,
-            cfg.snowflake_endpoint.as_deref(),
-        )?),
+        "snowflake" => Store::Snowflake(
+            SnowflakeStore::open(uri, cfg.snowflake_endpoint.as_deref())?
+                .with_storage_integration(cfg.snowflake_storage_integration.clone()),
+        ),
         _ => return Err(OfflineError::Scheme(scheme)),
     };
     if let Some(flavour) = &cfg.offline_store_db_type

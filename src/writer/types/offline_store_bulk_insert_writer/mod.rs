@@ -129,6 +129,7 @@ impl BulkDecoder {
                 .clone()
                 .unwrap_or_else(|| format!("object:{}#{version}", obj.uri)),
             rows,
+            schema: Some(object.schema()),
             source: Arc::new(object),
         })
     }
