@@ -376,29 +376,13 @@ fn benthos_pipeline(topic: &str, dsn: &str, batch: usize) -> String {
         })
         .collect();
     format!(
-        r#"input:
-  kafka_franz:
-    seed_brokers: ["{brokers}"]
-    topics: ["{topic}"]
-    consumer_group: "{group}"
-    start_from_oldest: true
-pipeline:
-  threads: {threads}
-  processors:
-    - protobuf:
-        operator: to_json
-        message: bgpersist.bus.v1.ResultMessage
-        import_paths: ["{proto}"]
-    - mapping: 'root = this.values.map_each(v -> v.merge({{"deploymentId": this.deploymentId}}))'
+        r#"{input}    - mapping: 'root = this.values.map_each(v -> v.merge({{"deploymentId": this.deploymentId}}))'
     - unarchive:
         format: json_array
 output:
   switch:
     cases:
 {cases}"#,
-        brokers = kafka::bootstrap(),
-        group = unique("bench-peer"),
-        threads = report::cores(),
-        proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+        input = peer::kafka_results_input(topic),
     )
 }

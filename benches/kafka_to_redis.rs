@@ -412,20 +412,7 @@ fn benthos_pipeline(topic: &str, redis_url: &str, prefix: &str) -> String {
         .map(|l| format!("        {l}\n"))
         .collect();
     format!(
-        r#"input:
-  kafka_franz:
-    seed_brokers: ["{brokers}"]
-    topics: ["{topic}"]
-    consumer_group: "{group}"
-    start_from_oldest: true
-pipeline:
-  threads: {threads}
-  processors:
-    - protobuf:
-        operator: to_json
-        message: bgpersist.bus.v1.ResultMessage
-        import_paths: ["{proto}"]
-    - redis_script:
+        r#"{input}    - redis_script:
         url: "{redis_url}"
         keys_mapping: 'root = ["{prefix}" + this.values.index(0).namespace + "/" + this.values.index(0).pkey]'
         args_mapping: 'root = [this.operationId, "0"].concat(this.values.map_each(v -> [v.feature, v.observedAtMicros.string(), v.value.values().index(0).string()]).flatten())'
@@ -433,9 +420,6 @@ pipeline:
 output:
   drop: {{}}
 "#,
-        brokers = kafka::bootstrap(),
-        group = unique("bench-peer"),
-        threads = report::cores(),
-        proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+        input = peer::kafka_results_input(topic),
     )
 }

@@ -35,6 +35,33 @@ pub fn benthos() -> Option<PathBuf> {
     }
 }
 
+/// The start of a pipeline both Kafka benches share: every message of
+/// `topic` from the oldest offset in a fresh group, decoded from protobuf
+/// (`bgpersist.bus.v1.ResultMessage`, from `proto/`) to JSON; the caller
+/// appends its own processors and output.
+pub fn kafka_results_input(topic: &str) -> String {
+    format!(
+        r#"input:
+  kafka_franz:
+    seed_brokers: ["{brokers}"]
+    topics: ["{topic}"]
+    consumer_group: "{group}"
+    start_from_oldest: true
+pipeline:
+  threads: {threads}
+  processors:
+    - protobuf:
+        operator: to_json
+        message: bgpersist.bus.v1.ResultMessage
+        import_paths: ["{proto}"]
+"#,
+        brokers = super::kafka::bootstrap(),
+        group = crate::support::unique("bench-peer"),
+        threads = super::report::cores(),
+        proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto"),
+    )
+}
+
 /// A running Benthos pipeline.
 pub struct Benthos {
     child: Child,

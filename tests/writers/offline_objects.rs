@@ -65,6 +65,7 @@ fn object(
         rows,
         schema: None,
         source: source.clone(),
+        transformed: false,
     };
     Ok((load, source))
 }

@@ -24,7 +24,29 @@ mod writer_e2e;
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use bgpersist::writer::stores::offline::TableRows;
+use bgpersist::writer::stores::offline::object::{BatchSource, BatchStream, SourceError};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// An object's rows that a store loading the object where it lies must not
+/// read: opening them counts and fails.
+#[derive(Default)]
+pub struct Untouched(AtomicUsize);
+
+impl Untouched {
+    pub fn opens(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl BatchSource for Untouched {
+    fn open(&self) -> BoxFuture<'_, Result<BatchStream, SourceError>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        async { Err(SourceError::Refused("the store read the rows".into())) }.boxed()
+    }
+}
 
 /// 2023-11-14T22:13:20Z
 pub const TS: i64 = 1_700_000_000_000_000;

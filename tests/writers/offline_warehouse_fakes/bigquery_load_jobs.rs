@@ -4,28 +4,13 @@
 //! nothing, and a failed job is refused with BigQuery's reason. What this
 //! cannot show: that real BigQuery loads the parquet as the fake pretends.
 
+use super::Untouched;
 use super::fake_bigquery::FakeBigQuery;
 use bgpersist::writer::stores::offline::OfflineStore;
 use bgpersist::writer::stores::offline::bigquery::{BigQueryStore, BigQueryTarget, GoogleAuth};
-use bgpersist::writer::stores::offline::object::{
-    BatchSource, BatchStream, ObjectLoad, SourceError,
-};
-use futures::FutureExt;
-use futures::future::BoxFuture;
+use bgpersist::writer::stores::offline::object::ObjectLoad;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// A source that only counts how often the store opens it.
-#[derive(Default)]
-struct Untouched(AtomicUsize);
-
-impl BatchSource for Untouched {
-    fn open(&self) -> BoxFuture<'_, Result<BatchStream, SourceError>> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        async { Err(SourceError::Refused("the store read the rows".into())) }.boxed()
-    }
-}
 
 fn object(uri: &str, key: &str, source: Arc<Untouched>) -> ObjectLoad {
     ObjectLoad {
@@ -35,6 +20,7 @@ fn object(uri: &str, key: &str, source: Arc<Untouched>) -> ObjectLoad {
         rows: 2,
         schema: None,
         source,
+        transformed: false,
     }
 }
 
@@ -60,7 +46,7 @@ async fn fake_bigquery_gs_objects_load_with_one_job_and_replays_add_nothing() ->
     let load = object(uri, "day-1", source.clone());
     assert_eq!(store.load_object(&load).await?, None);
     assert_eq!(fake.rows("features", "events").len(), 2);
-    assert_eq!(source.0.load(Ordering::SeqCst), 0, "rows were read");
+    assert_eq!(source.opens(), 0, "rows were read");
 
     let jobs = fake.calls("POST", "/projects/proj/jobs");
     assert_eq!(jobs.len(), 1);
@@ -93,7 +79,7 @@ async fn fake_bigquery_gs_objects_load_with_one_job_and_replays_add_nothing() ->
         None
     );
     assert_eq!(fake.rows("features", "events").len(), 4);
-    assert_eq!(source.0.load(Ordering::SeqCst), 0);
+    assert_eq!(source.opens(), 0);
     Ok(())
 }
 
@@ -115,6 +101,15 @@ async fn fake_bigquery_a_failed_load_job_is_refused_with_its_reason() -> anyhow:
     let s3 = object("s3://uploads/a.parquet", "k2", source.clone());
     let refused = store.load_object(&s3).await?.unwrap_or_default();
     assert!(refused.contains("the store read the rows"), "{refused}");
-    assert_eq!(source.0.load(Ordering::SeqCst), 1);
+    assert_eq!(source.opens(), 1);
+    // Nor can sampled (query_log) rows: they are read and filtered.
+    let sampled = ObjectLoad {
+        transformed: true,
+        ..object("gs://uploads/q.parquet", "k3", source.clone())
+    };
+    let refused = store.load_object(&sampled).await?.unwrap_or_default();
+    assert!(refused.contains("the store read the rows"), "{refused}");
+    assert_eq!(source.opens(), 2);
+    assert_eq!(fake.calls("POST", "/projects/proj/jobs").len(), 1);
     Ok(())
 }

@@ -6,30 +6,16 @@
 //! this cannot show: that real Snowflake reads the parquet as the fake
 //! pretends.
 
+use super::Untouched;
 use super::fake_snowflake::FakeSnowflake;
 use arrow_schema::{DataType, Field, Schema};
 use bgpersist::writer::runtime::sink::WriterError;
 use bgpersist::writer::stores::offline::OfflineStore;
-use bgpersist::writer::stores::offline::object::{
-    BatchSource, BatchStream, ObjectLoad, SourceError,
-};
+use bgpersist::writer::stores::offline::object::ObjectLoad;
 use bgpersist::writer::stores::offline::snowflake::{SnowflakeStore, parse_uri};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-#[derive(Default)]
-struct Untouched(AtomicUsize);
-
-impl BatchSource for Untouched {
-    fn open(&self) -> BoxFuture<'_, Result<BatchStream, SourceError>> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        async { Err(SourceError::Refused("the store read the rows".into())) }.boxed()
-    }
-}
 
 fn store(fake: &FakeSnowflake, integration: &str) -> anyhow::Result<SnowflakeStore> {
     let uri = "snowflake://loader@xy12345.eu-west-1/DB/SCH?warehouse=WH&token=t";
@@ -48,6 +34,7 @@ fn object(uri: &str, source: Arc<Untouched>) -> ObjectLoad {
             Field::new("value", DataType::Int64, true),
         ]))),
         source,
+        transformed: false,
     }
 }
 
@@ -103,7 +90,7 @@ async fn fake_snowflake_objects_load_with_copy_into_and_replays_are_skipped() ->
     assert_eq!(store.load_object(&load).await?, None);
     assert_eq!(fake.rows("events").len(), 2);
     assert_eq!(copies(&fake).len(), 2);
-    assert_eq!(source.0.load(Ordering::SeqCst), 0, "rows were read");
+    assert_eq!(source.opens(), 0, "rows were read");
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
     Ok(())
 }
@@ -132,6 +119,6 @@ async fn fake_snowflake_bad_rows_refuse_the_object_and_a_wrong_integration_is_re
         matches!(&result, Err(WriterError::Retriable(r)) if r.contains("does not exist or not authorized")),
         "{result:?}"
     );
-    assert_eq!(source.0.load(Ordering::SeqCst), 0);
+    assert_eq!(source.opens(), 0);
     Ok(())
 }

@@ -510,7 +510,7 @@ impl OfflineStore for BigQueryStore {
     /// Objects in Cloud Storage load with a load job; others (S3) through
     /// insertAll, collected first.
     async fn load_object(&self, object: &ObjectLoad) -> Result<Option<String>, WriterError> {
-        if object.uri.starts_with("gs://") {
+        if object.uri.starts_with("gs://") && !object.transformed {
             self.load_job(object).await
         } else {
             super::load_collected(self, object).await

@@ -49,6 +49,9 @@ pub struct ObjectLoad {
     /// lies make the table from them).
     pub schema: Option<SchemaRef>,
     pub source: Arc<dyn BatchSource>,
+    /// The rows are changed on their way (sampled): the object cannot be
+    /// loaded where it lies.
+    pub transformed: bool,
 }
 
 impl std::fmt::Debug for ObjectLoad {
@@ -73,6 +76,7 @@ impl ObjectLoad {
                 inner: self.source.clone(),
                 ratio,
             }),
+            transformed: true,
             ..self
         }
     }
@@ -166,6 +170,7 @@ pub(crate) mod tests {
             rows,
             schema: None,
             source: Arc::new(Batches(batches.into_iter().map(Ok).collect())),
+            transformed: false,
         }
     }
 
@@ -196,9 +201,11 @@ pub(crate) mod tests {
         let first = count(&load).await?;
         assert!((350..650).contains(&first), "{first}");
         assert_eq!(count(&load).await?, first);
+        assert!(load.transformed);
         // Other tables are never sampled.
         let other = self::load("t", vec![ids(0..10)?]).sampled(0.5);
         assert_eq!(count(&other).await?, 10);
+        assert!(!other.transformed);
         Ok(())
     }
 }

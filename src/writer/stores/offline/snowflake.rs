@@ -520,7 +520,7 @@ impl OfflineStore for SnowflakeStore {
             copy_into::stage_url(&object.uri),
             &object.schema,
         ) {
-            (Some(integration), Some(url), Some(schema)) => {
+            (Some(integration), Some(url), Some(schema)) if !object.transformed => {
                 self.copy_into(object, &url, integration, schema).await
             }
             _ => super::load_collected(self, object).await,

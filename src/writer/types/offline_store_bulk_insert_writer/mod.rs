@@ -131,6 +131,7 @@ impl BulkDecoder {
             rows,
             schema: Some(object.schema()),
             source: Arc::new(object),
+            transformed: false,
         })
     }
 }

@@ -92,6 +92,17 @@ impl PostgresStore {
         })
     }
 
+    /// A pooled connection, with `bgpersist_loads` made sure of.
+    async fn connection(&self) -> Result<deadpool_postgres::Object, WriterError> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| WriterError::Retriable(format!("postgres connection: {e}")))?;
+        self.ensure_loads_table(&mut conn).await?;
+        Ok(conn)
+    }
+
     async fn ensure_loads_table(
         &self,
         client: &mut tokio_postgres::Client,
@@ -389,13 +400,8 @@ impl OfflineStore for PostgresStore {
             return Ok(rejected);
         }
 
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| WriterError::Retriable(format!("postgres connection: {e}")))?;
+        let mut conn = self.connection().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
-        self.ensure_loads_table(client).await?;
         let mut ready = Vec::with_capacity(groups.len());
         for mut g in groups {
             let refused = match self.catalog.ensure(client, g.table, &g.columns).await {

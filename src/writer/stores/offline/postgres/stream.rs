@@ -49,13 +49,8 @@ impl PostgresStore {
             Open::Empty => return Ok(None),
             Open::Refused(reason) => return Ok(Some(reason)),
         };
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| WriterError::Retriable(format!("postgres connection: {e}")))?;
+        let mut conn = self.connection().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
-        self.ensure_loads_table(client).await?;
         let shape = match self.catalog.ensure(client, table, &plan.columns).await {
             Ok(shape) => shape,
             Err(e) if retriable(&e) => return Err(retry(table, &e)),
