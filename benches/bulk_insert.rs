@@ -303,17 +303,7 @@ async fn measure(
         "OFFLINE_STORE_BULK_INSERT_WRITER",
         "bulk",
         &topic,
-        [
-            ("BGP_OFFLINE_STORE_URI", store),
-            ("AWS_ENDPOINT_URL", rig("moto", "BGP_AWS_ENDPOINT")),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_REGION", rig("moto", "BGP_AWS_REGION")),
-            ("AWS_ACCESS_KEY_ID", rig("moto", "BGP_AWS_ACCESS_KEY_ID")),
-            (
-                "AWS_SECRET_ACCESS_KEY",
-                rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            ),
-        ],
+        std::iter::once(("BGP_OFFLINE_STORE_URI", store)).chain(support::cloud::moto_s3_env()),
     );
     let mut writer = WriterProcess::start(run, &env)?;
     let cpu = async |pid| Ok(Cpu::now(pid));

@@ -15,6 +15,20 @@ pub fn credentials() -> Credentials {
     )
 }
 
+/// What a writer needs to reach the rig's S3 (moto), as a pod would have it.
+pub fn moto_s3_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", rig("moto", "BGP_AWS_ENDPOINT")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_REGION", rig("moto", "BGP_AWS_REGION")),
+        ("AWS_ACCESS_KEY_ID", rig("moto", "BGP_AWS_ACCESS_KEY_ID")),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
+        ),
+    ]
+}
+
 /// A Secrets Manager client for the rig's moto.
 pub fn moto() -> aws_sdk_secretsmanager::Client {
     let config = aws_sdk_secretsmanager::Config::builder()

@@ -228,16 +228,8 @@ impl S3Bucket {
 
     /// What the writer needs to reach this S3, as a pod would have it.
     pub fn writer_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", rig("moto", "BGP_AWS_ENDPOINT")),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_REGION", rig("moto", "BGP_AWS_REGION")),
-            ("AWS_ACCESS_KEY_ID", rig("moto", "BGP_AWS_ACCESS_KEY_ID")),
-            (
-                "AWS_SECRET_ACCESS_KEY",
-                rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"),
-            ),
-            ("BGP_UPLOAD_BUCKET", format!("s3://{}", self.name)),
-        ]
+        let mut env = crate::support::cloud::moto_s3_env();
+        env.push(("BGP_UPLOAD_BUCKET", format!("s3://{}", self.name)));
+        env
     }
 }
