@@ -287,6 +287,13 @@ async fn run() -> anyhow::Result<()> {
             .await?;
         let outcome = run_peer(&benthos, &run, &topic, &peer_schema, &ddl, n).await;
         postgres::drop_schema(&admin, &peer_schema).await?;
+        // The run's schemas and topic go whatever the peer's outcome.
+        if outcome.is_err() {
+            for s in &schemas {
+                postgres::drop_schema(&admin, s).await?;
+            }
+            kafka::delete_topics(&kafka_admin, &[&topic]).await?;
+        }
         let r = outcome?;
         let writer_cores = (measured.after.process - measured.before.process) / secs;
         let peer_rows = r.rate * FEATURES.len() as f64;

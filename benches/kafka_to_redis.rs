@@ -373,17 +373,27 @@ async fn run() -> anyhow::Result<()> {
     {
         let total = n + latency_n;
         let pipeline = benthos_pipeline(&topic, &redis_url, &format!("{prefix}p:"));
-        let mut p = Benthos::start(&benthos, &run, &pipeline)?;
-        let r = p.measure(total as f64, Duration::from_secs(900)).await?;
-        drop(p);
-        // Benthos passes a message on even when its script call failed:
-        // the peer's entities must be the writer's.
-        let mine = common::redis::count_prefix(&mut redis, &format!("{prefix}w:")).await?;
-        let theirs = common::redis::count_prefix(&mut redis, &format!("{prefix}p:")).await?;
-        anyhow::ensure!(
-            theirs == mine,
-            "benthos wrote {theirs} entities, the writer {mine}"
-        );
+        let outcome = async {
+            let mut p = Benthos::start(&benthos, &run, &pipeline)?;
+            let r = p.measure(total as f64, Duration::from_secs(900)).await?;
+            drop(p);
+            // Benthos passes a message on even when its script call failed:
+            // the peer's entities must be the writer's.
+            let mine = common::redis::count_prefix(&mut redis, &format!("{prefix}w:")).await?;
+            let theirs = common::redis::count_prefix(&mut redis, &format!("{prefix}p:")).await?;
+            anyhow::ensure!(
+                theirs == mine,
+                "benthos wrote {theirs} entities, the writer {mine}"
+            );
+            Ok(r)
+        }
+        .await;
+        // The run's keys and topic go whatever the peer's outcome.
+        if outcome.is_err() {
+            common::redis::unlink_prefix(&mut redis, &prefix).await?;
+            kafka::delete_topics(&admin, &[&topic]).await?;
+        }
+        let r = outcome?;
         println!(
             "  [peer]    benthos 4.27 (protobuf to_json, one-entity script per message): {:.0} msg/s at {:.2} cores = {:.0} msg/s per core, peak RSS {}",
             r.rate,
