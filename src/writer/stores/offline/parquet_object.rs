@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, OBJECT_STORE_COALESCE_DEFAULT, ObjectStore, coalesce_ranges};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
@@ -45,12 +45,31 @@ pub struct ParquetObject {
     slice_bytes: u64,
 }
 
-/// Byte ranges of one object, as the parquet decoder asks for them.
+/// Byte ranges of one object, as the parquet decoder asks for them. With
+/// the ETag read beside the footer, every GET carries `If-Match`: an object
+/// overwritten during its load fails the load (retried, so the new version
+/// is read whole) instead of mixing two versions.
 #[derive(Clone)]
 struct Ranges {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
+    etag: Option<String>,
+}
+
+impl Ranges {
+    async fn fetch(&self, range: Range<u64>) -> object_store::Result<Bytes> {
+        let options = GetOptions {
+            range: Some(range.into()),
+            if_match: self.etag.clone(),
+            ..Default::default()
+        };
+        self.store
+            .get_opts(&self.path, options)
+            .await?
+            .bytes()
+            .await
+    }
 }
 
 fn external(e: object_store::Error) -> ParquetError {
@@ -59,10 +78,7 @@ fn external(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for Ranges {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        self.store
-            .get_range(&self.path, range)
-            .map_err(external)
-            .boxed()
+        self.fetch(range).map_err(external).boxed()
     }
 
     fn get_byte_ranges(
@@ -70,8 +86,9 @@ impl AsyncFileReader for Ranges {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
+            // Nearby ranges in one GET, as ObjectStore::get_ranges does.
+            let this = &*self;
+            coalesce_ranges(&ranges, |r| this.fetch(r), OBJECT_STORE_COALESCE_DEFAULT)
                 .await
                 .map_err(external)
         }
@@ -96,15 +113,21 @@ impl AsyncFileReader for Ranges {
 }
 
 impl ParquetObject {
-    /// Reads the footer of the object at `path` (`size` bytes long) and
-    /// checks its column names.
+    /// Reads the footer of the object at `path` (`size` bytes long, version
+    /// `etag` when the store gave one) and checks its column names.
     pub async fn open(
         uri: &str,
         store: Arc<dyn ObjectStore>,
         path: Path,
         size: u64,
+        etag: Option<String>,
     ) -> Result<ParquetObject, SourceError> {
-        let mut reader = Ranges { store, path, size };
+        let mut reader = Ranges {
+            store,
+            path,
+            size,
+            etag,
+        };
         let options = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
             .await
@@ -236,6 +259,9 @@ fn classify(uri: &str, what: &str, e: ParquetError) -> SourceError {
             object_store::Error::NotFound { .. } => {
                 SourceError::Refused(format!("object {uri} not found"))
             }
+            object_store::Error::Precondition { .. } => SourceError::Unavailable(format!(
+                "object {uri} changed while it was read; it is read again"
+            )),
             other => SourceError::Unavailable(format!("object store for {uri}: {other}")),
         };
     }
@@ -282,7 +308,7 @@ mod tests {
         )])
         .map_err(|e| e.to_string())?;
         let size = put(&store, "a", to_parquet_with_row_groups(&batch, row_group)).await?;
-        ParquetObject::open("s3://b/a", store, Path::from("a"), size)
+        ParquetObject::open("s3://b/a", store, Path::from("a"), size, None)
             .await
             .map_err(|e| format!("{e:?}"))
     }
@@ -325,18 +351,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_object_overwritten_while_read_is_read_again()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let store = Arc::new(InMemory::new());
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from_iter_values(0..1000)) as _,
+        )])?;
+        let bytes = to_parquet_with_row_groups(&batch, 100);
+        let size = put(&store, "a", bytes.clone()).await?;
+        let etag = store.head(&Path::from("a")).await?.e_tag;
+        assert!(etag.is_some());
+        let object = ParquetObject::open("s3://b/a", store.clone(), Path::from("a"), size, etag)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(read_all(&object).await?.0.len(), 1000);
+        // The same bytes again are a new version all the same.
+        put(&store, "a", bytes).await?;
+        let err = read_all(&object).await.err().unwrap_or_default();
+        assert!(err.contains("changed while it was read"), "{err}");
+        assert!(err.starts_with("Unavailable"), "{err}");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn garbage_missing_and_hostile_objects_are_refused()
     -> Result<(), Box<dyn std::error::Error>> {
         let store = Arc::new(InMemory::new());
         let size = put(&store, "bad", b"PAR1 not really".to_vec()).await?;
-        let err = ParquetObject::open("s3://b/bad", store.clone(), Path::from("bad"), size)
+        let err = ParquetObject::open("s3://b/bad", store.clone(), Path::from("bad"), size, None)
             .await
             .err();
         assert!(
             matches!(&err, Some(SourceError::Refused(r)) if r.contains("not a readable parquet file")),
             "{err:?}"
         );
-        let err = ParquetObject::open("s3://b/gone", store.clone(), Path::from("gone"), 4096)
+        let err = ParquetObject::open("s3://b/gone", store.clone(), Path::from("gone"), 4096, None)
             .await
             .err();
         assert!(
@@ -348,7 +398,7 @@ mod tests {
             Arc::new(Int64Array::from(vec![1])) as _,
         )])?;
         let size = put(&store, "h", to_parquet_with_row_groups(&hostile, 10)).await?;
-        let err = ParquetObject::open("s3://b/h", store, Path::from("h"), size)
+        let err = ParquetObject::open("s3://b/h", store, Path::from("h"), size, None)
             .await
             .err();
         assert!(

@@ -112,7 +112,8 @@ impl BulkDecoder {
             .e_tag
             .clone()
             .unwrap_or_else(|| format!("{}@{}", meta.size, meta.last_modified));
-        let object = ParquetObject::open(&obj.uri, store, path, meta.size).await?;
+        let object =
+            ParquetObject::open(&obj.uri, store, path, meta.size, meta.e_tag.clone()).await?;
         let rows = object.rows();
         if obj.row_count > 0 && obj.row_count as u64 != rows {
             return Err(SourceError::Refused(format!(
