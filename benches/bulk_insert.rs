@@ -35,7 +35,7 @@ use parquet::file::properties::WriterProperties;
 use prost::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{rig, unique};
+use support::unique;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
@@ -104,17 +104,6 @@ fn batch(from: u64, to: u64) -> anyhow::Result<RecordBatch> {
             )),
         ),
     ])?)
-}
-
-fn s3(bucket: &str) -> anyhow::Result<AmazonS3> {
-    Ok(object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_endpoint(rig("moto", "BGP_AWS_ENDPOINT"))
-        .with_allow_http(true)
-        .with_region(rig("moto", "BGP_AWS_REGION"))
-        .with_access_key_id(rig("moto", "BGP_AWS_ACCESS_KEY_ID"))
-        .with_secret_access_key(rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"))
-        .build()?)
 }
 
 /// Writes rows until the object reaches `mib` MiB; returns the row count.
@@ -209,14 +198,8 @@ async fn run() -> anyhow::Result<()> {
     println!("bulk_insert: one parquet object of {mib} MiB, row groups of {row_group} rows");
     println!("  machine: {}", machine());
     let run = unique("bench").replace('-', "_");
-    let bucket = unique("bulk").replace('_', "-").to_lowercase();
-    let status = reqwest::Client::new()
-        .put(format!("{}/{bucket}", rig("moto", "BGP_AWS_ENDPOINT")))
-        .send()
-        .await?
-        .status();
-    anyhow::ensure!(status.is_success(), "create bucket {bucket}: {status}");
-    let store = Arc::new(s3(&bucket)?);
+    let (bucket, store) = support::cloud::moto_bucket("bulk").await?;
+    let store = Arc::new(store);
     let path = Path::from("day=1/events.parquet");
     let started = Instant::now();
     let n = write_object(store.clone(), &path, mib, row_group).await?;

@@ -29,6 +29,29 @@ pub fn moto_s3_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A new bucket `<prefix>-<unique>` in the rig's S3 (moto) and a client
+/// for it: (its name, the client).
+pub async fn moto_bucket(prefix: &str) -> anyhow::Result<(String, object_store::aws::AmazonS3)> {
+    let name = super::unique(prefix).replace('_', "-").to_lowercase();
+    let endpoint = rig("moto", "BGP_AWS_ENDPOINT");
+    // moto accepts an unsigned CreateBucket; object_store cannot create buckets.
+    let status = reqwest::Client::new()
+        .put(format!("{endpoint}/{name}"))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(status.is_success(), "create bucket {name}: {status}");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&name)
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_region(rig("moto", "BGP_AWS_REGION"))
+        .with_access_key_id(rig("moto", "BGP_AWS_ACCESS_KEY_ID"))
+        .with_secret_access_key(rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"))
+        .build()?;
+    Ok((name, store))
+}
+
 /// A Secrets Manager client for the rig's moto.
 pub fn moto() -> aws_sdk_secretsmanager::Client {
     let config = aws_sdk_secretsmanager::Config::builder()

@@ -194,23 +194,7 @@ pub struct S3Bucket {
 
 impl S3Bucket {
     pub async fn create() -> anyhow::Result<S3Bucket> {
-        let name = unique("up").replace('_', "-").to_lowercase();
-        let endpoint = rig("moto", "BGP_AWS_ENDPOINT");
-        // moto accepts an unsigned CreateBucket; object_store cannot create buckets.
-        let status = reqwest::Client::new()
-            .put(format!("{endpoint}/{name}"))
-            .send()
-            .await?
-            .status();
-        anyhow::ensure!(status.is_success(), "create bucket {name}: {status}");
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(&name)
-            .with_endpoint(&endpoint)
-            .with_allow_http(true)
-            .with_region(rig("moto", "BGP_AWS_REGION"))
-            .with_access_key_id(rig("moto", "BGP_AWS_ACCESS_KEY_ID"))
-            .with_secret_access_key(rig("moto", "BGP_AWS_SECRET_ACCESS_KEY"))
-            .build()?;
+        let (name, store) = crate::support::cloud::moto_bucket("up").await?;
         Ok(S3Bucket { name, store })
     }
 

@@ -75,10 +75,15 @@ impl BigQueryTarget {
 
     /// `<endpoint>/bigquery/v2/projects/<p>/datasets/<d>/<tail...>`
     fn url(&self, tail: &[&str]) -> url::Url {
+        self.project_url(["datasets", self.dataset.as_str()].iter().chain(tail))
+    }
+
+    /// `<endpoint>/bigquery/v2/projects/<p>/<tail...>`
+    fn project_url<'a>(&self, tail: impl IntoIterator<Item = &'a &'a str>) -> url::Url {
         let mut url = self.endpoint.clone();
         if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(["bigquery", "v2", "projects"]);
-            path.extend([self.project.as_str(), "datasets", self.dataset.as_str()]);
+            path.pop_if_empty()
+                .extend(["bigquery", "v2", "projects", self.project.as_str()]);
             path.extend(tail);
         }
         url

@@ -27,6 +27,26 @@ pub enum SourceError {
     Unavailable(String),
 }
 
+impl SourceError {
+    /// An object store's answer about `uri`: a missing object or a bad path
+    /// is refused for good; a changed object is read again; anything else
+    /// (unreachable, credentials) is retried.
+    pub fn from_store(uri: &str, e: &object_store::Error) -> SourceError {
+        match e {
+            object_store::Error::NotFound { .. } => {
+                SourceError::Refused(format!("object {uri} not found"))
+            }
+            object_store::Error::InvalidPath { .. } => {
+                SourceError::Refused(format!("object {uri}: invalid path: {e}"))
+            }
+            object_store::Error::Precondition { .. } => SourceError::Unavailable(format!(
+                "object {uri} changed while it was read; it is read again"
+            )),
+            other => SourceError::Unavailable(format!("object store for {uri}: {other}")),
+        }
+    }
+}
+
 pub type BatchStream = BoxStream<'static, Result<RecordBatch, SourceError>>;
 
 /// Opens an object's rows from the start; a load opens it again when it has

@@ -30,8 +30,8 @@ use std::sync::Arc;
 /// few MiB, large enough that per-batch costs vanish.
 const STREAM_ROWS: usize = 8192;
 /// Compressed bytes of a row group fetched at once when the file has an
-/// offset index: few requests (object stores charge per request, and the
-/// rig's moto copies the object for each ranged GET), bounded memory.
+/// offset index: few requests (object stores charge per request; the rig's
+/// moto is slow at each, docs/benchmarks.md), bounded memory.
 pub const SLICE_BYTES: u64 = 4 * 1024 * 1024;
 /// Decoded batches waiting for the store at most.
 const READ_AHEAD: usize = 2;
@@ -255,15 +255,7 @@ fn classify(uri: &str, what: &str, e: ParquetError) -> SourceError {
     if let ParquetError::External(inner) = &e
         && let Some(store) = inner.downcast_ref::<object_store::Error>()
     {
-        return match store {
-            object_store::Error::NotFound { .. } => {
-                SourceError::Refused(format!("object {uri} not found"))
-            }
-            object_store::Error::Precondition { .. } => SourceError::Unavailable(format!(
-                "object {uri} changed while it was read; it is read again"
-            )),
-            other => SourceError::Unavailable(format!("object store for {uri}: {other}")),
-        };
+        return SourceError::from_store(uri, store);
     }
     SourceError::Refused(format!("{uri}: {what}: {e}"))
 }

@@ -107,7 +107,10 @@ impl BulkDecoder {
             .store(obj.scheme, &obj.bucket)
             .map_err(SourceError::Unavailable)?;
         let path = Path::parse(&obj.key).map_err(|e| SourceError::Refused(e.to_string()))?;
-        let meta = store.head(&path).await.map_err(|e| classify(&obj.uri, e))?;
+        let meta = store
+            .head(&path)
+            .await
+            .map_err(|e| SourceError::from_store(&obj.uri, &e))?;
         let version = meta
             .e_tag
             .clone()
@@ -134,18 +137,6 @@ impl BulkDecoder {
             source: Arc::new(object),
             transformed: false,
         })
-    }
-}
-
-fn classify(uri: &str, e: object_store::Error) -> SourceError {
-    match e {
-        object_store::Error::NotFound { .. } => {
-            SourceError::Refused(format!("object {uri} not found"))
-        }
-        object_store::Error::InvalidPath { .. } => {
-            SourceError::Refused(format!("object {uri}: invalid path: {e}"))
-        }
-        other => SourceError::Unavailable(format!("object store for {uri}: {other}")),
     }
 }
 

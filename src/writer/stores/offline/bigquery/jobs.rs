@@ -39,13 +39,8 @@ impl BigQueryStore {
 
     /// `<endpoint>/bigquery/v2/projects/<p>/jobs[/<id>]`
     fn jobs_url(&self, id: Option<&str>) -> url::Url {
-        let mut url = self.target.endpoint.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(["bigquery", "v2", "projects"]);
-            path.extend([self.target.project.as_str(), "jobs"]);
-            path.extend(id);
-        }
-        url
+        self.target
+            .project_url(["jobs"].iter().chain(id.as_slice()))
     }
 
     /// Loads `object` (a `gs://` URI) with one load job; `Ok(Some(reason))`
