@@ -12,7 +12,10 @@
 //!    peak RSS, CPU; and the ratio writer / raw COPY.
 //!
 //!   hack/rig up kafka postgres moto && cargo bench --bench bulk_insert
-//!   BGP_BENCH_OBJECT_MIB=2048 cargo bench --bench bulk_insert
+//!   BGP_BENCH_OBJECT_MIB=2048 BGP_BENCH_S3=s3s-fs cargo bench --bench bulk_insert
+//!
+//! `BGP_BENCH_S3=s3s-fs` reads the object from s3s-fs instead of moto
+//! (see `common::s3`: moto's ranged GETs slow down with the object's size).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -198,8 +201,9 @@ async fn run() -> anyhow::Result<()> {
     println!("bulk_insert: one parquet object of {mib} MiB, row groups of {row_group} rows");
     println!("  machine: {}", machine());
     let run = unique("bench").replace('-', "_");
-    let (bucket, store) = support::cloud::moto_bucket("bulk").await?;
-    let store = Arc::new(store);
+    let s3 = common::s3::bucket("bulk").await?;
+    println!("  S3 server: {}", s3.server);
+    let store = Arc::new(s3.store.clone());
     let path = Path::from("day=1/events.parquet");
     let started = Instant::now();
     let n = write_object(store.clone(), &path, mib, row_group).await?;
@@ -215,7 +219,7 @@ async fn run() -> anyhow::Result<()> {
     for s in &schemas {
         admin.batch_execute(&format!("CREATE SCHEMA {s}")).await?;
     }
-    let result = measure(&run, &schemas, &store, &bucket, &path, n).await;
+    let result = measure(&run, &schemas, &s3, &path, n).await;
     for s in &schemas {
         admin
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
@@ -241,15 +245,16 @@ async fn s3_read(store: &AmazonS3, path: &Path) -> anyhow::Result<f64> {
 async fn measure(
     run: &str,
     schemas: &[String; 2],
-    store: &AmazonS3,
-    bucket: &str,
+    s3: &common::s3::Bucket,
     path: &Path,
     n: u64,
 ) -> anyhow::Result<()> {
+    let store = &s3.store;
     let size = store.head(path).await?.size as f64;
     let read = s3_read(store, path).await?;
     println!(
-        "  [ceiling] S3 (moto) GET of the whole object: {:.1} MB/s = {:>9.0} rows/s",
+        "  [ceiling] S3 ({}) GET of the whole object: {:.1} MB/s = {:>9.0} rows/s",
+        s3.server,
         read / 1e6,
         read / size * n as f64
     );
@@ -261,7 +266,7 @@ async fn measure(
     let kafka_admin = kafka::admin()?;
     kafka::create_topic(&kafka_admin, &topic).await?;
     let message = BulkInsertMessage {
-        uri: format!("s3://{bucket}/{path}"),
+        uri: format!("s3://{}/{path}", s3.name),
         table: TABLE.into(),
         row_count: n as i64,
         idempotency_key: run.to_string(),
@@ -286,7 +291,7 @@ async fn measure(
         "OFFLINE_STORE_BULK_INSERT_WRITER",
         "bulk",
         &topic,
-        std::iter::once(("BGP_OFFLINE_STORE_URI", store)).chain(support::cloud::moto_s3_env()),
+        std::iter::once(("BGP_OFFLINE_STORE_URI", store)).chain(s3.writer_env.clone()),
     );
     let mut writer = WriterProcess::start(run, &env)?;
     let cpu = async |pid| Ok(Cpu::now(pid));

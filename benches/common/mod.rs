@@ -7,7 +7,8 @@
 //! - [`postgres`]: connections and schemas on the rig's Postgres;
 //! - [`process`]: the release writer process, its `/metrics`, `/proc` figures;
 //! - [`redis`]: removing what a run wrote to the rig's Redis;
-//! - [`report`]: the machine and the lines several drivers print alike.
+//! - [`report`]: the machine and the lines several drivers print alike;
+//! - [`s3`]: the S3 server a bulk bench reads from (moto, or s3s-fs).
 // Each driver uses a subset of these pieces.
 #![allow(dead_code)]
 
@@ -18,6 +19,7 @@ pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod report;
+pub mod s3;
 
 use std::future::Future;
 

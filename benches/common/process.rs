@@ -71,6 +71,18 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
+/// `BGP_BENCH_WRITER_ENV` ("K=V K=V", split on whitespace): variables for
+/// the writer process only, not the bench, e.g. a heap profiler's
+/// `LD_PRELOAD` (docs/benchmarks.md shows how).
+fn profiling_env() -> Vec<(String, String)> {
+    std::env::var("BGP_BENCH_WRITER_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Stops `child` the way Kubernetes does (SIGTERM, so it drains and commits)
 /// and reaps it.
 pub fn terminate(child: &mut Child) {
@@ -123,13 +135,19 @@ impl WriterProcess {
             .local_addr()?
             .port();
         let log = Self::tmp(&format!("{name}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgpersist-writer"));
+        // Another build of the writer (a profile being tried) may stand in.
+        let binary = std::env::var("BGP_BENCH_WRITER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bgpersist-writer").to_string());
+        let mut cmd = Command::new(binary);
         crate::support::without_cloud_metadata(&mut cmd);
         cmd.env("RUST_LOG", "warn")
             .env("BGP_LOG_FORMAT", "text")
             .env("BGP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("BGP_STORES_DIR", "/nonexistent");
         for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for (k, v) in profiling_env() {
             cmd.env(k, v);
         }
         let child = cmd
