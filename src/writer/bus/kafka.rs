@@ -91,10 +91,17 @@ impl KafkaBus {
 /// still holds many batches. A partition whose prefetch is full is fetched
 /// again after `fetch.queue.backoff.ms`: librdkafka's 1 s would idle a
 /// writer that empties 8 MiB in a tenth of that (docs/benchmarks.md).
+///
+/// Small messages cost librdkafka more than their bytes: each queued one
+/// holds an op of a few hundred bytes and pins its whole fetch response, so
+/// 8 MiB of 250-byte messages kept 31 MiB of heap. `queued.min.messages`
+/// (100 000 by default; with the high-level consumer it counts the whole
+/// consumer queue) caps that at 10 000 messages, a few batches ahead.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "3000"),
     ("queued.max.messages.kbytes", "8192"),
+    ("queued.min.messages", "10000"),
     ("fetch.queue.backoff.ms", "10"),
 ];
 
