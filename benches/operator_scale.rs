@@ -4,6 +4,9 @@
 //!
 //!   hack/rig up k8s && cargo bench --bench operator_scale
 //!   BGP_BENCH_RESOURCES=50 cargo bench --bench operator_scale
+//!
+//! `BGP_BENCH_OPERATOR_ENV="K=V ..."`: variables for the operator process
+//! only (a heap profiler's `LD_PRELOAD`).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -11,7 +14,7 @@ mod support;
 
 use bgpersist::crd::BackgroundPersistence;
 use common::env_or;
-use common::process::{http_get, metric, peak_rss, terminate};
+use common::process::{http_get, metric, peak_rss, profiling_env, terminate};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -66,6 +69,7 @@ async fn run() -> anyhow::Result<()> {
     .env("BGP_WRITER_IMAGE", support::OPERATOR_IMAGE)
     .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
     .env("RUST_LOG", "warn")
+    .envs(profiling_env("BGP_BENCH_OPERATOR_ENV"))
     .stdout(Stdio::null())
     .spawn()?;
 

@@ -71,11 +71,11 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
-/// `BGP_BENCH_WRITER_ENV` ("K=V K=V", split on whitespace): variables for
-/// the writer process only, not the bench, e.g. a heap profiler's
-/// `LD_PRELOAD` (docs/benchmarks.md shows how).
-fn profiling_env() -> Vec<(String, String)> {
-    std::env::var("BGP_BENCH_WRITER_ENV")
+/// `var` ("K=V K=V", split on whitespace, e.g. `BGP_BENCH_WRITER_ENV`):
+/// variables for the measured process only, not the bench, e.g. a heap
+/// profiler's `LD_PRELOAD` (docs/benchmarks.md shows how).
+pub fn profiling_env(var: &str) -> Vec<(String, String)> {
+    std::env::var(var)
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
@@ -144,10 +144,14 @@ impl WriterProcess {
             .env("BGP_LOG_FORMAT", "text")
             .env("BGP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("BGP_STORES_DIR", "/nonexistent");
+        // What the operator puts in every writer pod's environment.
+        for (k, v) in bgpersist::operator::render::DEFAULT_WRITER_ENV {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        for (k, v) in profiling_env() {
+        for (k, v) in profiling_env("BGP_BENCH_WRITER_ENV") {
             cmd.env(k, v);
         }
         let child = cmd

@@ -178,6 +178,10 @@ async fn seed_example_runs_as_pods_and_results_land_in_redis_and_postgres() -> a
             env.contains(&("AWS_REGION".into(), "us-east-1".into())),
             "{env:?}"
         );
+        assert!(
+            env.contains(&("MALLOC_ARENA_MAX".into(), "1".into())),
+            "{env:?}"
+        );
         let pid = cluster::container_pid(pod)?;
         let ca_file = std::fs::read_to_string(format!("/proc/{pid}/root/etc/ssl/corp/ca.pem"));
         assert!(

@@ -12,7 +12,7 @@ pub mod secret;
 mod service_account;
 pub mod trigger_authentication;
 
-pub use deployment::CONFIG_HASH_ANNOTATION;
+pub use deployment::{CONFIG_HASH_ANNOTATION, DEFAULT_WRITER_ENV};
 pub use labels::{LABEL_MANAGED_BY, LABEL_RESOURCE, LABEL_WRITER, MANAGER, selector};
 pub use names::{deployment_name, kafka_sasl_secret_name, stores_secret_name};
 pub use secret::{RenderedSecret, SecretBytes, SecretEntry, SecretInputs, Slot};

@@ -765,3 +765,27 @@ fn the_operators_otlp_endpoint_reaches_writers_unless_their_env_sets_one() {
         assert_eq!(set, ["http://mine:4318"]);
     }
 }
+
+#[test]
+fn writers_get_one_malloc_arena_unless_their_env_chooses() {
+    let var = "MALLOC_ARENA_MAX";
+    assert!(
+        render_all(&seed())
+            .writers
+            .iter()
+            .all(|w| env_of(w).get(var).map(String::as_str) == Some("1"))
+    );
+    let own = seed_with(json!({"common_persistence_specs": {"writer_pod": {"env": [
+        {"name": var, "value": "4"}]}}}));
+    for w in &render_all(&own).writers {
+        let container = &pod_of(w).containers[0];
+        let set: Vec<_> = container
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == var)
+            .filter_map(|e| e.value.as_deref())
+            .collect();
+        assert_eq!(set, ["4"]);
+    }
+}
