@@ -69,6 +69,8 @@ async fn run() -> anyhow::Result<()> {
     .env("BGP_WRITER_IMAGE", support::OPERATOR_IMAGE)
     .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
     .env("RUST_LOG", "warn")
+    // As the chart's operator Deployment sets it.
+    .env("MALLOC_ARENA_MAX", "1")
     .envs(profiling_env("BGP_BENCH_OPERATOR_ENV"))
     .stdout(Stdio::null())
     .spawn()?;

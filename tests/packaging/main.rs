@@ -250,6 +250,29 @@ fn operator_deployment_is_recreated_restricted_and_leader_elected() -> anyhow::R
         "metadata.namespace"
     );
     assert_eq!(c["image"], "bgpersist:0.1.0");
+    assert_eq!(env("MALLOC_ARENA_MAX")["value"], "1");
+    Ok(())
+}
+
+#[test]
+fn extra_env_chooses_the_operators_malloc_arenas() -> anyhow::Result<()> {
+    let set = [
+        "--set-string",
+        "extraEnv[0].name=MALLOC_ARENA_MAX,extraEnv[0].value=4",
+    ];
+    let docs = yaml_docs(&helm_template("bgp", "ops", &set)?)?;
+    let dep = docs
+        .iter()
+        .find(|d| kind(d) == "Deployment")
+        .ok_or_else(|| anyhow::anyhow!("no Deployment rendered"))?;
+    let values: Vec<Value> = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["name"] == "MALLOC_ARENA_MAX")
+        .map(|e| e["value"].clone())
+        .collect();
+    assert_eq!(values, [json!("4")]);
     Ok(())
 }
 
