@@ -18,6 +18,18 @@ fn pod_of(w: &RenderedWriter) -> k8s_openapi::api::core::v1::PodSpec {
         .unwrap_or_default()
 }
 
+/// Every value `name` has in the writer container's env, in order (a
+/// variable set twice shows twice).
+fn env_values(w: &RenderedWriter, name: &str) -> Vec<String> {
+    pod_of(w).containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == name)
+        .filter_map(|e| e.value.clone())
+        .collect()
+}
+
 fn env_of(w: &RenderedWriter) -> std::collections::BTreeMap<String, String> {
     let pod = w
         .deployment
@@ -754,15 +766,7 @@ fn the_operators_otlp_endpoint_reaches_writers_unless_their_env_sets_one() {
     let own = seed_with(json!({"common_persistence_specs": {"writer_pod": {"env": [
         {"name": var, "value": "http://mine:4318"}]}}}));
     for w in &render_with(&own, Some("http://otel-collector.observability:4318")).writers {
-        let container = &pod_of(w).containers[0];
-        let set: Vec<_> = container
-            .env
-            .iter()
-            .flatten()
-            .filter(|e| e.name == var)
-            .filter_map(|e| e.value.as_deref())
-            .collect();
-        assert_eq!(set, ["http://mine:4318"]);
+        assert_eq!(env_values(w, var), ["http://mine:4318"]);
     }
 }
 
@@ -778,14 +782,6 @@ fn writers_get_one_malloc_arena_unless_their_env_chooses() {
     let own = seed_with(json!({"common_persistence_specs": {"writer_pod": {"env": [
         {"name": var, "value": "4"}]}}}));
     for w in &render_all(&own).writers {
-        let container = &pod_of(w).containers[0];
-        let set: Vec<_> = container
-            .env
-            .iter()
-            .flatten()
-            .filter(|e| e.name == var)
-            .filter_map(|e| e.value.as_deref())
-            .collect();
-        assert_eq!(set, ["4"]);
+        assert_eq!(env_values(w, var), ["4"]);
     }
 }
