@@ -100,8 +100,8 @@ async fn run() -> anyhow::Result<()> {
 
     let want = n * WRITERS.len();
     // A metadata watch, not a LIST of every Deployment every 250 ms: that
-    // poll alone serialised some 3.6 MB of metadata a second on the API
-    // server the operator is measured against.
+    // poll made the API server being measured serialise all of their
+    // metadata four times a second.
     let deployments: Api<PartialObjectMeta<Deployment>> = Api::all(client.clone());
     let config =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=bgpersist-operator");
