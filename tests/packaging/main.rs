@@ -254,24 +254,30 @@ fn operator_deployment_is_recreated_restricted_and_leader_elected() -> anyhow::R
     Ok(())
 }
 
+/// Every value `name` has in the env of the operator container the chart
+/// renders with `set`, in order.
+fn operator_env_values(set: &[&str], name: &str) -> anyhow::Result<Vec<Value>> {
+    let docs = yaml_docs(&helm_template("bgp", "ops", set)?)?;
+    let dep = docs
+        .iter()
+        .find(|d| kind(d) == "Deployment")
+        .ok_or_else(|| anyhow::anyhow!("no Deployment rendered"))?;
+    Ok(dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["name"] == name)
+        .map(|e| e["value"].clone())
+        .collect())
+}
+
 #[test]
 fn extra_env_chooses_the_operators_malloc_arenas() -> anyhow::Result<()> {
     let set = [
         "--set-string",
         "extraEnv[0].name=MALLOC_ARENA_MAX,extraEnv[0].value=4",
     ];
-    let docs = yaml_docs(&helm_template("bgp", "ops", &set)?)?;
-    let dep = docs
-        .iter()
-        .find(|d| kind(d) == "Deployment")
-        .ok_or_else(|| anyhow::anyhow!("no Deployment rendered"))?;
-    let values: Vec<Value> = dep["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["name"] == "MALLOC_ARENA_MAX")
-        .map(|e| e["value"].clone())
-        .collect();
+    let values = operator_env_values(&set, "MALLOC_ARENA_MAX")?;
     assert_eq!(values, [json!("4")]);
     Ok(())
 }
@@ -279,17 +285,9 @@ fn extra_env_chooses_the_operators_malloc_arenas() -> anyhow::Result<()> {
 #[test]
 fn tracing_endpoint_sets_the_operators_otlp_env_only_when_given() -> anyhow::Result<()> {
     let endpoint_of = |set: &[&str]| -> anyhow::Result<Value> {
-        let docs = yaml_docs(&helm_template("bgp", "ops", set)?)?;
-        let dep = docs
-            .iter()
-            .find(|d| kind(d) == "Deployment")
-            .ok_or_else(|| anyhow::anyhow!("no Deployment rendered"))?;
-        Ok(dep["spec"]["template"]["spec"]["containers"][0]["env"]
-            .as_array()
+        Ok(operator_env_values(set, "OTEL_EXPORTER_OTLP_ENDPOINT")?
             .into_iter()
-            .flatten()
-            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
-            .map(|e| e["value"].clone())
+            .next()
             .unwrap_or(Value::Null))
     };
     assert_eq!(endpoint_of(&[])?, Value::Null);
