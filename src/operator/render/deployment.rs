@@ -119,21 +119,14 @@ pub fn render(
         });
     }
     let pod_env = pod.env.clone().unwrap_or_default();
-    // The operator's endpoint is a default: the resource's own env wins.
-    if let Some(endpoint) = &rw.otlp_endpoint
-        && !pod_env.iter().any(|e| e.name == ENV_OTLP_ENDPOINT)
-    {
-        env.push(EnvVar {
-            name: ENV_OTLP_ENDPOINT.into(),
-            value: Some(endpoint.clone()),
-            ..Default::default()
-        });
-    }
-    for (name, value) in DEFAULT_WRITER_ENV {
-        if !pod_env.iter().any(|e| e.name == *name) {
+    // Defaults the resource's own env replaces: the operator's trace
+    // endpoint, then DEFAULT_WRITER_ENV.
+    let otlp = rw.otlp_endpoint.as_deref().map(|e| (ENV_OTLP_ENDPOINT, e));
+    for (name, value) in otlp.into_iter().chain(DEFAULT_WRITER_ENV.iter().copied()) {
+        if !pod_env.iter().any(|e| e.name == name) {
             env.push(EnvVar {
-                name: (*name).into(),
-                value: Some((*value).into()),
+                name: name.into(),
+                value: Some(value.into()),
                 ..Default::default()
             });
         }
