@@ -58,24 +58,25 @@ async fn run() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut operator = support::without_cloud_metadata(&mut Command::new(env!(
-        "CARGO_BIN_EXE_bgpersist-operator"
-    )))
-    .args([
-        "--leader-elect=false",
-        "--log-format",
-        "text",
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .env("BGP_WRITER_IMAGE", support::OPERATOR_IMAGE)
-    .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
-    .env("RUST_LOG", "warn")
-    // As the chart's operator Deployment sets it.
-    .env("MALLOC_ARENA_MAX", "1")
-    .envs(profiling_env("BGP_BENCH_OPERATOR_ENV"))
-    .stdout(Stdio::null())
-    .spawn()?;
+    // Another build of the operator (one being compared) may stand in.
+    let binary = std::env::var("BGP_BENCH_OPERATOR_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bgpersist-operator").to_string());
+    let mut operator = support::without_cloud_metadata(&mut Command::new(binary))
+        .args([
+            "--leader-elect=false",
+            "--log-format",
+            "text",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("BGP_WRITER_IMAGE", support::OPERATOR_IMAGE)
+        .env("KUBECONFIG", support::rig("k8s", "BGP_KUBECONFIG"))
+        .env("RUST_LOG", "warn")
+        // As the chart's operator Deployment sets it.
+        .env("MALLOC_ARENA_MAX", "1")
+        .envs(profiling_env("BGP_BENCH_OPERATOR_ENV"))
+        .stdout(Stdio::null())
+        .spawn()?;
 
     let run = support::unique("b");
     let tag = format!("b{}", &run[run.len().saturating_sub(5)..]).replace('-', "");

@@ -481,9 +481,12 @@ async fn apply_writer(
     let live = cache::compact(caches.deployments.as_ref(), ns, deployment);
     let (live, wrote) = handover::ensure_deployment(deployments, w, live, m).await?;
     applied.record(Kind::Deployment, deployment, wrote);
-    let live_pdb = cache::compact(caches.pdbs.as_ref(), ns, deployment);
-    let (_, wrote) = apply::ensure(pdbs, &w.pdb, live_pdb, m).await?;
-    applied.record(Kind::PodDisruptionBudget, deployment, wrote);
+    // A writer without one has a stale one pruned (it scaled down to one pod).
+    if let Some(pdb) = &w.pdb {
+        let live_pdb = cache::compact(caches.pdbs.as_ref(), ns, deployment);
+        let (_, wrote) = apply::ensure(pdbs, pdb, live_pdb, m).await?;
+        applied.record(Kind::PodDisruptionBudget, deployment, wrote);
+    }
     let mut desired = w.replicas;
     let mut scaled_object = None;
     if let Some(a) = &w.autoscaling {

@@ -1,7 +1,7 @@
 //! A rendered resource as the list of objects the operator applies, in its
 //! order (Namespace, ServiceAccount, synced Secrets, then per writer its
-//! NetworkPolicy when enabled, Deployment, PodDisruptionBudget and KEDA
-//! objects), each as JSON.
+//! NetworkPolicy when enabled, Deployment, PodDisruptionBudget when it may
+//! run two pods, and KEDA objects), each as JSON.
 
 use super::PluginError;
 use crate::operator::applier::Kind;
@@ -68,7 +68,9 @@ pub fn flatten(rendered: &Rendered) -> Result<Vec<Object>, PluginError> {
             out.push(Object::new(Kind::NetworkPolicy, writer, policy.as_ref())?);
         }
         out.push(Object::new(Kind::Deployment, writer, &w.deployment)?);
-        out.push(Object::new(Kind::PodDisruptionBudget, writer, &w.pdb)?);
+        if let Some(pdb) = &w.pdb {
+            out.push(Object::new(Kind::PodDisruptionBudget, writer, pdb)?);
+        }
         if let Some(a) = &w.autoscaling {
             if let Some(auth) = &a.trigger_authentication {
                 out.push(dynamic(Kind::TriggerAuthentication, writer, auth)?);

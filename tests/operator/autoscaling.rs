@@ -350,7 +350,11 @@ async fn without_keda_an_autoscaled_writer_is_degraded_and_not_applied() -> anyh
 
     assert_eq!(
         report.applied,
-        vec![format!("Deployment/{}", f.dep_name("b"))],
+        vec![
+            format!("Deployment/{}", f.dep_name("b")),
+            // Two replicas now: it gets a budget.
+            format!("PodDisruptionBudget/{}", f.dep_name("b")),
+        ],
         "the rest of the resource is applied"
     );
     assert_eq!(replicas(&deployment(&f, "b").await?), Some(2));

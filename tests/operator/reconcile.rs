@@ -137,14 +137,6 @@ async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
         format!("Deployment/{}", f.dep_name("go-metrics-bus-writer")),
         format!("Deployment/{}", f.dep_name("go-result-bus-metrics-writer")),
         format!("Namespace/{}", f.ns),
-        format!(
-            "PodDisruptionBudget/{}",
-            f.dep_name("go-metrics-bus-writer")
-        ),
-        format!(
-            "PodDisruptionBudget/{}",
-            f.dep_name("go-result-bus-metrics-writer")
-        ),
         format!("Secret/{}-kafka-sasl", f.name),
         "ServiceAccount/background-persistence-sa".to_string(),
     ];
@@ -184,8 +176,9 @@ async fn seed_is_reconciled_then_resync_writes_nothing() -> anyhow::Result<()> {
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(1));
     let sa: Api<ServiceAccount> = Api::namespaced(f.client.clone(), &f.ns);
     assert!(sa.get_opt("background-persistence-sa").await?.is_some());
+    // One replica each: a budget would refuse no eviction, so there is none.
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), &f.ns);
-    assert_eq!(pdbs.list(&Default::default()).await?.items.len(), 2);
+    assert_eq!(pdbs.list(&Default::default()).await?.items.len(), 0);
     let ns: Api<Namespace> = Api::all(f.client.clone());
     assert!(ns.get_opt(&f.ns).await?.is_some());
 
@@ -333,17 +326,16 @@ async fn spec_edit_updates_and_removed_writer_is_pruned() -> anyhow::Result<()> 
     bp.spec.writers[0].default_replica_count = Some(3);
     f.edit_spec(json!({"writers": bp.spec.writers})).await?;
     let report = f.reconcile().await?;
+    let scaled = f.dep_name("go-metrics-bus-writer");
     assert_eq!(
         report.applied,
-        vec![format!(
-            "Deployment/{}",
-            f.dep_name("go-metrics-bus-writer")
-        )]
+        vec![
+            format!("Deployment/{scaled}"),
+            format!("PodDisruptionBudget/{scaled}")
+        ],
+        "three replicas get a budget"
     );
-    let d = f
-        .deployments()
-        .get(&f.dep_name("go-metrics-bus-writer"))
-        .await?;
+    let d = f.deployments().get(&scaled).await?;
     assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
     assert_eq!(
         f.condition("Ready").await?.3,
@@ -357,18 +349,21 @@ async fn spec_edit_updates_and_removed_writer_is_pruned() -> anyhow::Result<()> 
     let gone = f.dep_name("go-result-bus-metrics-writer");
     assert_eq!(
         report.pruned,
-        vec![format!("{}/{gone}", f.ns), format!("{}/{gone}", f.ns)],
-        "Deployment and PDB"
+        vec![format!("{}/{gone}", f.ns)],
+        "its Deployment (one replica: it had no PDB)"
     );
     assert!(f.deployments().get_opt(&gone).await?.is_none());
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(f.client.clone(), &f.ns);
-    assert!(pdbs.get_opt(&gone).await?.is_none());
-    assert!(
-        f.deployments()
-            .get_opt(&f.dep_name("go-metrics-bus-writer"))
-            .await?
-            .is_some()
-    );
+    assert!(pdbs.get_opt(&scaled).await?.is_some());
+
+    // Back to one replica: its budget goes, the writer stays.
+    bp.spec.writers[0].default_replica_count = Some(1);
+    f.edit_spec(json!({"writers": [bp.spec.writers[0]]}))
+        .await?;
+    let report = f.reconcile().await?;
+    assert_eq!(report.pruned, vec![format!("{}/{scaled}", f.ns)]);
+    assert!(pdbs.get_opt(&scaled).await?.is_none());
+    assert!(f.deployments().get_opt(&scaled).await?.is_some());
     Ok(())
 }
 

@@ -463,8 +463,11 @@ async fn scenario(
         .send()
         .await?;
     let mut bp = seed(bp_name, target_ns, cloud)?;
-    // The writer pruned below is autoscaled: its KEDA objects go with it.
+    // The writer pruned below is autoscaled: its KEDA objects and its
+    // PodDisruptionBudget go with it.
     bp["spec"]["writers"][1]["autoscaling"] = json!({"max_replicas": 3});
+    // Two replicas: the other writer has a PodDisruptionBudget too.
+    bp["spec"]["writers"][0]["default_replica_count"] = json!(2);
     // And NetworkPolicies, applied and pruned through the chart's rule.
     bp["spec"]["common_persistence_specs"]["network_policy"] = json!({"enabled": true});
     apply_bp(&bp)?;

@@ -30,9 +30,14 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// The seed, every writer at two replicas so each also has a
+    /// PodDisruptionBudget, applied by one reconcile.
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let mut value = support::seed_value(prefix, serde_json::json!({}))?;
+        for w in value["spec"]["writers"].as_array_mut().into_iter().flatten() {
+            w["default_replica_count"] = serde_json::json!(2);
+        }
         let client = support::kubeclient::install_crd().await?;
-        let value = support::seed_value(prefix, serde_json::json!({}))?;
         let bp: BackgroundPersistence = serde_json::from_value(value.clone())?;
         let name = bp.metadata.name.clone().unwrap_or_default();
         let ns = bp.spec.common_persistence_specs.namespace.clone();

@@ -50,13 +50,9 @@ fn render_prints_the_seed_offline_and_names_what_it_leaves_out() -> anyhow::Resu
         [
             ("Namespace", r.to_string()),
             ("ServiceAccount", format!("{r}-sa")),
+            // One replica each: no PodDisruptionBudgets.
             ("Deployment", format!("{r}-go-metrics-bus-writer")),
-            ("PodDisruptionBudget", format!("{r}-go-metrics-bus-writer")),
             ("Deployment", format!("{r}-go-result-bus-metrics-writer")),
-            (
-                "PodDisruptionBudget",
-                format!("{r}-go-result-bus-metrics-writer")
-            ),
         ]
         .map(|(k, n)| (k.to_string(), n)),
         "{out}"

@@ -41,7 +41,8 @@ pub struct RenderedWriter {
     /// Its Deployment's (and PDB's, ScaledObject's) name.
     pub object_name: String,
     pub deployment: Deployment,
-    pub pdb: PodDisruptionBudget,
+    /// Only for a writer that may run two or more pods.
+    pub pdb: Option<PodDisruptionBudget>,
     pub image: String,
     pub config_hash: String,
     /// The replicas the operator sets; for an autoscaled writer, the count

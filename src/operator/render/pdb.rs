@@ -5,15 +5,22 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// At most one pod of a writer down at a time during voluntary disruptions.
+/// At most one pod of a writer down at a time during voluntary disruptions;
+/// `None` for a writer that never runs two pods. Over one pod,
+/// `maxUnavailable: 1` refuses no eviction: such a budget would only be one
+/// more object to write and watch per writer (9 of 22 API writes in the first
+/// pass of `operator_scale`, docs/benchmarks.md).
 pub fn render(
     bp: &BackgroundPersistence,
     resource: &str,
     rw: &ResolvedWriter,
     owner: &OwnerReference,
-) -> PodDisruptionBudget {
+) -> Option<PodDisruptionBudget> {
+    if !may_run_several_pods(rw) {
+        return None;
+    }
     let w = rw.spec;
-    PodDisruptionBudget {
+    Some(PodDisruptionBudget {
         metadata: labels::writer_object_meta(bp, resource, rw, owner),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
@@ -24,5 +31,14 @@ pub fn render(
             ..Default::default()
         }),
         ..Default::default()
-    }
+    })
+}
+
+/// Two or more replicas, or an autoscaler that may scale to two or more.
+fn may_run_several_pods(rw: &ResolvedWriter) -> bool {
+    let most = match &rw.spec.autoscaling {
+        Some(a) => a.max_replicas.max(rw.replicas),
+        None => rw.replicas,
+    };
+    most >= 2
 }

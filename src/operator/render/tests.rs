@@ -100,14 +100,8 @@ fn seed_renders_namespace_account_and_one_deployment_per_writer() {
                 .and_then(|o| o.first().cloned()),
             owner
         );
-        assert_eq!(
-            w.pdb
-                .metadata
-                .owner_references
-                .as_ref()
-                .and_then(|o| o.first().cloned()),
-            owner
-        );
+        // The seed's writers run one replica each.
+        assert!(w.pdb.is_none(), "{:?}", w.pdb);
         // The seed names placeholders for its type's image: the operator's own runs it.
         assert_eq!(w.image, super::fixtures::OPERATOR_IMAGE);
     }
@@ -417,14 +411,28 @@ fn pubsub_renders_no_kafka_settings() {
     );
 }
 
+/// The seed with every writer at `replicas`.
+fn seed_replicas(replicas: i32) -> BackgroundPersistence {
+    let mut bp = seed();
+    for w in &mut bp.spec.writers {
+        w.default_replica_count = Some(replicas);
+    }
+    bp
+}
+
 #[test]
 fn pdb_selects_the_writer_pods() {
-    let r = render_all(&seed());
+    let bp = seed_replicas(2);
+    let r = render_all(&bp);
     let w = &r.writers[0];
-    let pdb_sel = w
-        .pdb
-        .spec
-        .as_ref()
+    let pdb = w.pdb.as_ref();
+    assert_eq!(
+        pdb.and_then(|p| p.metadata.owner_references.as_ref())
+            .and_then(|o| o.first().cloned()),
+        owner_reference(&bp).ok()
+    );
+    let pdb_sel = pdb
+        .and_then(|p| p.spec.as_ref())
         .and_then(|s| s.selector.clone())
         .and_then(|s| s.match_labels);
     let dep_sel = w
@@ -443,6 +451,27 @@ fn pdb_selects_the_writer_pods() {
     for (k, v) in dep_sel.unwrap_or_default() {
         assert_eq!(pod_labels.get(&k), Some(&v));
     }
+}
+
+#[test]
+fn a_pdb_only_for_writers_that_may_run_two_pods() {
+    let has_pdb = |bp: &BackgroundPersistence| {
+        render_all(bp)
+            .writers
+            .iter()
+            .map(|w| w.pdb.is_some())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(has_pdb(&seed_replicas(1)), [false, false]);
+    assert_eq!(has_pdb(&seed_replicas(2)), [true, true]);
+    let autoscaled = |min: i32, max: i32| {
+        seed_with(json!({"writers": [
+            {"name": "a", "bus_subscriber_type": "GO_METRICS_BUS_WRITER",
+             "autoscaling": {"min_replicas": min, "max_replicas": max}}]}))
+    };
+    assert_eq!(has_pdb(&autoscaled(1, 1)), [false]);
+    assert_eq!(has_pdb(&autoscaled(0, 3)), [true]);
+    assert_eq!(has_pdb(&autoscaled(1, 2)), [true]);
 }
 
 #[test]
