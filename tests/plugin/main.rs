@@ -34,7 +34,11 @@ impl Applied {
     /// PodDisruptionBudget, applied by one reconcile.
     pub async fn new(prefix: &str) -> anyhow::Result<Self> {
         let mut value = support::seed_value(prefix, serde_json::json!({}))?;
-        for w in value["spec"]["writers"].as_array_mut().into_iter().flatten() {
+        for w in value["spec"]["writers"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
             w["default_replica_count"] = serde_json::json!(2);
         }
         let client = support::kubeclient::install_crd().await?;
