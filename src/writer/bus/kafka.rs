@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, warn};
@@ -30,6 +31,8 @@ pub struct KafkaBus {
     sasl_user: Option<String>,
     /// Messages received while waiting out an outage, served first.
     pending: VecDeque<Envelope>,
+    /// Topic names, shared by the envelopes (see [`envelope`]).
+    topics: Vec<Arc<str>>,
 }
 
 impl KafkaBus {
@@ -76,6 +79,7 @@ impl KafkaBus {
             dlq_topic,
             sasl_user,
             pending: VecDeque::new(),
+            topics: Vec::new(),
         })
     }
 }
@@ -128,14 +132,15 @@ pub(crate) fn next_offsets_by_partition<'a>(
             offset,
         } = &e.token
         {
-            let n = next.entry((topic.as_str(), *partition)).or_insert(0);
+            let n = next.entry((&**topic, *partition)).or_insert(0);
             *n = (*n).max(offset + 1);
         }
     }
     next
 }
 
-pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
+/// `topics`: the topic names met so far, shared by their envelopes.
+pub(crate) fn envelope(m: &BorrowedMessage<'_>, topics: &mut Vec<Arc<str>>) -> Envelope {
     let headers: Vec<(String, Vec<u8>)> = m
         .headers()
         .map(|h| {
@@ -154,17 +159,23 @@ pub(crate) fn envelope(m: &BorrowedMessage<'_>) -> Envelope {
         traceparent,
         key: m.key().map(<[u8]>::to_vec),
         headers,
-        origin: vec![
-            (dlq::H_ORIGINAL_TOPIC, m.topic().to_string()),
-            (dlq::H_ORIGINAL_PARTITION, m.partition().to_string()),
-            (dlq::H_ORIGINAL_OFFSET, m.offset().to_string()),
-        ],
         token: AckToken::Kafka {
-            topic: m.topic().to_string(),
+            topic: shared_topic(topics, m.topic()),
             partition: m.partition(),
             offset: m.offset(),
         },
     }
+}
+
+/// `name` from `topics`, added the first time. A writer reads one topic (two
+/// with a retry topic), so the list stays short.
+fn shared_topic(topics: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(t) = topics.iter().find(|t| ***t == *name) {
+        return t.clone();
+    }
+    let t: Arc<str> = Arc::from(name);
+    topics.push(t.clone());
+    t
 }
 
 /// How long one metadata request may take before `reached` reports failure.
@@ -223,7 +234,7 @@ impl Bus for KafkaBus {
         // committed past it.
         if self.pending.is_empty() {
             let first = self.consumer.recv().await?;
-            self.pending.push_back(envelope(&first));
+            self.pending.push_back(envelope(&first, &mut self.topics));
         }
         let deadline = Instant::now() + batching.wait;
         while self.pending.len() < max {
@@ -232,7 +243,7 @@ impl Bus for KafkaBus {
                 // receive that is not ready is dropped without losing anything.
                 match self.consumer.recv().now_or_never() {
                     Some(Ok(m)) => {
-                        self.pending.push_back(envelope(&m));
+                        self.pending.push_back(envelope(&m, &mut self.topics));
                         continue;
                     }
                     Some(Err(e)) => warn!(error = %e, "kafka receive"),
@@ -241,7 +252,7 @@ impl Bus for KafkaBus {
                 break;
             }
             match timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => self.pending.push_back(envelope(&m)),
+                Ok(Ok(m)) => self.pending.push_back(envelope(&m, &mut self.topics)),
                 Ok(Err(e)) => {
                     warn!(error = %e, "kafka receive");
                     break;
@@ -320,7 +331,7 @@ impl Bus for KafkaBus {
         // partitions assigned meanwhile are not paused, so keep their messages.
         let deadline = Instant::now() + for_;
         while let Ok(Ok(m)) = timeout_at(deadline, self.consumer.recv()).await {
-            self.pending.push_back(envelope(&m));
+            self.pending.push_back(envelope(&m, &mut self.topics));
         }
     }
 

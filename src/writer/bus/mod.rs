@@ -8,7 +8,9 @@ pub mod oauth;
 pub mod pubsub;
 pub mod pubsub_backlog;
 
+use crate::writer::runtime::dlq;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,21 +48,65 @@ pub struct Envelope {
     /// Every header (Kafka) or attribute (Pub/Sub) as received, in order,
     /// kept for its dead letter.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Where it came from, as dead-letter headers.
-    pub origin: Vec<(&'static str, String)>,
-    /// Bus-specific handle used to acknowledge it.
+    /// Where it came from, which is also how it is acknowledged.
     pub token: AckToken,
 }
 
+impl Envelope {
+    /// Where it came from, as dead-letter headers.
+    pub fn origin(&self) -> Vec<(&'static str, String)> {
+        self.token.origin()
+    }
+}
+
+/// Where a message came from and how to acknowledge it. Names are shared
+/// (`Arc`), not copied per message: a batch holds thousands of envelopes.
 #[derive(Debug, Clone)]
 pub enum AckToken {
     Kafka {
-        topic: String,
+        topic: Arc<str>,
         partition: i32,
         offset: i64,
     },
-    /// Index into the Pub/Sub consumer's pending handlers.
-    Pubsub(u64),
+    Pubsub {
+        /// Index into the Pub/Sub consumer's pending handlers.
+        id: u64,
+        subscription: Arc<str>,
+        message_id: String,
+    },
+}
+
+impl AckToken {
+    /// The topic (Kafka) or subscription (Pub/Sub) it was received from.
+    pub fn source(&self) -> &str {
+        match self {
+            AckToken::Kafka { topic, .. } => topic,
+            AckToken::Pubsub { subscription, .. } => subscription,
+        }
+    }
+
+    /// As dead-letter headers, in order.
+    pub fn origin(&self) -> Vec<(&'static str, String)> {
+        match self {
+            AckToken::Kafka {
+                topic,
+                partition,
+                offset,
+            } => vec![
+                (dlq::H_ORIGINAL_TOPIC, topic.to_string()),
+                (dlq::H_ORIGINAL_PARTITION, partition.to_string()),
+                (dlq::H_ORIGINAL_OFFSET, offset.to_string()),
+            ],
+            AckToken::Pubsub {
+                subscription,
+                message_id,
+                ..
+            } => vec![
+                (dlq::H_ORIGINAL_TOPIC, subscription.to_string()),
+                (dlq::H_ORIGINAL_MESSAGE_ID, message_id.clone()),
+            ],
+        }
+    }
 }
 
 /// How [`Bus::next_batch`] gathers a batch.

@@ -33,6 +33,7 @@ use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, Topi
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -118,7 +119,7 @@ pub fn dlq_attributes(headers: &[(&'static str, String)]) -> Vec<(String, String
 }
 
 /// A received message as the runtime sees it.
-pub fn envelope(subscription: &str, mut msg: Message, id: u64) -> Envelope {
+pub fn envelope(subscription: &Arc<str>, mut msg: Message, id: u64) -> Envelope {
     let published_ms = msg
         .publish_time
         .as_ref()
@@ -139,15 +140,12 @@ pub fn envelope(subscription: &str, mut msg: Message, id: u64) -> Envelope {
         key: (!ordering_key.is_empty()).then(|| ordering_key.into_bytes()),
         headers,
         published_ms,
-        origin: vec![
-            (dlq::H_ORIGINAL_TOPIC, subscription.to_string()),
-            (
-                dlq::H_ORIGINAL_MESSAGE_ID,
-                std::mem::take(&mut msg.message_id),
-            ),
-        ],
+        token: AckToken::Pubsub {
+            id,
+            subscription: subscription.clone(),
+            message_id: std::mem::take(&mut msg.message_id),
+        },
         payload: Vec::from(msg.data),
-        token: AckToken::Pubsub(id),
     }
 }
 
@@ -230,7 +228,8 @@ struct StreamSettings {
 }
 
 pub struct PubsubBus {
-    subscription: String,
+    /// Shared by the envelopes (their origin).
+    subscription: Arc<str>,
     rx: mpsc::Receiver<Received>,
     stop: watch::Sender<bool>,
     /// The pump; returns the shutdowns of the streams it opened.
@@ -308,7 +307,7 @@ impl PubsubBus {
         let (stop, stop_rx) = watch::channel(false);
         let pump = tokio::spawn(pump(subscriber, stream, tx, stop_rx));
         Ok(PubsubBus {
-            subscription,
+            subscription: Arc::from(subscription),
             rx,
             stop,
             pump: Some(pump),
@@ -408,7 +407,7 @@ impl Bus for PubsubBus {
             self.admin
                 .subscriptions
                 .get_subscription()
-                .set_subscription(&self.subscription)
+                .set_subscription(&*self.subscription)
                 .send(),
         )
         .await;
@@ -459,7 +458,7 @@ impl Bus for PubsubBus {
 
     async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
         for env in batch {
-            if let AckToken::Pubsub(id) = env.token
+            if let AckToken::Pubsub { id, .. } = env.token
                 && let Some(handler) = self.held.remove(&id)
             {
                 // Queued for the lease loop, which sends acks every 100 ms
@@ -631,12 +630,12 @@ mod tests {
             "publishTime": "2024-05-06T07:08:09.123456Z",
             "attributes": {"traceparent": "00-abc-def-01", "other": "x"},
         }))?;
-        let env = envelope("projects/p/subscriptions/s", msg, 7);
+        let env = envelope(&Arc::from("projects/p/subscriptions/s"), msg, 7);
         assert_eq!(env.payload, b"hello");
         assert_eq!(env.published_ms, Some(1_714_979_289_123));
         assert_eq!(env.traceparent.as_deref(), Some("00-abc-def-01"));
         assert_eq!(
-            env.origin,
+            env.origin(),
             vec![
                 (
                     dlq::H_ORIGINAL_TOPIC,
@@ -645,9 +644,9 @@ mod tests {
                 (dlq::H_ORIGINAL_MESSAGE_ID, "42".to_string()),
             ]
         );
-        assert!(matches!(env.token, AckToken::Pubsub(7)));
+        assert!(matches!(env.token, AckToken::Pubsub { id: 7, .. }));
 
-        let bare = envelope("s", Message::new().set_data("x"), 8);
+        let bare = envelope(&Arc::from("s"), Message::new().set_data("x"), 8);
         assert_eq!(bare.published_ms, None);
         assert_eq!(bare.traceparent, None);
         Ok(())

@@ -511,13 +511,13 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let mut attempts = 1u32;
         let reason = error.reason();
         loop {
-            let mut headers = dlq::headers(&env.origin, error, &self.settings.writer, attempts);
+            let mut headers = dlq::headers(&env.origin(), error, &self.settings.writer, attempts);
             headers.extend(traceparent.map(|t| (propagation::TRACEPARENT, t.to_string())));
             match self.bus.dead_letter(env, &headers).await {
                 Ok(()) => {
                     self.metrics.count_error(error);
                     self.metrics.count_dead_letter(error);
-                    warn!(class = error.label(), %reason, origin = ?env.origin, "message dead-lettered");
+                    warn!(class = error.label(), %reason, origin = ?env.origin(), "message dead-lettered");
                     return Ok(());
                 }
                 // Never drop: without a dead letter the message stays uncommitted.
@@ -552,13 +552,9 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
 /// batch receive: a root span (a batch has no one parent) named
 /// "<destination> process", linked to each message's `traceparent`.
 fn batch_span(writer: &str, batch: &[Envelope]) -> tracing::Span {
-    let destination = batch
-        .first()
-        .and_then(|e| e.origin.iter().find(|(k, _)| *k == dlq::H_ORIGINAL_TOPIC))
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("");
+    let destination = batch.first().map_or("", |e| e.token.source());
     let system = match batch.first().map(|e| &e.token) {
-        Some(crate::writer::bus::AckToken::Pubsub(_)) => "gcp_pubsub",
+        Some(crate::writer::bus::AckToken::Pubsub { .. }) => "gcp_pubsub",
         _ => "kafka",
     };
     let span = info_span!(parent: None, "process_batch",

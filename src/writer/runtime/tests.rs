@@ -52,7 +52,7 @@ impl Bus for ScriptedBus {
             .iter()
             .filter_map(|e| match e.token {
                 AckToken::Kafka { offset, .. } => Some(offset),
-                AckToken::Pubsub(_) => None,
+                AckToken::Pubsub { .. } => None,
             })
             .collect();
         if let Ok(mut d) = self.done.lock() {
@@ -131,7 +131,6 @@ fn envelope(offset: i64, payload: &str) -> Envelope {
         traceparent: None,
         key: None,
         headers: Vec::new(),
-        origin: Vec::new(),
         token: AckToken::Kafka {
             topic: "t".into(),
             partition: 0,

@@ -31,6 +31,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -116,6 +117,8 @@ pub struct ExactlyOnce {
     metrics: WriterMetrics,
     /// Received, not yet committed, in arrival order.
     held: VecDeque<Envelope>,
+    /// Topic names, shared by the envelopes.
+    topics: Vec<Arc<str>>,
     revocations_seen: u64,
     /// Messages the broker refused to take as metrics, by (partition,
     /// offset): the writer consumes one topic.
@@ -173,6 +176,7 @@ impl ExactlyOnce {
             max_wait: cfg.max_batch_wait,
             metrics,
             held: VecDeque::new(),
+            topics: Vec::new(),
             revocations_seen: 0,
             refused: HashMap::new(),
         })
@@ -239,7 +243,7 @@ impl ExactlyOnce {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return false,
                 m = self.consumer.recv() => match m {
-                    Ok(m) => { let e = envelope(&m); drop(m); self.hold(e); }
+                    Ok(m) => { let e = envelope(&m, &mut self.topics); drop(m); self.hold(e); }
                     Err(e) => warn!(error = %e, "kafka receive"),
                 },
             }
@@ -249,7 +253,7 @@ impl ExactlyOnce {
             tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return false,
                 m = timeout_at(deadline, self.consumer.recv()) => match m {
-                    Ok(Ok(m)) => { let e = envelope(&m); drop(m); self.hold(e); }
+                    Ok(Ok(m)) => { let e = envelope(&m, &mut self.topics); drop(m); self.hold(e); }
                     Ok(Err(e)) => { warn!(error = %e, "kafka receive"); break; }
                     Err(_) => break,
                 },
@@ -318,8 +322,8 @@ impl ExactlyOnce {
                     Err(e) => return Err(Attempt::Failed(e)),
                 },
                 Err(error) => {
-                    let headers = dlq::headers(&env.origin, &error, &self.writer, 1);
-                    warn!(class = error.label(), reason = error.reason(), origin = ?env.origin, "message dead-lettered in the transaction");
+                    let headers = dlq::headers(&env.origin(), &error, &self.writer, 1);
+                    warn!(class = error.label(), reason = error.reason(), origin = ?env.origin(), "message dead-lettered in the transaction");
                     (
                         false,
                         self.send_dead_letter(env, &headers)
@@ -440,7 +444,7 @@ impl ExactlyOnce {
                 _ = shutdown.wait_for(|s| *s) => return false,
                 m = timeout_at(deadline, self.consumer.recv()) => match m {
                     // Only partitions assigned meanwhile deliver while paused.
-                    Ok(Ok(m)) => { let e = envelope(&m); drop(m); self.hold(e); }
+                    Ok(Ok(m)) => { let e = envelope(&m, &mut self.topics); drop(m); self.hold(e); }
                     Ok(Err(e)) => warn!(error = %e, "kafka receive"),
                     Err(_) => break,
                 },
@@ -485,8 +489,8 @@ fn position(env: &Envelope) -> Option<(&str, i32, i64)> {
             topic,
             partition,
             offset,
-        } => Some((topic.as_str(), *partition, *offset)),
-        crate::writer::bus::AckToken::Pubsub(_) => None,
+        } => Some((&**topic, *partition, *offset)),
+        crate::writer::bus::AckToken::Pubsub { .. } => None,
     }
 }
 
@@ -524,7 +528,6 @@ mod tests {
             traceparent: None,
             key: None,
             headers: Vec::new(),
-            origin: Vec::new(),
             token: AckToken::Kafka {
                 topic: topic.into(),
                 partition,
