@@ -6,7 +6,7 @@
 //! rows are merged into one load per (table, value kind).
 
 use crate::formats::Message;
-use crate::formats::v1::{ResultMessage, value::Kind};
+use crate::formats::v1::{FeatureValue, ResultMessage, value::Kind};
 use crate::writer::runtime::sink::WriterError;
 use crate::writer::stores::offline::TableRows;
 use crate::writer::stores::offline::ident;
@@ -20,6 +20,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+mod rows;
+pub use rows::{FeatureCell, FeatureRow, ResultItem};
+
 /// Earliest and latest timestamps every offline store holds:
 /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z, in microseconds.
 pub const MIN_MICROS: i64 = -62_135_596_800_000_000;
@@ -30,48 +33,6 @@ pub const ARROW_JSON: &str = "arrow.json";
 /// Decodes `ResultMessage`s.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ResultDecoder;
-
-/// The rows of one message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResultItem {
-    pub rows: Vec<FeatureRow>,
-}
-
-/// One observation bound for its feature table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeatureRow {
-    /// Shared by every row of the table (see [`TABLES`]).
-    pub table: Arc<str>,
-    pub observation_id: String,
-    pub pkey: String,
-    pub value: FeatureCell,
-    pub observed_at_micros: Option<i64>,
-    pub resolver_fqn: Option<String>,
-    /// Shared by the rows of one message.
-    pub deployment_id: Option<Arc<str>>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum FeatureCell {
-    Int(i64),
-    Double(f64),
-    Text(String),
-    Bool(bool),
-    /// Compact JSON text.
-    Json(String),
-}
-
-impl FeatureCell {
-    fn kind(&self) -> u8 {
-        match self {
-            FeatureCell::Int(_) => 0,
-            FeatureCell::Double(_) => 1,
-            FeatureCell::Text(_) => 2,
-            FeatureCell::Bool(_) => 3,
-            FeatureCell::Json(_) => 4,
-        }
-    }
-}
 
 /// The table of a feature.
 pub fn feature_table(namespace: &str, feature: &str) -> String {
@@ -85,6 +46,9 @@ fn push_feature_table(name: &mut String, namespace: &str, feature: &str) {
     name.push_str("__");
     name.push_str(feature);
 }
+
+/// "derived:" and 16 bytes in hex.
+const DERIVED_ID_LEN: usize = "derived:".len() + 32;
 
 /// An observation id for values sent without one: a hash of what identifies
 /// the observation, so a replay derives the same id.
@@ -102,7 +66,7 @@ pub fn derived_observation_id(
     }
     h.update(observed_at_micros.to_be_bytes());
     let digest = h.finalize();
-    let mut id = String::with_capacity("derived:".len() + 32);
+    let mut id = String::with_capacity(DERIVED_ID_LEN);
     id.push_str("derived:");
     for b in &digest[..16] {
         // Writing into a String cannot fail.
@@ -152,7 +116,9 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
     no_nul("operation_id", &msg.operation_id)?;
     no_nul("deployment_id", &msg.deployment_id)?;
     let deployment_id: Option<Arc<str>> = optional(msg.deployment_id).map(Arc::from);
-    let mut rows = Vec::with_capacity(msg.values.len());
+    // One allocation for the strings of all rows (see `rows`).
+    let text_bytes: usize = msg.values.iter().map(text_bytes).sum();
+    let mut item = ResultItem::with_capacity(deployment_id.clone(), msg.values.len(), text_bytes);
     let mut tables = TABLES.lock().unwrap_or_else(PoisonError::into_inner);
     let mut name = String::new();
     for (i, v) in msg.values.into_iter().enumerate() {
@@ -170,6 +136,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
         ] {
             no_nul(what, s).map_err(at)?;
         }
+        let text: String;
         let value = match v.value.and_then(|v| v.kind) {
             None => return Err(at(format!("{table}: no value"))),
             Some(Kind::DoubleValue(d)) if !d.is_finite() => {
@@ -179,18 +146,19 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
             Some(Kind::IntValue(n)) => FeatureCell::Int(n),
             Some(Kind::StringValue(s)) => {
                 no_nul("string_value", &s).map_err(at)?;
-                FeatureCell::Text(s)
+                text = s;
+                FeatureCell::Text(&text)
             }
             Some(Kind::BoolValue(b)) => FeatureCell::Bool(b),
             Some(Kind::JsonValue(j)) => {
                 let parsed: serde_json::Value = serde_json::from_str(&j)
                     .map_err(|e| at(format!("json_value is not JSON: {e}")))?;
-                let text = parsed.to_string();
+                text = parsed.to_string();
                 // jsonb cannot hold U+0000.
                 if text.contains("\\u0000") {
                     return Err(at("json_value contains a NUL character".into()));
                 }
-                FeatureCell::Json(text)
+                FeatureCell::Json(&text)
             }
         };
         // Unset (0) falls back to when the message was produced.
@@ -204,8 +172,9 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
                 "observed_at_micros {t} is outside years 1 to 9999"
             )));
         }
+        let derived;
         let observation_id = if v.observation_id.is_empty() {
-            derived_observation_id(
+            derived = derived_observation_id(
                 &msg.operation_id,
                 &v.namespace,
                 &v.feature,
@@ -213,33 +182,50 @@ pub fn decode(payload: &[u8]) -> Result<Vec<ResultItem>, String> {
                 // The time stored, so values that fall back to the message's
                 // time still get ids of their own.
                 observed.unwrap_or(0),
-            )
+            );
+            &derived
         } else {
-            v.observation_id
+            &v.observation_id
         };
-        rows.push(FeatureRow {
-            table,
+        item.push(FeatureRow {
+            table: &table,
             observation_id,
-            pkey: v.pkey,
+            pkey: &v.pkey,
             value,
             observed_at_micros: observed,
-            resolver_fqn: optional(v.resolver_fqn),
-            deployment_id: deployment_id.clone(),
-        });
+            resolver_fqn: (!v.resolver_fqn.is_empty()).then_some(v.resolver_fqn.as_str()),
+            deployment_id: deployment_id.as_ref(),
+        })
+        .map_err(at)?;
     }
-    if rows.is_empty() {
+    if item.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(vec![ResultItem { rows }])
+    Ok(vec![item])
+}
+
+/// About how many bytes a value's strings take in its row: exact but for
+/// JSON, which is stored re-serialised.
+fn text_bytes(v: &FeatureValue) -> usize {
+    let id = if v.observation_id.is_empty() {
+        DERIVED_ID_LEN
+    } else {
+        v.observation_id.len()
+    };
+    let value = match v.value.as_ref().and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s) | Kind::JsonValue(s)) => s.len(),
+        _ => 0,
+    };
+    id + v.pkey.len() + v.resolver_fqn.len() + value
 }
 
 /// Builds one load per (table, value kind), rows in item order.
 pub fn loads(items: &[ResultItem]) -> Result<Vec<Load>, String> {
     let mut order: Vec<(&str, u8)> = Vec::new();
-    let mut groups: HashMap<(&str, u8), Vec<(usize, &FeatureRow)>> = HashMap::new();
+    let mut groups: HashMap<(&str, u8), Vec<(usize, FeatureRow)>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
-        for row in &item.rows {
-            let key = (&*row.table, row.value.kind());
+        for row in item.rows() {
+            let key = (&**row.table, row.value.kind());
             groups
                 .entry(key)
                 .or_insert_with(|| {
@@ -266,9 +252,9 @@ pub fn loads(items: &[ResultItem]) -> Result<Vec<Load>, String> {
 }
 
 /// The Arrow batch of rows that share a table and a value kind.
-fn feature_batch(rows: &[(usize, &FeatureRow)]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+fn feature_batch(rows: &[(usize, FeatureRow)]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let n = rows.len();
-    let text = |f: &dyn Fn(&FeatureRow) -> Option<&str>| -> ArrayRef {
+    let text = |f: &dyn for<'r> Fn(&FeatureRow<'r>) -> Option<&'r str>| -> ArrayRef {
         // Sized exactly: growing the buffer while appending was 5 % of the
         // writer's CPU in memmove (docs/benchmarks.md).
         let bytes = rows.iter().filter_map(|(_, r)| f(r)).map(str::len).sum();
@@ -323,14 +309,14 @@ fn feature_batch(rows: &[(usize, &FeatureRow)]) -> Result<RecordBatch, arrow_sch
                 EXTENSION_TYPE_NAME_KEY.to_string(),
                 ARROW_JSON.to_string(),
             )])),
-            text(&|r| match &r.value {
+            text(&|r| match r.value {
                 FeatureCell::Json(s) => Some(s),
                 _ => None,
             }),
         ),
         Some(FeatureCell::Text(_)) | None => (
             Field::new("value", DataType::Utf8, true),
-            text(&|r| match &r.value {
+            text(&|r| match r.value {
                 FeatureCell::Text(s) => Some(s),
                 _ => None,
             }),
@@ -353,12 +339,12 @@ fn feature_batch(rows: &[(usize, &FeatureRow)]) -> Result<RecordBatch, arrow_sch
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
-            text(&|r| Some(&r.observation_id)),
-            text(&|r| Some(&r.pkey)),
+            text(&|r| Some(r.observation_id)),
+            text(&|r| Some(r.pkey)),
             value,
             Arc::new(observed),
-            text(&|r| r.resolver_fqn.as_deref()),
-            text(&|r| r.deployment_id.as_deref()),
+            text(&|r| r.resolver_fqn),
+            text(&|r| r.deployment_id.map(|d| &**d)),
         ],
     )
 }
@@ -406,11 +392,11 @@ mod tests {
             fv("user", "score", "1", Some(Kind::DoubleValue(0.5))),
             fv("user", "tags", "1", Some(Kind::JsonValue("[1, 2]".into()))),
         ]))?;
-        let rows = &items[0].rows;
-        assert_eq!(&*rows[0].table, "user__age");
+        let rows: Vec<FeatureRow> = items[0].rows().collect();
+        assert_eq!(&**rows[0].table, "user__age");
         assert_eq!(rows[0].value, FeatureCell::Int(42));
-        assert_eq!(rows[2].value, FeatureCell::Json("[1,2]".into()));
-        assert_eq!(rows[0].deployment_id.as_deref(), Some("dep-1"));
+        assert_eq!(rows[2].value, FeatureCell::Json("[1,2]"));
+        assert_eq!(rows[0].deployment_id.map(|d| &**d), Some("dep-1"));
         assert_eq!(rows[0].resolver_fqn, None);
         Ok(())
     }
@@ -480,7 +466,8 @@ mod tests {
         let first = decode(&message(vec![v.clone()]))?;
         let again = decode(&message(vec![v]))?;
         assert_eq!(first, again);
-        assert!(first[0].rows[0].observation_id.starts_with("derived:"));
+        let row = first[0].row(0).ok_or("no row")?;
+        assert!(row.observation_id.starts_with("derived:"));
         Ok(())
     }
 
@@ -507,10 +494,11 @@ mod tests {
             "2",
             Some(Kind::IntValue(2)),
         )]))?;
-        let (a, b) = (&a[0].rows, &b[0].rows);
-        assert!(Arc::ptr_eq(&a[0].table, &b[0].table));
-        assert!(!Arc::ptr_eq(&a[0].table, &a[1].table));
-        match (&a[0].deployment_id, &a[1].deployment_id) {
+        let a: Vec<FeatureRow> = a[0].rows().collect();
+        let b: Vec<FeatureRow> = b[0].rows().collect();
+        assert!(Arc::ptr_eq(a[0].table, b[0].table));
+        assert!(!Arc::ptr_eq(a[0].table, a[1].table));
+        match (a[0].deployment_id, a[1].deployment_id) {
             (Some(x), Some(y)) => assert!(Arc::ptr_eq(x, y)),
             other => panic!("deployment ids {other:?}"),
         }
