@@ -222,9 +222,10 @@ fn text_bytes(v: &FeatureValue) -> usize {
 /// Builds one load per (table, value kind), rows in item order.
 pub fn loads(items: &[ResultItem]) -> Result<Vec<Load>, String> {
     let mut order: Vec<(&str, u8)> = Vec::new();
-    let mut groups: HashMap<(&str, u8), Vec<(usize, FeatureRow)>> = HashMap::new();
+    // (item, row) indexes: a batch's rows are grouped before any is read.
+    let mut groups: HashMap<(&str, u8), Vec<(usize, usize)>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
-        for row in item.rows() {
+        for (j, row) in item.rows().enumerate() {
             let key = (&**row.table, row.value.kind());
             groups
                 .entry(key)
@@ -232,12 +233,17 @@ pub fn loads(items: &[ResultItem]) -> Result<Vec<Load>, String> {
                     order.push(key);
                     Vec::new()
                 })
-                .push((i, row));
+                .push((i, j));
         }
     }
     let mut out = Vec::with_capacity(order.len());
     for key in order {
-        let rows = groups.remove(&key).unwrap_or_default();
+        let at = groups.remove(&key).unwrap_or_default();
+        // One group's rows read at a time.
+        let rows: Vec<(usize, FeatureRow)> = at
+            .iter()
+            .filter_map(|&(i, j)| Some((i, items.get(i)?.row(j)?)))
+            .collect();
         let batch = feature_batch(&rows).map_err(|e| format!("{}: {e}", key.0))?;
         out.push(Load {
             rows: TableRows {
@@ -245,7 +251,7 @@ pub fn loads(items: &[ResultItem]) -> Result<Vec<Load>, String> {
                 batch,
                 idempotency_key: None,
             },
-            origin: Origin::Rows(rows.iter().map(|(i, _)| *i).collect()),
+            origin: Origin::Rows(at.iter().map(|(i, _)| *i).collect()),
         });
     }
     Ok(out)
