@@ -167,8 +167,8 @@ pub(crate) fn envelope(m: &BorrowedMessage<'_>, topics: &mut Vec<Arc<str>>) -> E
     }
 }
 
-/// `name` from `topics`, added the first time. A writer reads one topic (two
-/// with a retry topic), so the list stays short.
+/// `name` from `topics`, added the first time. A writer consumes one topic,
+/// so the list stays short.
 fn shared_topic(topics: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     if let Some(t) = topics.iter().find(|t| ***t == *name) {
         return t.clone();
