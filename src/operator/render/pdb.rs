@@ -34,11 +34,13 @@ pub fn render(
     })
 }
 
-/// Two or more replicas, or an autoscaler that may scale to two or more.
+/// Two or more replicas, or an autoscaler that may scale to two or more
+/// (an autoscaled writer's replicas never exceed its `max_replicas`).
 fn may_run_several_pods(rw: &ResolvedWriter) -> bool {
-    let most = match &rw.spec.autoscaling {
-        Some(a) => a.max_replicas.max(rw.replicas),
-        None => rw.replicas,
-    };
+    let most = rw
+        .spec
+        .autoscaling
+        .as_ref()
+        .map_or(rw.replicas, |a| a.max_replicas);
     most >= 2
 }
