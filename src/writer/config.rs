@@ -41,6 +41,8 @@ pub struct WriterConfig {
     /// How many times `max_batch_size` a batch may grow to under backlog;
     /// unset, the writer type's own choice (`Sink::BACKLOG_GROWTH`).
     pub batch_growth: Option<usize>,
+    /// Payload bytes a batch holds at most (`Batching::max_bytes`).
+    pub max_batch_bytes: usize,
     pub max_batch_wait: Duration,
     pub concurrency: usize,
     pub http_addr: std::net::SocketAddr,
@@ -146,6 +148,11 @@ pub const DEFAULT_BACKLOG_INTERVAL: Duration = Duration::from_secs(60);
 /// `BGP_PUBSUB_PROJECT` is not.
 pub const ENV_GOOGLE_CLOUD_PROJECT: &str = "GOOGLE_CLOUD_PROJECT";
 pub const ENV_MAX_BATCH_WAIT_MS: &str = "BGP_MAX_BATCH_WAIT_MS";
+/// A batch's payload bytes unless `max_batch_bytes` says otherwise: as much
+/// as librdkafka prefetches (`queued.max.messages.kbytes`), so a batch in
+/// hand, one in flight and the prefetch stay within a few tens of MiB however
+/// large the messages are.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 8 << 20;
 pub const ENV_STORES_DIR: &str = "BGP_STORES_DIR";
 pub use c::ENV_KAFKA_CLIENT_ID_PREFIX;
 pub const ENV_KAFKA_GROUP_PREFIX: &str = "BGP_KAFKA_GROUP_PREFIX";
@@ -246,6 +253,7 @@ impl WriterConfig {
                 None => None,
                 Some(_) => Some(number(c::ENV_BATCH_GROWTH, 1)?),
             },
+            max_batch_bytes: number(c::ENV_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_BYTES)?,
             max_batch_wait: Duration::from_millis(number(ENV_MAX_BATCH_WAIT_MS, 50)? as u64),
             concurrency: number(c::ENV_CONCURRENCY, 64)?,
             http_addr,
@@ -564,6 +572,7 @@ mod tests {
                 .contains(&("sasl.mechanism".into(), "SCRAM-SHA-512".into()))
         );
         assert_eq!(c.max_batch_size, 1000);
+        assert_eq!(c.max_batch_bytes, 8 << 20);
         let mut v = base();
         v.push(("BGP_KAFKA_CONF_FETCH_MIN_BYTES".into(), "4096".into()));
         let c = WriterConfig::from_vars(&v)?;
@@ -716,6 +725,15 @@ mod tests {
         let mut v = base();
         v.push((c::ENV_BATCH_GROWTH.into(), "0".into()));
         assert!(WriterConfig::from_vars(&v).is_err());
+        let mut v = base();
+        v.push((c::ENV_MAX_BATCH_BYTES.into(), "0".into()));
+        assert!(WriterConfig::from_vars(&v).is_err());
+        let mut v = base();
+        v.push((c::ENV_MAX_BATCH_BYTES.into(), "262144".into()));
+        assert_eq!(
+            WriterConfig::from_vars(&v).map(|c| c.max_batch_bytes).ok(),
+            Some(262_144)
+        );
         let mut v = base();
         v.push((c::ENV_BATCH_GROWTH.into(), "4".into()));
         assert_eq!(

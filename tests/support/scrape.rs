@@ -61,3 +61,20 @@ pub fn has_sample(text: &str, expected: &str) -> bool {
         .filter_map(parse_sample)
         .any(|(n, ls, v)| n == name && v == value && labels.iter().all(|l| ls.contains(l)))
 }
+
+/// How many observations of histogram `name` were at most `le`: its
+/// `name_bucket{le=...}` sample, whatever the writer's own labels.
+pub fn bucket_value(text: &str, name: &str, le: f64) -> Option<f64> {
+    let bucket = format!("{name}_bucket");
+    text.lines()
+        .filter_map(parse_sample)
+        .find_map(|(n, labels, v)| {
+            let at = labels
+                .iter()
+                .find(|(k, _)| *k == "le")?
+                .1
+                .parse::<f64>()
+                .ok()?;
+            (n == bucket && at == le).then_some(v)
+        })
+}

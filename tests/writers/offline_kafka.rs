@@ -15,6 +15,15 @@ const FEATURES: [&str; 3] = ["age", "score", "tags"];
 /// Message `i` of run `run`: three features of entity `i`, typed int,
 /// double and JSON, with observation ids derived from (run, i, feature).
 fn result(run: &str, i: u64) -> Vec<u8> {
+    result_padded(run, i, 0)
+}
+
+/// [`result`] whose JSON value carries `pad` more bytes.
+fn result_padded(run: &str, i: u64, pad: usize) -> Vec<u8> {
+    let padding = match pad {
+        0 => String::new(),
+        n => format!(", \"pad\": \"{}\"", "x".repeat(n)),
+    };
     let values = FEATURES
         .iter()
         .map(|f| FeatureValue {
@@ -25,7 +34,7 @@ fn result(run: &str, i: u64) -> Vec<u8> {
                 kind: Some(match *f {
                     "age" => Kind::IntValue(i as i64 * 10),
                     "score" => Kind::DoubleValue(i as f64 / 4.0),
-                    _ => Kind::JsonValue(format!("{{\"n\": {i}, \"tags\": [\"a\"]}}")),
+                    _ => Kind::JsonValue(format!("{{\"n\": {i}, \"tags\": [\"a\"]{padding}}}")),
                 }),
             }),
             observed_at_micros: 1_700_000_000_000_000 + i as i64,
@@ -62,6 +71,41 @@ async fn all_committed(
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nwriter log:\n{}", writer.log_text()))
+}
+
+/// Under a backlog of 100 KB messages, `BGP_MAX_BATCH_BYTES` of 256 KiB
+/// cuts every batch at two messages instead of a thousand, and nothing is
+/// lost or stored twice.
+#[tokio::test]
+async fn offline_batches_of_large_messages_stay_within_max_batch_bytes() -> anyhow::Result<()> {
+    const MESSAGES: u64 = 60;
+    const LIMIT: f64 = 262_144.0;
+    let (topic, dlq, group) = (unique("offline"), unique("dlq"), unique("grp"));
+    create_topics(&[(&topic, 3), (&dlq, 1)]).await?;
+    let pg = PgSchema::create().await?;
+    let run = unique("b");
+    let payloads: Vec<Vec<u8>> = (0..MESSAGES)
+        .map(|i| result_padded(&run, i, 100_000))
+        .collect();
+    produce(&topic, &payloads).await?;
+
+    let mut env = offline_env("OFFLINE_WRITER", &topic, &dlq, &group, &pg.uri());
+    env.push(("BGP_MAX_BATCH_BYTES", format!("{LIMIT}")));
+    let writer = Writer::start(&env)?;
+    all_committed(&topic, &group, 3, MESSAGES as i64, &writer).await?;
+    stored_once(&pg, &run, MESSAGES).await?;
+
+    let text = writer.metrics();
+    let name = "bgpersist_writer_batch_bytes";
+    let batches = crate::support::scrape::metric_value(&text, &format!("{name}_count"));
+    let within = crate::support::scrape::bucket_value(&text, name, LIMIT);
+    assert!(
+        batches.is_some_and(|b| b >= (MESSAGES / 2) as f64),
+        "{batches:?} batches for {MESSAGES} messages of 100 KB"
+    );
+    assert_eq!(within, batches, "batches over {LIMIT} bytes:\n{text}");
+    pg.drop().await;
+    Ok(())
 }
 
 /// Checks that each feature table holds one row per message `0..messages`

@@ -312,6 +312,10 @@ fn env(bp: &BackgroundPersistence, resource: &str, rw: &ResolvedWriter) -> Vec<E
             w.max_batch_growth.map(|v| v.to_string()),
         ),
         (
+            c::ENV_MAX_BATCH_BYTES,
+            w.max_batch_bytes.map(|v| v.to_string()),
+        ),
+        (
             c::ENV_CONCURRENCY,
             w.message_processing_concurrency.map(|v| v.to_string()),
         ),

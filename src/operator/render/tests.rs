@@ -337,6 +337,19 @@ fn batch_size_and_growth_reach_the_writer_only_when_set() {
 }
 
 #[test]
+fn a_batch_byte_limit_reaches_the_writer_only_when_set() {
+    let mut bp = one_writer(WriterType::OnlineWriter);
+    let plain = env_of(&render_all(&bp).writers[0]);
+    assert!(!plain.contains_key(c::ENV_MAX_BATCH_BYTES), "{plain:?}");
+    bp.spec.writers[0].max_batch_bytes = Some(1 << 20);
+    let env = env_of(&render_all(&bp).writers[0]);
+    assert_eq!(
+        env.get(c::ENV_MAX_BATCH_BYTES).map(String::as_str),
+        Some("1048576")
+    );
+}
+
+#[test]
 fn rust_image_runs_every_type_and_writer_image_wins() {
     let bp = seed_with(
         json!({"common_persistence_specs": {"bus_writer_image_rust": "bgpersist/writer:1"}}),

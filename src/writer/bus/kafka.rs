@@ -5,6 +5,7 @@
 
 pub use super::kafka_context::{ClientErrors, KafkaContext, LagContext};
 use super::kafka_errors;
+use super::pending::Pending;
 use super::{AckToken, Batching, Bus, BusError, Envelope};
 use crate::writer::config::KafkaSettings;
 use crate::writer::runtime::dlq;
@@ -15,7 +16,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -30,7 +31,7 @@ pub struct KafkaBus {
     /// Who the client authenticates as, for error messages.
     sasl_user: Option<String>,
     /// Messages received while waiting out an outage, served first.
-    pending: VecDeque<Envelope>,
+    pending: Pending,
     /// Topic names, shared by the envelopes (see [`envelope`]).
     topics: Vec<Arc<str>>,
 }
@@ -78,7 +79,7 @@ impl KafkaBus {
             topic: topic.to_string(),
             dlq_topic,
             sasl_user,
-            pending: VecDeque::new(),
+            pending: Pending::default(),
             topics: Vec::new(),
         })
     }
@@ -227,23 +228,22 @@ impl Bus for KafkaBus {
     }
 
     async fn next_batch(&mut self, batching: Batching) -> Result<Vec<Envelope>, BusError> {
-        let max = batching.max.max(1);
         // Messages are gathered in `self.pending`, never in a local: the
         // runtime may drop this future (shutdown, a write finishing) and a
         // message received but dropped could let a later offset be
         // committed past it.
         if self.pending.is_empty() {
             let first = self.consumer.recv().await?;
-            self.pending.push_back(envelope(&first, &mut self.topics));
+            self.pending.push(envelope(&first, &mut self.topics));
         }
         let deadline = Instant::now() + batching.wait;
-        while self.pending.len() < max {
+        while !self.pending.holds_a_batch(&batching) {
             if batching.until_drained {
                 // Only what librdkafka has already fetched: polled once, a
                 // receive that is not ready is dropped without losing anything.
                 match self.consumer.recv().now_or_never() {
                     Some(Ok(m)) => {
-                        self.pending.push_back(envelope(&m, &mut self.topics));
+                        self.pending.push(envelope(&m, &mut self.topics));
                         continue;
                     }
                     Some(Err(e)) => warn!(error = %e, "kafka receive"),
@@ -252,7 +252,7 @@ impl Bus for KafkaBus {
                 break;
             }
             match timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => self.pending.push_back(envelope(&m, &mut self.topics)),
+                Ok(Ok(m)) => self.pending.push(envelope(&m, &mut self.topics)),
                 Ok(Err(e)) => {
                     warn!(error = %e, "kafka receive");
                     break;
@@ -260,8 +260,7 @@ impl Bus for KafkaBus {
                 Err(_) => break,
             }
         }
-        let n = self.pending.len().min(max);
-        Ok(self.pending.drain(..n).collect())
+        Ok(self.pending.take_batch(&batching))
     }
 
     async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
@@ -331,7 +330,7 @@ impl Bus for KafkaBus {
         // partitions assigned meanwhile are not paused, so keep their messages.
         let deadline = Instant::now() + for_;
         while let Ok(Ok(m)) = timeout_at(deadline, self.consumer.recv()).await {
-            self.pending.push_back(envelope(&m, &mut self.topics));
+            self.pending.push(envelope(&m, &mut self.topics));
         }
     }
 

@@ -5,6 +5,7 @@ mod kafka_context;
 pub mod kafka_errors;
 pub mod keystore;
 pub mod oauth;
+mod pending;
 pub mod pubsub;
 pub mod pubsub_backlog;
 
@@ -113,6 +114,10 @@ impl AckToken {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Batching {
     pub max: usize,
+    /// Payload bytes a batch holds at most (a larger message still makes a
+    /// batch of its own): bounds the writer's memory whatever the message
+    /// size.
+    pub max_bytes: usize,
     pub wait: Duration,
     /// Hand the batch over as soon as no further message has already been
     /// received, rather than waiting out `wait`. Under load messages queue
@@ -130,7 +135,8 @@ pub trait Bus: Send {
         async { Ok(()) }
     }
 
-    /// Up to `batching.max` messages: waits for the first, then at most
+    /// Up to `batching.max` messages and `batching.max_bytes` of payload
+    /// (at least one message): waits for the first, then at most
     /// `batching.wait` for more (or less, see [`Batching::until_drained`]).
     fn next_batch(
         &mut self,

@@ -8,9 +8,8 @@
 //!   handler dropped without ack is a nack: whatever is unfinished at `close`
 //!   is redelivered at once, to this or another writer.
 //! - Flow control: the stream asks the server for at most two batches of
-//!   outstanding (unacked) messages, one in hand and one prefetched, and at
-//!   most [`MAX_OUTSTANDING_BYTES`], so memory stays bounded however long a
-//!   store outage lasts.
+//!   outstanding (unacked) messages and bytes, one in hand and one
+//!   prefetched, so memory stays bounded however long a store outage lasts.
 //! - Leases: the crate's lease loop (its own task) extends every message it
 //!   has received, handed out or still queued, by the ack deadline until it is
 //!   acked or nacked, for at most [`MAX_LEASE`] after receipt. A batch held
@@ -24,6 +23,7 @@
 //!   left in the transport buffers it would expire there and come back as a
 //!   duplicate.
 
+use super::pending::Pending;
 use super::{AckToken, Batching, Bus, BusError, Envelope};
 use crate::writer::config::PubsubSettings;
 use crate::writer::runtime::dlq;
@@ -32,7 +32,7 @@ use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -47,8 +47,6 @@ pub const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(60);
 /// never gives up on a batch, so this only bounds how long a wedged writer
 /// can hold messages; past it they are redelivered (duplicates).
 pub const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
-/// Flow control on bytes (the crate's default, made explicit).
-pub const MAX_OUTSTANDING_BYTES: i64 = 100 * 1024 * 1024;
 /// Pub/Sub refuses attribute values longer than this many bytes.
 const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
 /// How long one preflight lookup (subscription, dead-letter topic) may take.
@@ -88,9 +86,17 @@ pub fn resource_path(project: Option<&str>, kind: &str, id: &str) -> Result<Stri
 /// Messages the server may have outstanding on the stream: one batch in hand
 /// and one prefetched while it is written.
 pub fn max_outstanding_messages(max_batch_size: usize) -> i64 {
-    i64::try_from(max_batch_size.max(1))
-        .unwrap_or(i64::MAX / 2)
-        .saturating_mul(2)
+    twice(max_batch_size.max(1))
+}
+
+/// Payload bytes the server may have outstanding: two batches' worth, as for
+/// messages.
+pub fn max_outstanding_bytes(max_batch_bytes: usize) -> i64 {
+    twice(max_batch_bytes.max(1))
+}
+
+fn twice(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX / 2).saturating_mul(2)
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
@@ -225,6 +231,7 @@ struct StreamSettings {
     subscription: String,
     ack_deadline: Duration,
     max_outstanding_messages: i64,
+    max_outstanding_bytes: i64,
 }
 
 pub struct PubsubBus {
@@ -239,7 +246,7 @@ pub struct PubsubBus {
     /// Handlers of messages handed out (or waiting in `pending`), by token.
     held: HashMap<u64, Handler>,
     /// Received, not yet handed out: served first by `next_batch`.
-    pending: VecDeque<Envelope>,
+    pending: Pending,
     next_id: u64,
 }
 
@@ -252,6 +259,7 @@ impl PubsubBus {
         subscription: &str,
         dlq_topic: Option<&str>,
         max_batch_size: usize,
+        max_batch_bytes: usize,
     ) -> Result<Self, BusError> {
         let project = settings.project.as_deref();
         let subscription =
@@ -293,11 +301,13 @@ impl PubsubBus {
             subscription: subscription.clone(),
             ack_deadline: settings.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE),
             max_outstanding_messages: max_outstanding_messages(max_batch_size),
+            max_outstanding_bytes: max_outstanding_bytes(max_batch_bytes),
         };
         info!(
             %subscription,
             dead_letter_topic = dlq.as_ref().map(|(t, _)| t.as_str()).unwrap_or(""),
             max_outstanding_messages = stream.max_outstanding_messages,
+            max_outstanding_bytes = stream.max_outstanding_bytes,
             ack_deadline_s = stream.ack_deadline.as_secs(),
             emulator = settings.endpoint.is_some(),
             "pub/sub streaming pull"
@@ -314,7 +324,7 @@ impl PubsubBus {
             dlq,
             admin,
             held: HashMap::new(),
-            pending: VecDeque::new(),
+            pending: Pending::default(),
             next_id: 0,
         })
     }
@@ -324,8 +334,7 @@ impl PubsubBus {
         let id = self.next_id;
         self.next_id += 1;
         self.held.insert(id, handler);
-        self.pending
-            .push_back(envelope(&self.subscription, msg, id));
+        self.pending.push(envelope(&self.subscription, msg, id));
         Ok(())
     }
 
@@ -359,7 +368,7 @@ async fn pump(
             .set_max_lease_extension(settings.ack_deadline)
             .set_max_lease(MAX_LEASE)
             .set_max_outstanding_messages(settings.max_outstanding_messages)
-            .set_max_outstanding_bytes(MAX_OUTSTANDING_BYTES)
+            .set_max_outstanding_bytes(settings.max_outstanding_bytes)
             .build();
         let token = stream.shutdown_token();
         let stopped = loop {
@@ -424,12 +433,11 @@ impl Bus for PubsubBus {
     }
 
     async fn next_batch(&mut self, batching: Batching) -> Result<Vec<Envelope>, BusError> {
-        let max = batching.max.max(1);
         if self.pending.is_empty() {
             self.receive().await?;
         }
         let deadline = Instant::now() + batching.wait;
-        while self.pending.len() < max {
+        while !self.pending.holds_a_batch(&batching) {
             if batching.until_drained {
                 // Only what the stream task has already forwarded.
                 match self.rx.try_recv() {
@@ -452,8 +460,7 @@ impl Bus for PubsubBus {
                 Err(_) => break,
             }
         }
-        let n = self.pending.len().min(max);
-        Ok(self.pending.drain(..n).collect())
+        Ok(self.pending.take_batch(&batching))
     }
 
     async fn done(&mut self, batch: &[Envelope]) -> Result<(), BusError> {
@@ -605,6 +612,8 @@ mod tests {
         assert_eq!(max_outstanding_messages(1000), 2000);
         assert_eq!(max_outstanding_messages(0), 2);
         assert!(max_outstanding_messages(usize::MAX) > 0);
+        assert_eq!(max_outstanding_bytes(8 << 20), 16 << 20);
+        assert!(max_outstanding_bytes(usize::MAX) > 0);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct WriterMetrics {
     pub dead_lettered: Counter,
     pub retries: Counter,
     pub batch_seconds: Histogram,
+    /// Payload bytes per batch: shows whether `max_batch_bytes` cuts batches.
+    pub batch_bytes: Histogram,
     pub bus_to_store_seconds: Histogram,
     /// Kafka: messages behind the end of the assigned partitions. Pub/Sub:
     /// the subscription's backlog from Cloud Monitoring, -1 while unknown.
@@ -52,6 +54,8 @@ impl Default for WriterMetrics {
             dead_lettered: Counter::default(),
             retries: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 1 KiB to 1 GiB, by fours.
+            batch_bytes: Histogram::new(exponential_buckets(1024.0, 4.0, 11)),
             bus_to_store_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             lag_messages: Gauge::default(),
             oldest_unacked_seconds: Gauge::default(),
@@ -144,6 +148,11 @@ impl WriterMetrics {
             "batch_duration_seconds",
             "Time to decode, write and dead-letter one batch",
             m.batch_seconds.clone(),
+        );
+        r.register(
+            "batch_bytes",
+            "Payload bytes of one batch (bounded by max_batch_bytes)",
+            m.batch_bytes.clone(),
         );
         r.register(
             "bus_to_store_seconds",

@@ -26,6 +26,7 @@ pub struct Settings {
     pub max_batch_size: usize,
     /// The largest a batch grows to under backlog (`Sink::BACKLOG_GROWTH`).
     pub batch_ceiling: usize,
+    pub max_batch_bytes: usize,
     pub max_batch_wait: Duration,
     /// Longest pause between retries of a failing store.
     pub max_backoff: Duration,
@@ -145,6 +146,7 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let mut bus_failure: Option<String> = None;
         let mut batching = Batching {
             max: self.settings.max_batch_size,
+            max_bytes: self.settings.max_batch_bytes,
             wait: self.settings.max_batch_wait,
             until_drained: S::UNTIL_DRAINED,
         };
@@ -282,6 +284,8 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
     fn start(&mut self, batch: Vec<Envelope>) -> InFlight<S::Record> {
         let started = Instant::now();
         self.metrics.consumed.inc_by(batch.len() as u64);
+        let bytes: usize = batch.iter().map(|e| e.payload.len()).sum();
+        self.metrics.batch_bytes.observe(bytes as f64);
         self.totals.consumed += batch.len() as u64;
         let span = batch_span(&self.settings.writer, &batch);
 

@@ -56,6 +56,7 @@ pub async fn on_bus<S: Sink>(sink: S, wiring: Wiring<'_>) -> Result<(), WriterEr
                 &cfg.subscription,
                 cfg.dlq_topic.as_deref(),
                 cfg.max_batch_size,
+                cfg.max_batch_bytes,
             )
             .await
             .map_err(|e| WriterError::Config(e.to_string()))?;
@@ -122,6 +123,7 @@ async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(
         batch_ceiling: cfg
             .max_batch_size
             .saturating_mul(cfg.batch_growth.unwrap_or(S::BACKLOG_GROWTH)),
+        max_batch_bytes: cfg.max_batch_bytes,
         max_batch_wait: cfg.max_batch_wait,
         max_backoff: MAX_BACKOFF,
         bus_recheck: match cfg.backend {

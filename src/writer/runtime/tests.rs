@@ -152,6 +152,7 @@ fn runtime<S: Sink>(batches: Vec<Vec<Envelope>>, sink: S) -> (Runtime<ScriptedBu
         writer: "test".into(),
         max_batch_size: 10,
         batch_ceiling: 10,
+        max_batch_bytes: 8 << 20,
         max_batch_wait: Duration::from_millis(1),
         max_backoff: Duration::from_millis(10),
         bus_recheck: Duration::from_secs(10),
