@@ -15,6 +15,8 @@
 //!
 //!   hack/rig up kafka postgres && cargo bench --bench kafka_to_postgres
 //!   BGP_BENCH_MESSAGES=50000 cargo bench --bench kafka_to_postgres
+//!   BGP_BENCH_MESSAGES=5000 BGP_BENCH_VALUE_BYTES=50000 cargo bench --bench kafka_to_postgres
+//!     (large messages: every `country` value padded to 50 KB)
 //!
 //! Writer settings come from the environment like in a pod (defaults
 //! otherwise), e.g. `BGP_MAX_BATCH_SIZE=5000 cargo bench --bench kafka_to_postgres`.

@@ -20,12 +20,26 @@ pub fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `BGP_BENCH_VALUE_BYTES`: pads every `country` value to at least this many
+/// bytes, for runs with large messages (unset: no padding).
+fn value_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("BGP_BENCH_VALUE_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// The five values of draw `r`, of mixed kinds, named as in [`FEATURES`].
 pub fn user_kinds(r: u64) -> [(&'static str, Kind); 5] {
+    let country = format!("c{}", r % 200);
+    let pad = value_bytes().saturating_sub(country.len());
     [
         ("age", Kind::IntValue((r % 90) as i64)),
         ("score", Kind::DoubleValue((r % 10_000) as f64 / 7.0)),
-        ("country", Kind::StringValue(format!("c{}", r % 200))),
+        ("country", Kind::StringValue(country + &"x".repeat(pad))),
         ("vip", Kind::BoolValue(r.is_multiple_of(2))),
         ("visits", Kind::IntValue((r % 100_000) as i64)),
     ]

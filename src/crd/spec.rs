@@ -359,7 +359,7 @@ pub struct WriterSpec {
     #[schemars(range(min = 1, max = 64))]
     pub max_batch_growth: Option<i32>,
     /// Largest total payload, in bytes, of the messages written in one batch
-    /// (a larger message is a batch of its own); unset, 8 MiB. Bounds a
+    /// (a larger message is a batch of its own); unset, 4 MiB. Bounds a
     /// writer's memory whatever its messages' size. bgpersist extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 1073741824))]
