@@ -10,7 +10,9 @@
 //! 2. the release writer binary on the same topic: messages/s, MB/s,
 //!    records/s, peak RSS (VmHWM), and the ratio to the lower ceiling;
 //! 3. p50/p99 bus-to-store latency at half the measured rate, from the
-//!    writer's `bus_to_store_seconds` histogram;
+//!    writer's `bus_to_store_seconds` histogram; and the floor under it, the
+//!    bus alone: the same messages at the same rate into a fresh topic,
+//!    timed by a bare consumer with the writer's librdkafka settings;
 //! 4. a peer, Benthos 4.27, on every message of the same topic into the same
 //!    Redis: protobuf decode and the same newest-wins script, one call per
 //!    message; msg/s, msg/s per core and peak RSS beside the writer's
@@ -38,6 +40,8 @@ use common::peer::{self, Benthos};
 use common::process::{CONSUMED, Cpu, WRITTEN, WriterProcess, metric};
 use common::report::{self, machine};
 use futures::{StreamExt, TryStreamExt};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{rig, unique};
@@ -157,6 +161,67 @@ fn redis_benchmark(port: &str, requests: u64, args: &[&str]) -> anyhow::Result<f
         .and_then(|l| l.split("\",\"").nth(1))
         .and_then(|v| v.trim_matches('"').parse().ok())
         .ok_or_else(|| anyhow::anyhow!("cannot read redis-benchmark output:\n{text}"))
+}
+
+/// The latency floor the bus sets: the same messages at the same rate into
+/// a fresh topic, timed by a bare consumer (no writer running), printed
+/// beside the writer's p50/p99, exactly and in the writer's buckets
+/// (`before`/`after` give their bounds).
+async fn bus_alone(
+    admin: &AdminClient<DefaultClientContext>,
+    from: u64,
+    n: u64,
+    per_second: u64,
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+) -> anyhow::Result<()> {
+    let topic = unique("bench-latency");
+    kafka::create_topic(admin, &topic).await?;
+    let outcome = async {
+        const WARM_UP: u64 = 100;
+        let (warmed, is_warm) = std::sync::mpsc::channel();
+        let arrivals = kafka::time_arrivals(&topic, WARM_UP, n, warmed)?;
+        produce(&topic, from, from + WARM_UP, 0).await?;
+        tokio::task::spawn_blocking(move || is_warm.recv()).await??;
+        let from = from + WARM_UP;
+        let achieved = produce(&topic, from, from + n, per_second).await?;
+        let mut millis = arrivals
+            .join()
+            .map_err(|_| anyhow::anyhow!("the timing consumer panicked"))??;
+        millis.sort_by(f64::total_cmp);
+        let exact = |q: f64| millis[((millis.len() - 1) as f64 * q).round() as usize];
+        // The same samples counted in the writer's histogram buckets.
+        let bounded: Vec<(f64, f64)> = after
+            .iter()
+            .map(|(le, _)| {
+                let within = millis.partition_point(|m| *m / 1000.0 <= *le);
+                (*le, within as f64)
+            })
+            .collect();
+        let none: Vec<(f64, f64)> = before.iter().map(|(le, _)| (*le, 0.0)).collect();
+        let within = millis.partition_point(|m| *m <= 50.0) as f64 / millis.len() as f64;
+        println!(
+            "  [latency] the bus alone at {achieved:.0} msg/s (a bare consumer, the writer's librdkafka settings): p50 {:.0} ms, p99 {:.0} ms, within 50 ms {:.2} %; in the writer's buckets p50 {:.1} ms, p99 {:.1} ms",
+            exact(0.5),
+            exact(0.99),
+            100.0 * within,
+            1000.0 * quantile(&none, &bounded, 0.5),
+            1000.0 * quantile(&none, &bounded, 0.99)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    kafka::delete_topics(admin, &[&topic]).await?;
+    outcome
+}
+
+/// The share of the observations between two cumulative histograms that
+/// were at most `le` (a bucket bound).
+fn share_within(before: &[(f64, f64)], after: &[(f64, f64)], le: f64) -> f64 {
+    let count =
+        |h: &[(f64, f64)], bound: f64| h.iter().find(|(l, _)| *l == bound).map_or(0.0, |(_, c)| *c);
+    let total = count(after, f64::INFINITY) - count(before, f64::INFINITY);
+    (count(after, le) - count(before, le)) / total.max(1.0)
 }
 
 /// Cumulative (upper bound, count) buckets of a histogram.
@@ -360,12 +425,14 @@ async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!(
-        "  [latency] at {achieved:.0} msg/s for 15 s (half load): bus-to-store p50 {:.1} ms, p99 {:.1} ms",
+        "  [latency] at {achieved:.0} msg/s for 15 s (half load): bus-to-store p50 {:.1} ms, p99 {:.1} ms; within 50 ms {:.2} %",
         1000.0 * quantile(&before, &after, 0.5),
-        1000.0 * quantile(&before, &after, 0.99)
+        1000.0 * quantile(&before, &after, 0.99),
+        100.0 * share_within(&before, &after, 0.05)
     );
 
     writer.stop();
+    bus_alone(&admin, n, latency_n, half, &before, &after).await?;
 
     // 4. A peer on the same topic (every message, from the start).
     if env_or("BGP_BENCH_PEERS", 1) == 1

@@ -6,9 +6,10 @@ use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::time::{Duration, Instant};
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Partitions of every bench topic.
 pub const PARTITIONS: i32 = 4;
@@ -154,6 +155,62 @@ pub async fn consume_only(topic: &str, n: u64) -> anyhow::Result<(f64, f64)> {
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(((n - 1) as f64 / secs, bytes as f64 / secs))
+}
+
+/// The bus alone, the latency floor under a writer: a consumer with the
+/// writer's librdkafka defaults reads a fresh `topic` from the start, on a
+/// thread of its own, copying each payload like the writer does. The first
+/// `warm_up` messages only start it (the reply to `warmed` says they are
+/// in: fetching has begun, as for a running writer); each of the next `n`
+/// is timed from its create time to its receipt. Milliseconds (Kafka's
+/// timestamp resolution), in arrival order.
+pub fn time_arrivals(
+    topic: &str,
+    warm_up: u64,
+    n: u64,
+    warmed: std::sync::mpsc::Sender<()>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<Vec<f64>>>> {
+    let mut config = kafka();
+    config
+        .set("group.id", unique("bench-latency"))
+        .set("enable.auto.commit", "false");
+    for (k, v) in bgpersist::writer::bus::kafka::CONSUMER_DEFAULTS {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create()?;
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        partitions.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&partitions)?;
+    Ok(std::thread::spawn(move || {
+        let mut millis = Vec::with_capacity(n as usize);
+        let mut seen = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while seen < warm_up + n {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{seen} of {} messages arrived",
+                warm_up + n
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+            std::hint::black_box(m.payload().unwrap_or_default().to_vec());
+            seen += 1;
+            if seen == warm_up {
+                let _ = warmed.send(());
+            }
+            if seen > warm_up
+                && let Some(created) = m.timestamp().to_millis()
+            {
+                millis.push((now - created) as f64);
+            }
+        }
+        Ok(millis)
+    }))
 }
 
 /// The environment of writer `name` of `writer_type` reading `topic` from
