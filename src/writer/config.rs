@@ -150,8 +150,8 @@ pub const ENV_GOOGLE_CLOUD_PROJECT: &str = "GOOGLE_CLOUD_PROJECT";
 pub const ENV_MAX_BATCH_WAIT_MS: &str = "BGP_MAX_BATCH_WAIT_MS";
 /// A batch's payload bytes unless `max_batch_bytes` says otherwise. It cuts
 /// no batch of small messages (8000 of 300 bytes are 2.4 MB), and with 50 KB
-/// messages it loads as fast as 8 MiB does at 68 MiB of peak RSS instead of
-/// 93 (docs/benchmarks.md).
+/// messages it loads as fast as 8 MiB does at 66–71 MiB of peak RSS instead
+/// of 91–94 (docs/benchmarks.md).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 << 20;
 pub const ENV_STORES_DIR: &str = "BGP_STORES_DIR";
 pub use c::ENV_KAFKA_CLIENT_ID_PREFIX;
