@@ -58,6 +58,23 @@ impl Envelope {
     pub fn origin(&self) -> Vec<(&'static str, String)> {
         self.token.origin()
     }
+
+    /// A bare message at `offset` of topic "t", partition 0, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn at_offset(offset: i64, payload: Vec<u8>) -> Envelope {
+        Envelope {
+            payload,
+            published_ms: None,
+            traceparent: None,
+            key: None,
+            headers: Vec::new(),
+            token: AckToken::Kafka {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            },
+        }
+    }
 }
 
 /// Where a message came from and how to acknowledge it. Names are shared

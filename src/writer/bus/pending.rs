@@ -58,18 +58,7 @@ mod tests {
     use std::time::Duration;
 
     fn message(offset: i64, size: usize) -> Envelope {
-        Envelope {
-            payload: vec![b'x'; size],
-            published_ms: None,
-            traceparent: None,
-            key: None,
-            headers: Vec::new(),
-            token: AckToken::Kafka {
-                topic: "t".into(),
-                partition: 0,
-                offset,
-            },
-        }
+        Envelope::at_offset(offset, vec![b'x'; size])
     }
 
     fn batching(max: usize, max_bytes: usize) -> Batching {

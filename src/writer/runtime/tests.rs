@@ -125,18 +125,7 @@ impl<const OVERLAP: bool> Sink for Arc<SlowSink<OVERLAP>> {
 }
 
 fn envelope(offset: i64, payload: &str) -> Envelope {
-    Envelope {
-        payload: payload.as_bytes().to_vec(),
-        published_ms: None,
-        traceparent: None,
-        key: None,
-        headers: Vec::new(),
-        token: AckToken::Kafka {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-        },
-    }
+    Envelope::at_offset(offset, payload.as_bytes().to_vec())
 }
 
 fn runtime<S: Sink>(batches: Vec<Vec<Envelope>>, sink: S) -> (Runtime<ScriptedBus, S>, DoneLog) {
