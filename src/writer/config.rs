@@ -168,6 +168,14 @@ pub const ENV_BIGQUERY_ENDPOINT: &str = "BGP_BIGQUERY_ENDPOINT";
 pub const ENV_SNOWFLAKE_ENDPOINT: &str = "BGP_SNOWFLAKE_ENDPOINT";
 
 impl WriterConfig {
+    /// The largest batch the writer may gather under a backlog:
+    /// `max_batch_size` times the resource's growth factor, else the writer
+    /// type's own (`Sink::BACKLOG_GROWTH`).
+    pub fn batch_ceiling(&self, type_growth: usize) -> usize {
+        self.max_batch_size
+            .saturating_mul(self.batch_growth.unwrap_or(type_growth))
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
@@ -739,6 +747,17 @@ mod tests {
         assert_eq!(
             WriterConfig::from_vars(&v).map(|c| c.batch_growth).ok(),
             Some(Some(4))
+        );
+        // The resource's growth wins over the writer type's.
+        assert_eq!(
+            WriterConfig::from_vars(&v).map(|c| c.batch_ceiling(8)).ok(),
+            Some(4000)
+        );
+        assert_eq!(
+            WriterConfig::from_vars(&base())
+                .map(|c| c.batch_ceiling(8))
+                .ok(),
+            Some(8000)
         );
     }
 

@@ -84,9 +84,11 @@ pub fn resource_path(project: Option<&str>, kind: &str, id: &str) -> Result<Stri
 }
 
 /// Messages the server may have outstanding on the stream: one batch in hand
-/// and one prefetched while it is written.
-pub fn max_outstanding_messages(max_batch_size: usize) -> i64 {
-    twice(max_batch_size.max(1))
+/// and one prefetched while it is written, at the largest a batch may grow
+/// to (with fewer, batches of a growing writer could never fill, so never
+/// grow).
+pub fn max_outstanding_messages(largest_batch: usize) -> i64 {
+    twice(largest_batch.max(1))
 }
 
 /// Payload bytes the server may have outstanding: two batches' worth, as for
@@ -258,7 +260,7 @@ impl PubsubBus {
         settings: &PubsubSettings,
         subscription: &str,
         dlq_topic: Option<&str>,
-        max_batch_size: usize,
+        largest_batch: usize,
         max_batch_bytes: usize,
     ) -> Result<Self, BusError> {
         let project = settings.project.as_deref();
@@ -300,7 +302,7 @@ impl PubsubBus {
         let stream = StreamSettings {
             subscription: subscription.clone(),
             ack_deadline: settings.ack_deadline.unwrap_or(DEFAULT_ACK_DEADLINE),
-            max_outstanding_messages: max_outstanding_messages(max_batch_size),
+            max_outstanding_messages: max_outstanding_messages(largest_batch),
             max_outstanding_bytes: max_outstanding_bytes(max_batch_bytes),
         };
         info!(

@@ -55,7 +55,7 @@ pub async fn on_bus<S: Sink>(sink: S, wiring: Wiring<'_>) -> Result<(), WriterEr
                 &cfg.pubsub,
                 &cfg.subscription,
                 cfg.dlq_topic.as_deref(),
-                cfg.max_batch_size,
+                cfg.batch_ceiling(S::BACKLOG_GROWTH),
                 cfg.max_batch_bytes,
             )
             .await
@@ -120,9 +120,7 @@ async fn drive<B: Bus, S: Sink>(bus: B, sink: S, wiring: Wiring<'_>) -> Result<(
     let settings = Settings {
         writer: cfg.writer_name.clone(),
         max_batch_size: cfg.max_batch_size,
-        batch_ceiling: cfg
-            .max_batch_size
-            .saturating_mul(cfg.batch_growth.unwrap_or(S::BACKLOG_GROWTH)),
+        batch_ceiling: cfg.batch_ceiling(S::BACKLOG_GROWTH),
         max_batch_bytes: cfg.max_batch_bytes,
         max_batch_wait: cfg.max_batch_wait,
         max_backoff: MAX_BACKOFF,
