@@ -514,14 +514,16 @@ impl<B: Bus, S: Sink> Runtime<B, S> {
         let mut backoff = self.backoff();
         let mut attempts = 1u32;
         let reason = error.reason();
+        // Built once for every attempt and the log line.
+        let origin = env.origin();
         loop {
-            let mut headers = dlq::headers(&env.origin(), error, &self.settings.writer, attempts);
+            let mut headers = dlq::headers(&origin, error, &self.settings.writer, attempts);
             headers.extend(traceparent.map(|t| (propagation::TRACEPARENT, t.to_string())));
             match self.bus.dead_letter(env, &headers).await {
                 Ok(()) => {
                     self.metrics.count_error(error);
                     self.metrics.count_dead_letter(error);
-                    warn!(class = error.label(), %reason, origin = ?env.origin(), "message dead-lettered");
+                    warn!(class = error.label(), %reason, ?origin, "message dead-lettered");
                     return Ok(());
                 }
                 // Never drop: without a dead letter the message stays uncommitted.
